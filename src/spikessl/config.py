@@ -1,0 +1,263 @@
+"""Run configuration: frozen dataclasses, filled from YAML presets and ``key=value`` overrides.
+
+Library code receives these typed objects and never a raw config tree; parsing and
+validation happen here, before any work starts, so a typo fails in a second with a
+did-you-mean instead of after an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spikessl.augment import AugmentConfig, resolve_views
+from spikessl.encoders import EncoderConfig
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist"
+    root: str | None = None  # None: $SPIKESSL_DATA, else ./data
+    labelled_fraction: float = 0.2  # the rest of the training set is the unlabelled part
+    train_limit: int = 0  # >0: use only this many training images (quick runs, tests)
+    test_limit: int = 0  # >0: evaluate on only this many test images
+
+    def __post_init__(self) -> None:
+        _check(0 < self.labelled_fraction < 1, "data.labelled_fraction", self.labelled_fraction,
+               "a fraction in (0, 1), e.g. 0.2 as in the paper")
+        _check(self.train_limit >= 0 and self.test_limit >= 0, "data.train_limit/test_limit",
+               (self.train_limit, self.test_limit), ">= 0 (0 means the whole split)")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = 10
+    batch_size: int = 256  # images per step; each gives two views, so 2N latents
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    temperature: float = 0.5  # tau of eq. (1)
+    projection_dim: int = 0  # 0: NT-Xent on the spike counts as in the paper; >0: MLP head
+
+    def __post_init__(self) -> None:
+        _check_optim(self, "pretrain")
+        _check(self.batch_size >= 2, "pretrain.batch_size", self.batch_size,
+               ">= 2: NT-Xent needs other images in the batch as negatives")
+        _check(self.temperature > 0, "pretrain.temperature", self.temperature, "> 0, e.g. 0.5")
+        _check(self.projection_dim >= 0, "pretrain.projection_dim", self.projection_dim, ">= 0")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3  # of the classifier head (and of every layer in the supervised baseline)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    encoder_lr_factor: float = 0.1  # pretrained layers learn at lr * this (paper: "lower")
+    linear_probe: bool = False  # freeze the encoder entirely
+    augment: tuple[str, ...] = ()  # augmentations of the labelled images, e.g. [crop]
+
+    def __post_init__(self) -> None:
+        _check_optim(self, "finetune")
+        _check(self.encoder_lr_factor >= 0, "finetune.encoder_lr_factor",
+               self.encoder_lr_factor, ">= 0 (0 freezes the encoder like linear_probe)")
+        if self.augment:
+            object.__setattr__(self, "augment", resolve_views(self.augment))
+
+
+@dataclass(frozen=True)
+class KNNConfig:
+    k: int = 200
+    temperature: float = 0.1
+    every: int = 0  # pretraining: kNN accuracy every this many epochs (0: only at the end)
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 1, "knn.k", self.k, ">= 1, e.g. 200")
+        _check(self.temperature > 0, "knn.temperature", self.temperature, "> 0, e.g. 0.1")
+        _check(self.every >= 0, "knn.every", self.every, ">= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    time_steps: int = 30  # T: steps every image is presented for
+    device: str = "auto"
+    out_dir: str = "runs"
+    eval_batch_size: int = 512
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    knn: KNNConfig = field(default_factory=KNNConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.time_steps >= 1, "time_steps", self.time_steps, ">= 1, e.g. 30 as in the paper")
+        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+        _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, ">= 1")
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def _check_optim(cfg: PretrainConfig | FinetuneConfig, section: str) -> None:
+    _check(cfg.epochs >= 1, f"{section}.epochs", cfg.epochs, ">= 1")
+    _check(cfg.batch_size >= 1, f"{section}.batch_size", cfg.batch_size, ">= 1")
+    _check(cfg.lr > 0, f"{section}.lr", cfg.lr, "> 0, e.g. 1e-3 for Adam")
+    _check(cfg.weight_decay >= 0, f"{section}.weight_decay", cfg.weight_decay, ">= 0")
+    _check(cfg.schedule in SCHEDULES, f"{section}.schedule", cfg.schedule, f"one of {SCHEDULES}")
+
+
+# --- YAML <-> dataclasses ---------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("spikessl.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_yaml(spec: str) -> dict:
+    """A preset name shipped with the package, or a path to a YAML file."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {spec} not found; or use a preset: "
+                                    f"{', '.join(preset_names())}")
+        text = path.read_text()
+    else:
+        if spec not in preset_names():
+            close = difflib.get_close_matches(spec, preset_names(), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown preset {spec!r}.{hint} Presets: "
+                             f"{', '.join(preset_names())}; or pass a path to a .yaml file")
+        text = resources.files("spikessl.presets").joinpath(f"{spec}.yaml").read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {spec} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {spec} must be a YAML mapping of keys to values")
+    return raw
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key}: {part} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["pretrain.lr=3e-4", "time_steps=10"]`` -> nested dict; values parsed as YAML."""
+    tree: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key=value, e.g. time_steps=10")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    spec: str | dict = "paper-mnist", overrides: list[str] | dict | None = None
+) -> Config:
+    """Preset, YAML file or saved config dict, then overrides (``key=value`` or a dict)."""
+    raw = dict(spec) if isinstance(spec, dict) else _read_yaml(spec)
+    if overrides:
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+        raw = _merge(raw, extra)
+    return from_dict(Config, raw)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a section (mapping), got {value!r}")
+        return from_dict(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("+", ",").split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{key} must have {len(args)} entries, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, bool, str) and type(value) is hint:
+        return value
+    raise ValueError(f"{key}={value!r} has the wrong type: expected {getattr(hint, '__name__', hint)}")
+
+
+def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``raw``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown config key {path!r}.{hint} Valid keys here: "
+                             f"{', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain dict (tuples as lists) for YAML/JSON, inverse of ``from_dict``."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,187 @@
+"""Convolutional spiking encoders (paper section IV) and the spiking classifier head.
+
+    image -> conv -> [norm] -> LIF -> maxpool -> ... -> fc -> [norm] -> LIF -> spike count
+
+The image drives the first layer as a constant current (direct encoding), so the first
+convolution runs once per image and its LIF integrates that current for T steps. Later
+layers see spike trains ``[T, B, ...]``; their convolutions run on all time steps folded
+into the batch (``[T*B, C, H, W]``), and normalisation layers (``norm="batch"``) pool their
+statistics over time and batch. Max-pooling acts on spikes: a pooled unit spikes when any
+afferent does. The latent is the spike count of each output neuron over the T steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spikessl.neurons import LIF
+
+NORMS = ("none", "batch")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture and neuron parameters; the defaults are snntorch's tutorial CSNN."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    conv_channels: tuple[int, ...] = (12, 64)
+    kernel_sizes: tuple[int, ...] = (5, 5)
+    pool: int = 2
+    fc_sizes: tuple[int, ...] = (128,)  # the last one is the latent size D
+    beta: float = 0.9
+    threshold: float = 1.0
+    slope: float = 25.0
+    detach_reset: bool = True
+    learn_beta: bool = False
+    norm: str = "none"  # "batch": BatchNorm of each layer's current, keeps layers firing
+
+    def __post_init__(self) -> None:
+        if len(self.conv_channels) != len(self.kernel_sizes):
+            raise ValueError(
+                f"encoder.conv_channels {self.conv_channels} and encoder.kernel_sizes "
+                f"{self.kernel_sizes} must have one entry per convolution layer"
+            )
+        if not self.fc_sizes:
+            raise ValueError("encoder.fc_sizes must name at least the latent size, e.g. [128]")
+        if self.norm not in NORMS:
+            raise ValueError(f"encoder.norm={self.norm!r}; choose one of {NORMS}")
+        if min(self.conv_channels + self.kernel_sizes + self.fc_sizes, default=1) < 1:
+            raise ValueError("encoder channel, kernel and fc sizes must all be >= 1")
+        if self.pool < 1 or self.in_channels < 1:
+            raise ValueError("encoder.pool and encoder.in_channels must be >= 1")
+        if self.feature_map_size() < 1:
+            raise ValueError(
+                f"image_size={self.image_size} is too small for kernels {self.kernel_sizes} "
+                f"and pool {self.pool}: the last feature map would be empty"
+            )
+
+    def feature_map_size(self) -> int:
+        size = self.image_size
+        for k in self.kernel_sizes:
+            size = (size - k + 1) // self.pool
+        return size
+
+    @property
+    def latent_dim(self) -> int:
+        return self.fc_sizes[-1]
+
+
+class SpikeTrace(NamedTuple):
+    spikes: Tensor  # (T, B, D) output spike trains
+    rates: Tensor  # (layers,) mean firing rate of each spiking layer, detached
+
+
+def _norm(kind: str, channels: int, dims: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+
+
+def _lif(cfg: EncoderConfig) -> LIF:
+    return LIF(cfg.beta, cfg.threshold, cfg.slope, cfg.detach_reset, cfg.learn_beta)
+
+
+class SpikingEncoder(nn.Module):
+    """``forward(images [B, C, H, W], T) -> spike counts [B, D]`` (float)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        chans = (cfg.in_channels, *cfg.conv_channels)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, k) for c_in, c_out, k in zip(chans, chans[1:], cfg.kernel_sizes)
+        )
+        self.conv_norms = nn.ModuleList(_norm(cfg.norm, c, 2) for c in cfg.conv_channels)
+        self.conv_lifs = nn.ModuleList(_lif(cfg) for _ in cfg.conv_channels)
+        sizes = (chans[-1] * cfg.feature_map_size() ** 2, *cfg.fc_sizes)
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.fc_norms = nn.ModuleList(_norm(cfg.norm, d, 1) for d in cfg.fc_sizes)
+        self.fc_lifs = nn.ModuleList(_lif(cfg) for _ in cfg.fc_sizes)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    def trace(self, images: Tensor, T: int) -> SpikeTrace:
+        """Output spike trains and per-layer firing rates for ``images`` over ``T`` steps."""
+        if T < 1:
+            raise ValueError(f"T={T}: the number of time steps must be >= 1")
+        B = images.shape[0]
+        rates = []
+        # Direct encoding: constant current, so conv + norm run once, the LIF T times.
+        current = self.conv_norms[0](self.convs[0](images))  # (B, C, H, W)
+        spikes = self.conv_lifs[0](current, steps=T)  # (T, B, C, H, W)
+        for layer in range(len(self.convs)):
+            if layer > 0:
+                current = self.convs[layer](spikes.flatten(0, 1))  # (T*B, C, H, W)
+                current = self.conv_norms[layer](current)
+                spikes = self.conv_lifs[layer](current.unflatten(0, (T, B)))  # (T, B, C, H, W)
+            rates.append(spikes.detach().mean())
+            spikes = F.max_pool2d(spikes.flatten(0, 1), self.cfg.pool)  # (T*B, C, H', W')
+            spikes = spikes.unflatten(0, (T, B))
+        spikes = spikes.flatten(2)  # (T, B, C*H'*W')
+        for fc, norm, lif in zip(self.fcs, self.fc_norms, self.fc_lifs):
+            current = norm(fc(spikes).flatten(0, 1)).unflatten(0, (T, B))  # (T, B, D)
+            spikes = lif(current)
+            rates.append(spikes.detach().mean())
+        return SpikeTrace(spikes, torch.stack(rates))
+
+    def forward(self, images: Tensor, T: int) -> Tensor:
+        return self.trace(images, T).spikes.sum(0)  # (B, D) spike counts
+
+
+class SpikingClassifier(nn.Module):
+    """Encoder plus one spiking fully-connected layer of ``num_classes`` output neurons.
+
+    ``forward(images, T) -> spike counts [B, classes]``; the prediction is their argmax and
+    the training loss is cross-entropy with the counts as logits (paper section VI).
+    """
+
+    def __init__(self, encoder: SpikingEncoder, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.latent_dim, num_classes)
+        self.head_norm = _norm(encoder.cfg.norm, num_classes, 1)
+        self.head_lif = _lif(encoder.cfg)
+
+    def trace(self, images: Tensor, T: int) -> SpikeTrace:
+        hidden = self.encoder.trace(images, T)
+        B = images.shape[0]
+        current = self.head_norm(self.head(hidden.spikes).flatten(0, 1)).unflatten(0, (T, B))
+        spikes = self.head_lif(current)  # (T, B, classes)
+        return SpikeTrace(spikes, torch.cat([hidden.rates, spikes.detach().mean()[None]]))
+
+    def forward(self, images: Tensor, T: int) -> Tensor:
+        return self.trace(images, T).spikes.sum(0)
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR's MLP on the spike counts (optional; the paper applies NT-Xent to the counts)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+        )
+
+    def forward(self, counts: Tensor) -> Tensor:
+        return self.mlp(counts)
+
+
+def build_encoder(spec: str | EncoderConfig | dict) -> SpikingEncoder:
+    """An encoder from a preset name (``"paper-mnist"``), an ``EncoderConfig`` or a dict."""
+    if isinstance(spec, str):
+        from spikessl.config import load_config  # presets live in the YAML files
+
+        spec = load_config(spec).encoder
+    elif isinstance(spec, dict):
+        from spikessl.config import from_dict
+
+        spec = from_dict(EncoderConfig, spec, "encoder")
+    return SpikingEncoder(spec)

@@ -1,0 +1,65 @@
+"""Evaluation: spike-count latents, weighted kNN on them, classifier accuracy.
+
+The kNN is the one of Wu et al. (2018) used across the SSL literature (lightly, DINO):
+cosine similarity, the k most similar training latents vote for their label with weight
+exp(sim / t). It runs in chunks of queries so memory stays bounded for any dataset size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def batched_outputs(
+    model: nn.Module,
+    images: Tensor,
+    T: int,
+    prepare: Callable[[Tensor], Tensor],
+    batch_size: int = 512,
+) -> Tensor:
+    """``model(prepare(images[i:i+b]), T)`` over all images, in eval mode, concatenated."""
+    was_training = model.training
+    model.eval()
+    try:
+        outs = [model(prepare(images[i : i + batch_size]), T).float()
+                for i in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    query_features: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Weighted-kNN class predictions ``[Q]`` for query latents ``[Q, D]``."""
+    if train_features.shape[0] != train_labels.shape[0]:
+        raise ValueError("train_features and train_labels must have the same length")
+    if temperature <= 0 or k < 1:
+        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, t={temperature}")
+    k = min(k, train_features.shape[0])
+    bank = F.normalize(train_features.float(), dim=1)  # (N, D)
+    preds = []
+    for start in range(0, query_features.shape[0], chunk_size):
+        q = F.normalize(query_features[start : start + chunk_size].float(), dim=1)  # (q, D)
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # (q, k)
+        votes = torch.zeros(q.shape[0], num_classes, device=q.device)
+        votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def accuracy(predictions: Tensor, labels: Tensor) -> float:
+    """Percentage of correct predictions."""
+    return 100.0 * (predictions.cpu() == labels.cpu()).float().mean().item()

@@ -1,0 +1,259 @@
+"""The paper's protocol as functions: pretrain, kNN, fine-tune, supervised baseline.
+
+Each takes a ``Config``, builds data, models and a ``train.Task``, runs the one training
+loop and writes a run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoint.pt``
+(``state_dict`` + config) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spikessl.augment import build_augment, two_views
+from spikessl.config import Config, dump_yaml, from_dict, to_dict
+from spikessl.data import get_info, load_dataset, stratified_split, subset_per_class
+from spikessl.encoders import EncoderConfig, ProjectionHead, SpikingClassifier, SpikingEncoder
+from spikessl.evaluate import accuracy, batched_outputs, knn_predict
+from spikessl.losses import nt_xent
+from spikessl.train import LoopSettings, Task, fit
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class Data:
+    """Whole dataset in memory as uint8 on the device, plus the paper's 80/20 split."""
+
+    train_images: Tensor  # (N, C, H, W) uint8
+    train_labels: Tensor  # (N,) int64
+    test_images: Tensor
+    test_labels: Tensor
+    unlabelled: Tensor  # indices into train_*, labels never used
+    labelled: Tensor  # disjoint from unlabelled
+    num_classes: int
+    mean: Tensor  # (1, C, 1, 1)
+    std: Tensor
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Float images in [0, 1] -> standardised input currents."""
+        return (x - self.mean) / self.std
+
+    def prepare(self, images: Tensor) -> Tensor:
+        return self.normalize(images.float() / 255.0)
+
+
+def load_data(cfg: Config, device: torch.device) -> Data:
+    info = get_info(cfg.data.name)
+    if (cfg.encoder.in_channels, cfg.encoder.image_size) != (info.channels, info.image_size):
+        raise ValueError(
+            f"encoder expects {cfg.encoder.in_channels}x{cfg.encoder.image_size}px images but "
+            f"{cfg.data.name} has {info.channels}x{info.image_size}: set encoder.in_channels="
+            f"{info.channels} encoder.image_size={info.image_size} or use its preset"
+        )
+    x_tr, y_tr = load_dataset(cfg.data.name, cfg.data.root, train=True)
+    x_te, y_te = load_dataset(cfg.data.name, cfg.data.root, train=False)
+    if cfg.data.train_limit:
+        keep = subset_per_class(y_tr, max(cfg.data.train_limit // info.num_classes, 1), cfg.seed)
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+    if cfg.data.test_limit:
+        keep = subset_per_class(y_te, max(cfg.data.test_limit // info.num_classes, 1), cfg.seed)
+        x_te, y_te = x_te[keep], y_te[keep]
+    unlabelled, labelled = stratified_split(y_tr, cfg.data.labelled_fraction, cfg.seed)
+    shape = (1, info.channels, 1, 1)
+    return Data(
+        x_tr.to(device), y_tr.to(device), x_te.to(device), y_te.to(device),
+        unlabelled.to(device), labelled.to(device), info.num_classes,
+        torch.tensor(info.mean, device=device).view(shape),
+        torch.tensor(info.std, device=device).view(shape),
+    )
+
+
+class SimCLR(nn.Module):
+    """Encoder plus optional projection head; ``forward`` gives the latents fed to NT-Xent."""
+
+    def __init__(self, encoder: SpikingEncoder, projection_dim: int = 0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        d = encoder.latent_dim
+        self.projector = ProjectionHead(d, d, projection_dim) if projection_dim else nn.Identity()
+
+
+def new_run_dir(cfg: Config, command: str, run_dir: str | Path | None = None) -> Path:
+    if run_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(cfg.out_dir) / f"{command}-{cfg.data.name}-{stamp}"
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = Path(cfg.out_dir) / f"{command}-{cfg.data.name}-{stamp}-{n}"
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").exists():
+        raise FileExistsError(f"{run_dir} already holds a finished run; choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    return run_dir
+
+
+def _finish(run_dir: Path, summary: dict) -> dict:
+    summary["run_dir"] = str(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
+    """Weighted kNN: labelled-part latents as the bank, test latents as queries."""
+    T, bs = cfg.time_steps, cfg.eval_batch_size
+    bank = batched_outputs(encoder, data.train_images[data.labelled], T, data.prepare, bs)
+    queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
+    preds = knn_predict(bank, data.train_labels[data.labelled], queries, data.num_classes,
+                        cfg.knn.k, cfg.knn.temperature)
+    return accuracy(preds, data.test_labels)
+
+
+def test_accuracy(model: SpikingClassifier, data: Data, cfg: Config) -> float:
+    counts = batched_outputs(model, data.test_images, cfg.time_steps, data.prepare,
+                             cfg.eval_batch_size)
+    return accuracy(counts.argmax(1), data.test_labels)
+
+
+def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """SimCLR on the unlabelled part: NT-Xent of the spike counts of two augmented views."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg, device)
+    model = SimCLR(SpikingEncoder(cfg.encoder), cfg.pretrain.projection_dim).to(device)
+    augment = build_augment(cfg.augment, cfg.encoder.image_size, cfg.encoder.in_channels)
+    knn_init = knn_accuracy(model.encoder, data, cfg)
+    run_dir = new_run_dir(cfg, "pretrain", run_dir)
+    T, B = cfg.time_steps, cfg.pretrain.batch_size
+
+    def loss(images: Tensor, _labels: Tensor) -> tuple[Tensor, Tensor]:
+        v1, v2 = two_views(augment, images.float() / 255.0)
+        views = data.normalize(torch.cat([v1, v2]))  # (2B, C, H, W): one pass for both
+        trace = model.encoder.trace(views, T)
+        z = model.projector(trace.spikes.sum(0))  # (2B, D) spike counts (projected)
+        return nt_xent(z[:B], z[B:], cfg.pretrain.temperature), trace.rates
+
+    task = Task("pretrain", model, [{"params": model.parameters(), "lr": cfg.pretrain.lr}], loss,
+                evaluate=lambda: {"knn_accuracy": knn_accuracy(model.encoder, data, cfg)},
+                evaluate_every=cfg.knn.every)
+    x, y = data.train_images[data.unlabelled], data.train_labels[data.unlabelled]
+    settings = _loop(cfg, cfg.pretrain, drop_last=True, progress=progress)
+    t0 = time.perf_counter()
+    history = fit(task, x, y, settings, run_dir, {"config": to_dict(cfg)})
+    return _finish(run_dir, {
+        "command": "pretrain", "knn_accuracy": history[-1]["knn_accuracy"],
+        "knn_accuracy_at_init": knn_init, "final_loss": history[-1]["loss"],
+        "firing_rates": history[-1]["firing_rates"], "epochs": cfg.pretrain.epochs,
+        "unlabelled_images": len(x), "wall_seconds": round(time.perf_counter() - t0, 1),
+    })
+
+
+def _loop(cfg: Config, section, drop_last: bool, progress: bool) -> LoopSettings:
+    return LoopSettings(section.epochs, section.batch_size, section.schedule,
+                        section.weight_decay, cfg.seed, drop_last, progress)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file or a run directory holding ``checkpoint.pt`` (never runs code)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: pass a run directory or a .pt file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or foreign file: say which and why
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+
+
+def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:
+    """The encoder of a pretraining checkpoint, checked against ``cfg.encoder``."""
+    saved = from_dict(EncoderConfig, checkpoint["config"]["encoder"], "encoder")
+    if saved != cfg.encoder:
+        diff = [f"{k}: checkpoint {getattr(saved, k)!r} vs config {getattr(cfg.encoder, k)!r}"
+                for k in to_dict(saved) if getattr(saved, k) != getattr(cfg.encoder, k)]
+        raise ValueError("the checkpoint's encoder differs from the config's: " + "; ".join(diff))
+    encoder = SpikingEncoder(saved)
+    state = {k[len("encoder."):]: v for k, v in checkpoint["model"].items()
+             if k.startswith("encoder.")}
+    encoder.load_state_dict(state)
+    return encoder
+
+
+def finetune(cfg: Config, checkpoint: dict | None, run_dir: str | Path | None = None,
+             progress: bool = True) -> dict:
+    """Classifier on the labelled part: pretrained encoder at a lower learning rate.
+
+    With ``checkpoint=None`` this is the supervised baseline: the same network trained
+    from scratch on the same labelled images, every layer at the head's learning rate.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg, device)
+    command = "finetune" if checkpoint is not None else "supervised"
+    encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
+    model = SpikingClassifier(encoder, data.num_classes).to(device)
+    ft = cfg.finetune
+    frozen = checkpoint is not None and (ft.linear_probe or ft.encoder_lr_factor == 0)
+    if checkpoint is None:
+        groups = [{"params": model.parameters(), "lr": ft.lr}]
+    else:
+        head = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+        groups = [{"params": head, "lr": ft.lr}]
+        if not frozen:
+            groups.append({"params": encoder.parameters(), "lr": ft.lr * ft.encoder_lr_factor})
+    encoder.requires_grad_(not frozen)
+    augment = (build_augment(replace(cfg.augment, views=ft.augment), cfg.encoder.image_size,
+                             cfg.encoder.in_channels) if ft.augment else None)
+    T = cfg.time_steps
+
+    def loss(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        x = images.float() / 255.0
+        if augment is not None:
+            x = augment(x)
+        if frozen:
+            encoder.eval()  # a linear probe must not move the batch-norm statistics
+        trace = model.trace(data.normalize(x), T)
+        return F.cross_entropy(trace.spikes.sum(0), labels), trace.rates
+
+    run_dir = new_run_dir(cfg, command, run_dir)
+    task = Task(command, model, groups, loss,
+                evaluate=lambda: {"test_accuracy": test_accuracy(model, data, cfg)})
+    x, y = data.train_images[data.labelled], data.train_labels[data.labelled]
+    t0 = time.perf_counter()
+    history = fit(task, x, y, _loop(cfg, ft, drop_last=False, progress=progress), run_dir,
+                  {"config": to_dict(cfg)})
+    return _finish(run_dir, {
+        "command": command, "test_accuracy": history[-1]["test_accuracy"],
+        "best_test_accuracy": max(h["test_accuracy"] for h in history),
+        "epochs": ft.epochs, "labelled_images": len(x),
+        "firing_rates": history[-1]["firing_rates"],
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    })
+
+
+def knn(cfg: Config, checkpoint: dict | None) -> dict:
+    """kNN accuracy of a pretrained encoder's latents (or of a fresh one, without)."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg, device)
+    encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
+    return {"command": "knn", "knn_accuracy": knn_accuracy(encoder.to(device), data, cfg),
+            "k": cfg.knn.k, "pretrained": checkpoint is not None}
