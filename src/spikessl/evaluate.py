@@ -30,6 +30,8 @@ def batched_outputs(
                 for i in range(0, images.shape[0], batch_size)]
     finally:
         model.train(was_training)
+    if not outs:
+        raise ValueError("no images to evaluate: the image tensor is empty")
     return torch.cat(outs)
 
 
@@ -49,17 +51,20 @@ def knn_predict(
     if temperature <= 0 or k < 1:
         raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, t={temperature}")
     k = min(k, train_features.shape[0])
+    if query_features.shape[0] == 0 or k == 0:
+        return torch.zeros(query_features.shape[0], dtype=torch.long, device=query_features.device)
     bank = F.normalize(train_features.float(), dim=1)  # (N, D)
     preds = []
     for start in range(0, query_features.shape[0], chunk_size):
         q = F.normalize(query_features[start : start + chunk_size].float(), dim=1)  # (q, D)
         sim, idx = (q @ bank.T).topk(k, dim=1)  # (q, k)
         votes = torch.zeros(q.shape[0], num_classes, device=q.device)
-        votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())
+        # shift by each row's best similarity: same argmax, no overflow at small t
+        votes.scatter_add_(1, train_labels[idx], ((sim - sim[:, :1]) / temperature).exp())
         preds.append(votes.argmax(1))
     return torch.cat(preds)
 
 
 def accuracy(predictions: Tensor, labels: Tensor) -> float:
     """Percentage of correct predictions."""
-    return 100.0 * (predictions.cpu() == labels.cpu()).float().mean().item()
+    return round(100.0 * (predictions.cpu() == labels.cpu()).double().mean().item(), 2)

@@ -50,17 +50,22 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     """Multiplier of the base learning rate at ``step`` of ``total``: cosine decay to 0."""
     if schedule == "constant":
         return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
     return 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
 
 
 def atomic_save(obj: object, path: Path) -> None:
     """Write to a temporary file, fsync, then rename: a crash never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_rates(rates: Tensor, where: str) -> str | None:
@@ -68,7 +73,7 @@ def check_rates(rates: Tensor, where: str) -> str | None:
     bad = [
         f"layer {i} {'silent' if r < SILENT else 'saturated'} (rate {r:.2g})"
         for i, r in enumerate(rates.tolist())
-        if r < SILENT or r > SATURATED
+        if not SILENT <= r <= SATURATED  # also catches NaN
     ]
     if not bad:
         return None
@@ -90,6 +95,7 @@ def fit(
     ``extra_state``, e.g. the config) into ``run_dir``; returns the per-epoch metrics.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("")  # a rerun in the same directory starts afresh
     optimizer = torch.optim.Adam(task.param_groups, weight_decay=settings.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     n = images.shape[0]
@@ -98,6 +104,7 @@ def fit(
         raise ValueError(f"{task.name}: {n} training images do not fill one batch of "
                          f"{settings.batch_size}; lower batch_size or use more data")
     total = steps_per_epoch * settings.epochs
+    seen = steps_per_epoch * settings.batch_size if settings.drop_last else n  # images/epoch
     shuffle = torch.Generator().manual_seed(settings.seed)
     history: list[dict] = []
     step = 0
@@ -106,7 +113,7 @@ def fit(
         task.model.train()
         order = torch.randperm(n, generator=shuffle).to(images.device)
         loss_sum, rate_sum, t0 = 0.0, None, time.perf_counter()
-        bar = tqdm(total=steps_per_epoch * settings.batch_size, unit="img", leave=False,
+        bar = tqdm(total=seen, unit="img", leave=False,
                    desc=f"{task.name} {epoch}/{settings.epochs}", disable=not settings.progress)
         for b in range(steps_per_epoch):
             idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
@@ -114,15 +121,17 @@ def fit(
                 group["lr"] = base * lr_factor(settings.schedule, step, total)
             loss, rates = task.loss(images[idx], labels[idx])
             if not torch.isfinite(loss):
+                kept = (f"; the last good checkpoint (epoch {epoch - 1}) is "
+                        f"{run_dir / 'checkpoint.pt'}" if epoch > 1 else "")
                 raise FloatingPointError(
-                    f"{task.name}: loss is {loss.item()} at epoch {epoch}, step {step}. "
-                    f"Likely a too-high learning rate; the last good checkpoint is in {run_dir}"
+                    f"{task.name}: loss is {loss.item()} at epoch {epoch}, step {step}: likely "
+                    f"a too-high learning rate (lower lr) or an exploding input{kept}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            loss_sum += loss.item()
+            loss_sum += loss.item() * len(idx)
             rate_sum = rates if rate_sum is None else rate_sum + rates
             bar.update(len(idx))
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -135,11 +144,11 @@ def fit(
         record = {
             "epoch": epoch,
             "step": step,
-            "loss": loss_sum / steps_per_epoch,
+            "loss": loss_sum / seen,
             "lr": optimizer.param_groups[0]["lr"],
             "firing_rates": [round(r, 5) for r in rates_epoch],
             "seconds": round(seconds, 2),
-            "images_per_s": round(steps_per_epoch * settings.batch_size / seconds, 1),
+            "images_per_s": round(seen / seconds, 1),
         }
         last = epoch == settings.epochs
         every = task.evaluate_every

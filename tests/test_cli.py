@@ -1,0 +1,308 @@
+"""Tests for the command line: help, clear errors (exit 2), and a real run on tiny MNIST.
+
+The smoke runs go through ``spikessl.cli.main`` on a few hundred real MNIST images at T=2,
+so every subcommand is exercised end to end in a few seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from spikessl import cli
+from spikessl.config import load_config
+
+DATA = Path(
+    os.environ.get("SPIKESSL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "datasets"
+)
+HAVE_MNIST = (DATA / "MNIST" / "raw").is_dir()
+needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST not found under {DATA}")
+
+TINY = [
+    "time_steps=2",
+    "pretrain.epochs=1",
+    "pretrain.batch_size=32",
+    "data.train_limit=400",
+    "data.test_limit=100",
+    "knn.k=5",
+    "eval_batch_size=256",
+    "--no-progress",
+]
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """``cli.main(argv)`` -> (exit code, stdout, stderr); SystemExit counts as a return."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def result_json(stdout: str) -> dict:
+    """The JSON object printed last on stdout (tolerates progress lines before it)."""
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
+# ------------------------------------------------------------------------------------------
+# --help
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [None, *cli.COMMANDS])
+def test_help(command: str | None) -> None:
+    argv = ["--help"] if command is None else [command, "--help"]
+    code, out, err = run_main(argv)
+    assert code == 0, err
+    assert "usage:" in out
+    if command is None:
+        for name in cli.COMMANDS:
+            assert name in out
+    else:
+        assert "key=value" in out and "--config" in out and "--run-dir" in out
+        assert ("--pretrained" in out) == (command in ("finetune", "knn"))
+
+
+def test_python_dash_m_help() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "spikessl", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pretrain" in proc.stdout and "finetune" in proc.stdout
+
+
+def test_no_command_is_a_usage_error() -> None:
+    code, out, err = run_main([])
+    assert code == 2 and "usage:" in err
+
+
+def test_finetune_requires_pretrained() -> None:
+    code, _, err = run_main(["finetune", "--no-progress"])
+    assert code == 2 and "--pretrained" in err
+
+
+# ------------------------------------------------------------------------------------------
+# Clear errors, exit status 2, nothing on stdout
+# ------------------------------------------------------------------------------------------
+
+
+def assert_error(argv: list[str], *needles: str) -> str:
+    code, out, err = run_main(argv)
+    assert code == 2, (code, out, err)
+    assert out == ""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert lines, err
+    assert lines[0].startswith(f"spikessl {argv[0]}: error: ")
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["pretrain", "tim_steps=3"], ["tim_steps", "Did you mean 'time_steps'?"]),
+        (["pretrain", "pretrain.epoch=1"], ["pretrain.epoch", "epochs"]),
+        (["pretrain", "time_steps=abc"], ["time_steps"]),
+        (["pretrain", "time_steps=0"], ["time_steps"]),
+        (["pretrain", "pretrain.batch_size=1"], ["pretrain.batch_size"]),
+        (["pretrain", "time_steps"], ["key=value"]),
+        (["pretrain", "augment.views=crop-rotat"], ["crop-rotate"]),
+        (["supervised", "encoder.norm=foo"], ["encoder.norm"]),
+        (["knn", "knn.k=0"], ["knn.k"]),
+        (["pretrain", "--config", "paper-mnst"], ["paper-mnst", "Did you mean 'paper-mnist'?"]),
+        (["pipeline", "--config", "nope"], ["nope", "paper-mnist"]),
+        (["pretrain", "--device", "gpu"], ["device", "gpu"]),
+    ],
+)
+def test_bad_settings_exit_2(argv: list[str], needles: list[str]) -> None:
+    assert_error(argv, *needles)
+
+
+def test_missing_config_file(tmp_path) -> None:
+    assert_error(["pretrain", "--config", str(tmp_path / "mine.yaml")], "mine.yaml", "not found")
+
+
+def test_invalid_yaml_config_file(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("time_steps: [1, 2\n")
+    assert_error(["pretrain", "--config", str(path)], "bad.yaml", "YAML")
+
+
+@pytest.mark.parametrize("command", ["finetune", "knn"])
+@pytest.mark.parametrize("name", ["no-such-run", "no-such-run/checkpoint.pt"])
+def test_missing_pretrained_checkpoint(tmp_path, command: str, name: str) -> None:
+    missing = tmp_path / name
+    assert_error([command, "--pretrained", str(missing), "--no-progress"], "no checkpoint",
+                 str(tmp_path))
+
+
+def test_pretrained_file_that_is_not_a_checkpoint(tmp_path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    path.write_text("not a checkpoint\n")
+    assert_error(["knn", "--pretrained", str(path)], str(path))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"weights": torch.zeros(2)}, torch.zeros(3), {"model": {}, "config": "paper-mnist"}],
+    ids=["dict-without-config", "bare-tensor", "config-not-a-dict"],
+)
+def test_foreign_torch_file_as_pretrained(tmp_path, payload: object) -> None:
+    # A valid torch file that is not one of our checkpoints must give a clear error, not a
+    # KeyError/IndexError traceback from checkpoint["config"].
+    path = tmp_path / "other.pt"
+    torch.save(payload, path)
+    assert_error(["knn", "--pretrained", str(path)], str(path))
+
+
+# ------------------------------------------------------------------------------------------
+# Smoke runs on tiny real MNIST
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """pretrain, then finetune/supervised/knn on its checkpoint; each (code, out, err)."""
+    if not HAVE_MNIST:
+        pytest.skip(f"MNIST not found under {DATA}")
+    root = tmp_path_factory.mktemp("cli-runs")
+    data = ["--data-dir", str(DATA)]
+    results = {"root": root}
+    results["pretrain"] = run_main(["pretrain", *TINY, *data, "--run-dir", str(root / "pre")])
+    assert results["pretrain"][0] == 0, results["pretrain"][2]
+    results["finetune"] = run_main(
+        ["finetune", "--pretrained", str(root / "pre"), "finetune.epochs=1", "--no-progress",
+         "--run-dir", str(root / "fin")]
+    )
+    results["supervised"] = run_main(
+        ["supervised", *TINY, *data, "finetune.epochs=1", "--run-dir", str(root / "sup")]
+    )
+    results["knn"] = run_main(
+        ["knn", "--pretrained", str(root / "pre" / "checkpoint.pt"), "--no-progress"]
+    )
+    return results
+
+
+def check_run_dir(run_dir: Path, epochs: int, layers: int) -> tuple[dict, dict]:
+    """The four files of a run; returns (summary, checkpoint)."""
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"
+    ]
+    cfg = load_config(str(run_dir / "config.yaml"))
+    assert cfg.time_steps == 2 and cfg.data.train_limit == 400
+
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == epochs
+    for epoch, line in enumerate(lines, 1):
+        record = json.loads(line)
+        assert record["epoch"] == epoch
+        assert isinstance(record["loss"], float) and math.isfinite(record["loss"])
+        rates = record["firing_rates"]
+        assert len(rates) == layers and all(0.0 <= r <= 1.0 for r in rates)
+
+    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert {"model", "config"} <= set(ckpt)
+    assert load_config(ckpt["config"]) == cfg
+    assert all(torch.is_tensor(v) for v in ckpt["model"].values())
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert Path(summary["run_dir"]) == run_dir
+    return summary, ckpt
+
+
+def assert_accuracy(value: object) -> None:
+    assert isinstance(value, float) and 0.0 <= value <= 100.0
+
+
+@needs_mnist
+def test_pretrain_run(runs: dict) -> None:
+    code, out, err = runs["pretrain"]
+    run_dir = runs["root"] / "pre"
+    summary, ckpt = check_run_dir(run_dir, epochs=1, layers=3)  # conv, conv, fc
+    assert summary == result_json(out)
+    for key in ("knn_accuracy", "knn_accuracy_at_init"):
+        assert_accuracy(summary[key])
+    assert summary["command"] == "pretrain" and summary["epochs"] == 1
+    assert math.isfinite(summary["final_loss"])
+    assert all(k.startswith("encoder.") for k in ckpt["model"])
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["knn"]["k"] == 5
+
+
+@needs_mnist
+@pytest.mark.parametrize("command", ["finetune", "supervised"])
+def test_finetune_and_supervised_runs(runs: dict, command: str) -> None:
+    code, out, err = runs[command]
+    assert code == 0, err
+    run_dir = runs["root"] / ("fin" if command == "finetune" else "sup")
+    summary, ckpt = check_run_dir(run_dir, epochs=1, layers=4)  # + the classifier layer
+    assert summary == result_json(out)
+    assert summary["command"] == command
+    for key in ("test_accuracy", "best_test_accuracy"):
+        assert_accuracy(summary[key])
+    cfg = load_config(ckpt["config"])
+    assert cfg.finetune.epochs == 1
+    if command == "finetune":  # settings come from the pretraining run's own config
+        pre = load_config(str(runs["root"] / "pre" / "config.yaml"))
+        assert cfg.encoder == pre.encoder and cfg.data == pre.data
+
+
+@needs_mnist
+def test_knn_on_pretrained(runs: dict) -> None:
+    code, out, err = runs["knn"]
+    assert code == 0, err
+    result = result_json(out)
+    assert result["command"] == "knn" and result["pretrained"] is True and result["k"] == 5
+    assert_accuracy(result["knn_accuracy"])
+    # the same encoder on the same images: exactly what pretraining reported at its end
+    pre = json.loads((runs["root"] / "pre" / "summary.json").read_text())
+    assert result["knn_accuracy"] == pytest.approx(pre["knn_accuracy"])
+
+
+@needs_mnist
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "supervised", "knn"])
+def test_stdout_is_only_the_json_result(runs: dict, command: str) -> None:
+    # `spikessl pretrain ... | jq .knn_accuracy` must work: progress goes to stderr.
+    code, out, err = runs[command]
+    assert code == 0, err
+    json.loads(out)
+
+
+@needs_mnist
+def test_finished_run_dir_is_not_overwritten(runs: dict) -> None:
+    run_dir = runs["root"] / "pre"
+    before = (run_dir / "summary.json").read_text()
+    assert_error(["pretrain", *TINY, "--data-dir", str(DATA), "--run-dir", str(run_dir)],
+                 "already holds a finished run")
+    assert (run_dir / "summary.json").read_text() == before
+
+
+@needs_mnist
+def test_data_dir_is_taken_literally(tmp_path, monkeypatch) -> None:
+    # --data-dir is a path, not YAML: a folder named 2024 must not become the int 2024.
+    for name in ("2024", "yes"):
+        raw = tmp_path / name / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for src in (DATA / "MNIST" / "raw").iterdir():
+            (raw / src.name).symlink_to(src)
+    monkeypatch.chdir(tmp_path)
+    for name in ("2024", "yes"):
+        code, out, err = run_main(["knn", *TINY, "--data-dir", name])
+        assert code == 0, err
+        assert result_json(out)["pretrained"] is False

@@ -1,0 +1,119 @@
+"""Spiking encoder: shapes, direct encoding, and a per-step snntorch network as reference."""
+
+import pytest
+import snntorch as snn
+import torch
+import torch.nn.functional as F
+from snntorch import surrogate
+
+from spikessl import EncoderConfig, SpikingClassifier, build_encoder
+from spikessl.encoders import SpikingEncoder
+
+
+def snntorch_forward(enc: SpikingEncoder, images, T):
+    """The same weights stepped through time the paper's way (snn.Leaky, one step at a time)."""
+    cfg = enc.cfg
+
+    def leaky():
+        return snn.Leaky(beta=cfg.beta, threshold=cfg.threshold,
+                         spike_grad=surrogate.sigmoid(slope=cfg.slope))
+
+    conv_lifs = [leaky() for _ in enc.convs]
+    fc_lifs = [leaky() for _ in enc.fcs]
+    mems = [lif.init_leaky() for lif in conv_lifs + fc_lifs]
+    outputs = []
+    for _ in range(T):
+        x = images
+        for i, (conv, lif) in enumerate(zip(enc.convs, conv_lifs)):
+            spk, mems[i] = lif(conv(x), mems[i])
+            x = F.max_pool2d(spk, cfg.pool)
+        x = x.flatten(1)
+        for j, (fc, lif) in enumerate(zip(enc.fcs, fc_lifs)):
+            x, mems[len(conv_lifs) + j] = lif(fc(x), mems[len(conv_lifs) + j])
+        outputs.append(x)
+    return torch.stack(outputs).sum(0)
+
+
+@pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3)])
+def test_matches_per_step_snntorch_network(image_size, channels):
+    torch.manual_seed(0)
+    cfg = EncoderConfig(in_channels=channels, image_size=image_size, conv_channels=(6, 8),
+                        fc_sizes=(20,), beta=0.9, threshold=0.5, slope=2.0)
+    enc = SpikingEncoder(cfg)
+    ref = SpikingEncoder(cfg)
+    ref.load_state_dict(enc.state_dict())
+    images = torch.rand(4, channels, image_size, image_size) * 3
+    counts = enc(images, 8)
+    counts_ref = snntorch_forward(ref, images, 8)
+    assert torch.equal(counts, counts_ref)
+    assert counts.sum() > 0, "the reference comparison must involve spikes"
+    target = torch.randn_like(counts)
+    ((counts - target) ** 2).sum().backward()
+    ((counts_ref - target) ** 2).sum().backward()
+    for (name, p), p_ref in zip(enc.named_parameters(), ref.parameters()):
+        assert torch.isfinite(p_ref.grad).all()
+        err = (p.grad - p_ref.grad).abs().max() / p_ref.grad.abs().max().clamp_min(1e-12)
+        assert err < 1e-5, name
+
+
+def test_presets_shapes_and_counts():
+    torch.manual_seed(0)
+    for preset, shape in (("paper-mnist", (3, 1, 28, 28)), ("paper-cifar10", (3, 3, 32, 32))):
+        enc = build_encoder(preset)
+        counts = enc(torch.randn(*shape), 5)
+        assert counts.shape == (3, enc.latent_dim) == (3, 128)
+        assert counts.dtype == torch.float32
+        assert torch.equal(counts, counts.round()) and counts.min() >= 0 and counts.max() <= 5
+        assert enc.convs[0].out_channels == 12 and enc.convs[1].out_channels == 64
+
+
+def test_first_convolution_runs_once_per_forward():
+    enc = build_encoder(EncoderConfig())
+    calls = []
+    enc.convs[0].register_forward_hook(lambda *a: calls.append(1))
+    enc.convs[1].register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    enc(torch.rand(2, 1, 28, 28), T=7)
+    assert calls == [1, 14]  # conv1 once (constant input); conv2 on all T*B spike maps
+
+
+def test_architecture_is_configuration():
+    cfg = EncoderConfig(in_channels=3, image_size=32, conv_channels=(4, 8, 16),
+                        kernel_sizes=(3, 3, 3), fc_sizes=(64, 32), norm="batch")
+    enc = build_encoder(cfg)
+    assert [c.out_channels for c in enc.convs] == [4, 8, 16]
+    assert enc.fcs[0].in_features == 16 * 2 * 2  # 32 -> 15 -> 6 -> 2
+    trace = enc.trace(torch.rand(5, 3, 32, 32), 4)
+    assert trace.spikes.shape == (4, 5, 32)
+    assert trace.rates.shape == (5,)  # one firing rate per spiking layer
+    assert build_encoder(dict(conv_channels=[4], kernel_sizes=[3], fc_sizes=[10])).latent_dim == 10
+
+
+def test_batch_norm_keeps_every_layer_firing():
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(norm="batch", slope=5.0))
+    rates = enc.trace(torch.randn(16, 1, 28, 28), 10).rates
+    assert ((rates > 0.02) & (rates < 0.98)).all(), rates
+
+
+def test_classifier_outputs_class_spike_counts():
+    enc = build_encoder(EncoderConfig())
+    clf = SpikingClassifier(enc, 10)
+    out = clf(torch.rand(4, 1, 28, 28), 6)
+    assert out.shape == (4, 10)
+    assert clf.trace(torch.rand(4, 1, 28, 28), 6).rates.shape == (4,)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(conv_channels=(12,), kernel_sizes=(5, 5)), "one entry per"),
+    (dict(image_size=8), "too small"),
+    (dict(norm="layer"), "norm"),
+    (dict(fc_sizes=()), "fc_sizes"),
+])
+def test_bad_architecture_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EncoderConfig(**kwargs)
+
+
+def test_zero_time_steps_rejected():
+    with pytest.raises(ValueError, match="time steps"):
+        build_encoder(EncoderConfig())(torch.rand(1, 1, 28, 28), 0)

@@ -1,0 +1,261 @@
+"""Tests for spikessl.evaluate: weighted kNN against a plain reference, accuracy, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from spikessl.evaluate import accuracy, batched_outputs, knn_predict
+
+# ------------------------------------------------------------------------------------------
+# knn_predict
+# ------------------------------------------------------------------------------------------
+
+
+def reference_knn(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray,
+                  num_classes: int, k: int, t: float) -> np.ndarray:
+    """Wu et al. (2018), one query at a time, in float64.
+
+    Also checks that the data has no near ties (neither at the k-th neighbour nor between
+    the two best classes), so a float32 implementation must give the very same answer.
+    """
+    def unit(v: np.ndarray) -> np.ndarray:
+        norm = np.linalg.norm(v)
+        return v / norm if norm > 0 else v
+
+    bank64 = np.stack([unit(b.astype(np.float64)) for b in bank])
+    k = min(k, len(bank64))
+    preds = []
+    for q in queries:
+        q = unit(q.astype(np.float64))
+        sims = bank64 @ q
+        order = sorted(range(len(sims)), key=lambda j: -sims[j])
+        if k < len(sims):
+            assert sims[order[k - 1]] - sims[order[k]] > 1e-5, "near tie at the k-th neighbour"
+        votes = [0.0] * num_classes
+        for j in order[:k]:
+            votes[int(labels[j])] += float(np.exp(sims[j] / t))
+        ranked = sorted(votes, reverse=True)
+        assert ranked[0] - ranked[1] > 1e-4 * ranked[0], "near tie between classes"
+        preds.append(int(np.argmax(votes)))
+    return np.array(preds)
+
+
+def random_problem(seed: int, n: int = 40, q: int = 13, d: int = 6, classes: int = 4):
+    gen = torch.Generator().manual_seed(seed)
+    bank = torch.randn(n, d, generator=gen)
+    labels = torch.randint(0, classes, (n,), generator=gen)
+    queries = torch.randn(q, d, generator=gen)
+    return bank, labels, queries, classes
+
+
+@pytest.mark.parametrize("k", [1, 5, 200])  # 200 > the 40 bank entries
+@pytest.mark.parametrize("temperature", [0.07, 0.5, 2.0])
+@pytest.mark.parametrize("chunk_size", [4, 13, 100])  # <, =, > the 13 queries
+def test_knn_matches_reference(k: int, temperature: float, chunk_size: int) -> None:
+    bank, labels, queries, classes = random_problem(seed=0)
+    expected = reference_knn(bank.numpy(), labels.numpy(), queries.numpy(), classes, k,
+                             temperature)
+    got = knn_predict(bank, labels, queries, classes, k=k, temperature=temperature,
+                      chunk_size=chunk_size)
+    assert got.shape == (queries.shape[0],)
+    assert got.dtype == torch.int64
+    assert got.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_knn_matches_reference_other_data(seed: int) -> None:
+    bank, labels, queries, classes = random_problem(seed, n=60, q=25, d=10, classes=5)
+    expected = reference_knn(bank.numpy(), labels.numpy(), queries.numpy(), classes, 7, 0.1)
+    got = knn_predict(bank, labels, queries, classes, k=7, temperature=0.1, chunk_size=8)
+    assert got.tolist() == expected.tolist()
+
+
+def test_knn_non_negative_latents_like_spike_counts() -> None:
+    gen = torch.Generator().manual_seed(4)
+    bank = torch.randint(0, 9, (50, 8), generator=gen).float() + torch.rand(50, 8, generator=gen)
+    labels = torch.randint(0, 3, (50,), generator=gen)
+    queries = torch.randint(0, 9, (11, 8), generator=gen).float() + torch.rand(11, 8,
+                                                                               generator=gen)
+    expected = reference_knn(bank.numpy(), labels.numpy(), queries.numpy(), 3, 5, 0.1)
+    assert knn_predict(bank, labels, queries, 3, k=5, temperature=0.1).tolist() == \
+        expected.tolist()
+
+
+def test_knn_is_scale_invariant() -> None:
+    bank, labels, queries, classes = random_problem(seed=5)
+    a = knn_predict(bank, labels, queries, classes, k=5)
+    b = knn_predict(bank * 37.0, labels, queries * 0.01, classes, k=5)
+    assert torch.equal(a, b)
+
+
+def test_knn_well_separated_clusters_are_perfect() -> None:
+    gen = torch.Generator().manual_seed(6)
+    classes, d = 5, 16
+    centres = torch.eye(d)[:classes] * 10.0
+    bank_labels = torch.arange(classes).repeat_interleave(30)
+    bank = centres[bank_labels] + 0.3 * torch.randn(len(bank_labels), d, generator=gen)
+    query_labels = torch.arange(classes).repeat(20)
+    queries = centres[query_labels] + 0.3 * torch.randn(len(query_labels), d, generator=gen)
+    preds = knn_predict(bank, bank_labels, queries, classes, k=20, temperature=0.1,
+                        chunk_size=7)
+    assert accuracy(preds, query_labels) == 100.0
+
+
+def test_knn_zero_vectors_do_not_crash() -> None:
+    bank, labels, queries, classes = random_problem(seed=7)
+    bank[3] = 0.0
+    queries[0] = 0.0
+    preds = knn_predict(bank, labels, queries, classes, k=5)
+    assert preds.shape == (queries.shape[0],)
+    assert ((preds >= 0) & (preds < classes)).all()
+    # every other query is unaffected by the zero bank entry (similarity 0 < its top 5)
+    expected = reference_knn(bank.numpy(), labels.numpy(), queries[1:].numpy(), classes, 5, 0.1)
+    assert preds[1:].tolist() == expected.tolist()
+
+
+def test_knn_all_zero_bank() -> None:
+    preds = knn_predict(torch.zeros(6, 3), torch.tensor([2, 2, 2, 1, 1, 0]), torch.zeros(2, 3),
+                        num_classes=3, k=6)
+    assert preds.tolist() == [2, 2]  # every neighbour votes exp(0): the majority wins
+
+
+def test_knn_k_larger_than_bank_is_a_plain_weighted_vote() -> None:
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    queries = torch.tensor([[0.0, 1.0], [1.0, 0.2]])
+    # k covers the whole bank: query 0 gets two votes exp(~0.1/t) for class 0 against one
+    # exp(1/t) for class 1: with a small t class 1 wins, with a large t the count wins.
+    assert knn_predict(bank, labels, queries, 2, k=50, temperature=0.1).tolist() == [1, 0]
+    assert knn_predict(bank, labels, queries, 2, k=50, temperature=100.0).tolist() == [0, 0]
+
+
+def test_knn_low_temperature_does_not_overflow() -> None:
+    """exp(sim / t) overflows float32 once sim / t > 88.7 (t = 0.01, sim > 0.89).
+
+    Class 1 has the nearer neighbour (cosine 0.999 vs 0.95) and must win; when both
+    weights overflow to inf the argmax falls to class 0 instead.
+    """
+    query = torch.tensor([[1.0, 0.0]])
+    angle = torch.tensor([float(np.arccos(0.95)), float(np.arccos(0.999))])
+    bank = torch.stack([angle.cos(), angle.sin()], dim=1)
+    labels = torch.tensor([0, 1])
+    expected = reference_knn(bank.numpy(), labels.numpy(), query.numpy(), 2, 2, 0.01)
+    assert expected.tolist() == [1]
+    assert knn_predict(bank, labels, query, 2, k=2, temperature=0.01).tolist() == [1]
+
+
+def test_knn_accepts_float64_latents() -> None:
+    bank, labels, queries, classes = random_problem(seed=8)
+    a = knn_predict(bank, labels, queries, classes, k=5)
+    b = knn_predict(bank.double(), labels, queries.double(), classes, k=5)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("k, temperature", [(0, 0.1), (-3, 0.1), (5, 0.0), (5, -0.1)])
+def test_knn_bad_parameters(k: int, temperature: float) -> None:
+    bank, labels, queries, classes = random_problem(seed=9)
+    with pytest.raises(ValueError, match="k >= 1 and temperature > 0"):
+        knn_predict(bank, labels, queries, classes, k=k, temperature=temperature)
+
+
+def test_knn_mismatched_lengths() -> None:
+    bank, labels, queries, classes = random_problem(seed=10)
+    with pytest.raises(ValueError, match="same length"):
+        knn_predict(bank, labels[:-1], queries, classes)
+
+
+# ------------------------------------------------------------------------------------------
+# accuracy
+# ------------------------------------------------------------------------------------------
+
+
+def test_accuracy_known_values() -> None:
+    assert accuracy(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 3])) == 100.0
+    assert accuracy(torch.tensor([0, 1, 2, 3]), torch.tensor([3, 2, 1, 0])) == 0.0
+    assert accuracy(torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 0, 1])) == 50.0
+    assert accuracy(torch.tensor([2, 0, 1]), torch.tensor([2, 0, 0])) == pytest.approx(200 / 3)
+    result = accuracy(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 0]))
+    assert isinstance(result, float) and result == 75.0
+
+
+# ------------------------------------------------------------------------------------------
+# batched_outputs
+# ------------------------------------------------------------------------------------------
+
+
+class Probe(nn.Module):
+    """Deterministic in eval mode (dropout off); records mode and grad state per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(12, 5)
+        self.dropout = nn.Dropout(0.5)
+        self.calls: list[tuple[bool, bool, int]] = []
+
+    def forward(self, x: Tensor, T: int) -> Tensor:
+        self.calls.append((self.training, torch.is_grad_enabled(), x.shape[0]))
+        return T * self.dropout(self.linear(x.flatten(1))).double()
+
+
+def prepare(images: Tensor) -> Tensor:
+    return images.float() / 255.0
+
+
+def images_uint8(n: int) -> Tensor:
+    return torch.randint(0, 256, (n, 3, 2, 2), generator=torch.Generator().manual_seed(n),
+                         dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 10, 64])
+def test_batched_outputs_equals_one_full_batch(batch_size: int) -> None:
+    model, images = Probe(), images_uint8(10)
+    model.eval()
+    with torch.no_grad():
+        full = model(prepare(images), 4).float()
+    model.calls.clear()
+    out = batched_outputs(model, images, 4, prepare, batch_size=batch_size)
+    assert out.dtype == torch.float32
+    assert out.shape == (10, 5)
+    torch.testing.assert_close(out, full, rtol=1e-6, atol=1e-6)
+    sizes = [c[2] for c in model.calls]
+    assert sum(sizes) == 10 and max(sizes) <= batch_size
+    assert len(sizes) == -(-10 // batch_size)
+
+
+def test_batched_outputs_runs_in_eval_mode_and_restores_training() -> None:
+    model, images = Probe(), images_uint8(7)
+    model.train()
+    out1 = batched_outputs(model, images, 2, prepare, batch_size=3)
+    out2 = batched_outputs(model, images, 2, prepare, batch_size=3)
+    assert torch.equal(out1, out2)  # dropout was off
+    assert all(not training for training, _, _ in model.calls)
+    assert model.training and model.dropout.training
+
+
+def test_batched_outputs_keeps_eval_mode() -> None:
+    model = Probe().eval()
+    batched_outputs(model, images_uint8(4), 2, prepare, batch_size=3)
+    assert not model.training and not model.dropout.training
+
+
+def test_batched_outputs_restores_training_after_an_error() -> None:
+    model = Probe().train()
+
+    def broken(_images: Tensor) -> Tensor:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        batched_outputs(model, images_uint8(4), 2, broken)
+    assert model.training
+
+
+def test_batched_outputs_runs_without_grad() -> None:
+    model = Probe()
+    out = batched_outputs(model, images_uint8(5), 2, prepare, batch_size=2)
+    assert all(not grad for _, grad, _ in model.calls)
+    assert not out.requires_grad
+    assert torch.is_grad_enabled()  # switched back on afterwards

@@ -1,0 +1,112 @@
+"""End to end on real MNIST: pretraining stays alive and helps, fine-tuning learns, seeds fix it."""
+
+import json
+
+import pytest
+import torch
+
+from spikessl import pipeline
+from spikessl.config import load_config
+
+
+def small_config(tmp_path, **overrides):
+    base = {
+        "time_steps": 4,
+        "device": "cpu",
+        "out_dir": str(tmp_path),
+        "data": {"train_limit": 3000, "test_limit": 1000},
+        "pretrain": {"epochs": 9, "batch_size": 64},
+        "finetune": {"epochs": 3, "batch_size": 64},
+        "knn": {"k": 20},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
+    return load_config("mnist-quick", base)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = small_config(tmp)
+    summary = pipeline.pretrain(cfg, tmp / "pretrain", progress=False)
+    return cfg, summary, tmp
+
+
+def test_pretraining_hundreds_of_steps_without_collapse(pretrained):
+    cfg, summary, tmp = pretrained
+    records = [json.loads(line) for line in (tmp / "pretrain" / "metrics.jsonl").open()]
+    assert len(records) == cfg.pretrain.epochs
+    assert records[-1]["step"] >= 300
+    for r in records:  # every layer, output included, fires but is not saturated
+        assert all(0.01 < rate < 0.99 for rate in r["firing_rates"]), r
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert records[-1]["loss"] < 0.95 * torch.log(torch.tensor(2 * 64 - 1.0)).item()
+
+
+def test_pretrained_latents_are_informative(pretrained):
+    _, summary, _ = pretrained
+    # kNN on spike counts: clearly above the same encoder at initialisation
+    assert summary["knn_accuracy"] > summary["knn_accuracy_at_init"] + 3.0, summary
+    assert summary["knn_accuracy"] > 80.0, summary
+
+
+def test_finetune_reaches_nontrivial_accuracy(pretrained):
+    cfg, _, tmp = pretrained
+    checkpoint = pipeline.load_checkpoint(tmp / "pretrain")
+    summary = pipeline.finetune(cfg, checkpoint, tmp / "finetune", progress=False)
+    assert summary["test_accuracy"] > 80.0, summary
+    assert summary["labelled_images"] == 600  # 20% of the 3,000-image subset
+    rates = summary["firing_rates"]
+    assert 0.0 < rates[-1] < 1.0
+
+
+def test_split_is_disjoint_and_identical_across_commands(tmp_path):
+    cfg = small_config(tmp_path)
+    a = pipeline.load_data(cfg, torch.device("cpu"))
+    b = pipeline.load_data(cfg, torch.device("cpu"))
+    assert torch.equal(a.labelled, b.labelled) and torch.equal(a.unlabelled, b.unlabelled)
+    assert len(set(a.labelled.tolist()) & set(a.unlabelled.tolist())) == 0
+    assert len(a.labelled) + len(a.unlabelled) == len(a.train_labels) == 3000
+
+
+def test_seed_fixes_the_whole_run(tmp_path):
+    tiny = {"pretrain": {"epochs": 1, "batch_size": 32}, "data": {"train_limit": 400,
+                                                                 "test_limit": 100}}
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        cfg = small_config(tmp_path, seed=seed, **tiny)
+        pipeline.pretrain(cfg, tmp_path / name, progress=False)
+        runs.append(pipeline.load_checkpoint(tmp_path / name)["model"])
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+    assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0] if k.endswith("weight"))
+
+
+def test_finetune_rejects_a_checkpoint_of_another_architecture(tmp_path, pretrained):
+    _, _, tmp = pretrained
+    checkpoint = pipeline.load_checkpoint(tmp / "pretrain")
+    cfg = small_config(tmp_path, encoder={"fc_sizes": [64]})
+    with pytest.raises(ValueError, match="fc_sizes"):
+        pipeline.finetune(cfg, checkpoint, tmp_path / "ft", progress=False)
+
+
+def test_linear_probe_leaves_the_encoder_untouched(tmp_path, pretrained):
+    _, _, tmp = pretrained
+    checkpoint = pipeline.load_checkpoint(tmp / "pretrain")
+    cfg = small_config(tmp_path, finetune={"linear_probe": True, "epochs": 1})
+    pipeline.finetune(cfg, checkpoint, tmp_path / "probe", progress=False)
+    after = pipeline.load_checkpoint(tmp_path / "probe")["model"]
+    for key, value in checkpoint["model"].items():
+        if key.startswith("encoder."):
+            assert torch.equal(after[key], value), key
+
+
+def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        pipeline.load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pipeline.load_checkpoint(tmp_path / "missing")

@@ -1,0 +1,363 @@
+"""Tests for spikessl.train: schedule, atomic checkpoints, rate checks and the training loop.
+
+The loop is driven by a tiny deterministic task: a linear classifier on a linearly
+separable 2-D problem, whose loss reports made-up firing rates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spikessl import train
+from spikessl.train import LoopSettings, Task, atomic_save, check_rates, fit, lr_factor
+
+RECORD_KEYS = {"epoch", "step", "loss", "lr", "firing_rates", "seconds", "images_per_s"}
+
+# ------------------------------------------------------------------------------------------
+# lr_factor
+# ------------------------------------------------------------------------------------------
+
+
+def test_lr_factor_cosine() -> None:
+    assert lr_factor("cosine", 0, 100) == pytest.approx(1.0)
+    assert lr_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert lr_factor("cosine", 100, 100) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor("cosine", 25, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    values = [lr_factor("cosine", s, 40) for s in range(41)]
+    assert all(a > b for a, b in itertools.pairwise(values))  # strictly decreasing
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert lr_factor("cosine", 0, 0) == pytest.approx(1.0)  # no division by zero
+
+
+def test_lr_factor_constant() -> None:
+    assert all(lr_factor("constant", s, 10) == 1.0 for s in range(11))
+
+
+# ------------------------------------------------------------------------------------------
+# atomic_save
+# ------------------------------------------------------------------------------------------
+
+
+def test_atomic_save_writes_a_loadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    obj = {"weights": torch.arange(6.0).reshape(2, 3), "epoch": 3, "config": {"a": [1, 2]}}
+    atomic_save(obj, path)
+    loaded = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["weights"], obj["weights"])
+    assert loaded["epoch"] == 3 and loaded["config"] == {"a": [1, 2]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    atomic_save({"epoch": 4}, path)  # overwriting works too
+    assert torch.load(path, weights_only=True) == {"epoch": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_atomic_save_failure_keeps_the_previous_file(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def failing_save(obj: object, fh: object) -> None:
+        fh.write(b"half a checkpoint")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train.torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["epoch"] == 1 and torch.equal(loaded["w"], torch.ones(3))
+
+
+# ------------------------------------------------------------------------------------------
+# check_rates
+# ------------------------------------------------------------------------------------------
+
+
+def test_check_rates_silent_layer() -> None:
+    msg = check_rates(torch.tensor([0.2, 0.0, 0.3]), "pretrain step 7")
+    assert msg is not None
+    assert "pretrain step 7" in msg and "layer 1 silent" in msg
+    assert "layer 0" not in msg and "layer 2" not in msg
+
+
+def test_check_rates_saturated_layer() -> None:
+    msg = check_rates(torch.tensor([0.2, 0.5, 1.0]), "finetune step 1")
+    assert msg is not None
+    assert "finetune step 1" in msg and "layer 2 saturated" in msg
+    assert "layer 0" not in msg and "layer 1" not in msg
+
+
+def test_check_rates_names_every_bad_layer() -> None:
+    msg = check_rates(torch.tensor([0.0, 0.5, 1.0]), "x")
+    assert msg is not None and "layer 0 silent" in msg and "layer 2 saturated" in msg
+
+
+@pytest.mark.parametrize("rates", [[0.1, 0.5, 0.9], [1e-3], [2e-4, 0.98], []])
+def test_check_rates_healthy(rates: list[float]) -> None:
+    assert check_rates(torch.tensor(rates), "x") is None
+
+
+# ------------------------------------------------------------------------------------------
+# fit on a tiny separable problem
+# ------------------------------------------------------------------------------------------
+
+
+def separable_data(n: int = 64, seed: int = 0) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return x, y
+
+
+def make_task(
+    seed: int = 0,
+    lr: float = 0.05,
+    rates: Callable[[int], Tensor] | None = None,
+    evaluate: Callable[[], dict] | None = None,
+    evaluate_every: int = 1,
+    nan_at: int | None = None,
+    batches: list[Tensor] | None = None,
+    in_features: int = 2,
+) -> Task:
+    torch.manual_seed(seed)
+    model = nn.Linear(in_features, 2)
+    calls = [0]
+
+    def loss(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        if batches is not None:
+            batches.append(images.clone())
+        value = F.cross_entropy(model(images), labels)
+        if nan_at is not None and calls[0] == nan_at:
+            value = value * float("nan")
+        r = rates(calls[0]) if rates is not None else torch.tensor([0.2, 0.4])
+        calls[0] += 1
+        return value, r
+
+    return Task("toy", model, [{"params": model.parameters(), "lr": lr}], loss,
+                evaluate=evaluate, evaluate_every=evaluate_every)
+
+
+def settings(epochs: int = 3, batch_size: int = 16, **kw: object) -> LoopSettings:
+    return LoopSettings(epochs=epochs, batch_size=batch_size, progress=False, **kw)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_fit_loss_falls_and_metrics_are_written(tmp_path: Path) -> None:
+    x, y = separable_data()
+    task = make_task(lr=0.2)
+    history = fit(task, x, y, settings(epochs=6), tmp_path)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert [h["step"] for h in history] == [4, 8, 12, 16, 20, 24]  # 64 / 16 = 4 per epoch
+    losses = [h["loss"] for h in history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert all(a > b for a, b in itertools.pairwise(losses))
+    records = read_metrics(tmp_path)
+    assert records == json.loads(json.dumps(history))  # the file holds exactly the history
+    for record in records:
+        assert set(record) == RECORD_KEYS
+        assert record["firing_rates"] == pytest.approx([0.2, 0.4])
+        assert record["seconds"] >= 0 and record["images_per_s"] > 0
+    accuracy = (task.model(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.9
+
+
+def test_fit_checkpoint_contents(tmp_path: Path) -> None:
+    x, y = separable_data()
+    task = make_task()
+    extra = {"config": {"name": "toy", "lr": 0.05, "layers": [2, 2]}}
+    fit(task, x, y, settings(epochs=2), tmp_path, extra_state=extra)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 8
+    assert ckpt["config"] == extra["config"]
+    for name, value in task.model.state_dict().items():
+        assert torch.equal(ckpt["model"][name], value)
+    optimizer = torch.optim.Adam(nn.Linear(2, 2).parameters())
+    optimizer.load_state_dict(ckpt["optimizer"])  # a valid optimizer state
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+
+
+def test_fit_averages_firing_rates_over_the_epoch(tmp_path: Path) -> None:
+    x, y = separable_data(32)
+
+    def rates(call: int) -> Tensor:  # two steps per epoch alternate between two values
+        return torch.tensor([0.2, 0.4]) if call % 2 == 0 else torch.tensor([0.4, 0.6])
+
+    history = fit(make_task(rates=rates), x, y, settings(epochs=2), tmp_path)
+    for record in history:
+        assert record["firing_rates"] == pytest.approx([0.3, 0.5])
+
+
+@pytest.mark.parametrize("epochs, every, expected", [
+    (3, 0, [3]),
+    (5, 2, [2, 4, 5]),
+    (4, 2, [2, 4]),
+    (3, 1, [1, 2, 3]),
+    (2, 5, [2]),
+])
+def test_fit_evaluate_schedule(tmp_path: Path, epochs: int, every: int,
+                               expected: list[int]) -> None:
+    x, y = separable_data(32)
+    calls: list[int] = []
+
+    def evaluate() -> dict:
+        calls.append(len(calls))
+        return {"score": 10.0 * len(calls), "extra": "ok"}
+
+    task = make_task(evaluate=evaluate, evaluate_every=every)
+    history = fit(task, x, y, settings(epochs=epochs), tmp_path)
+    assert [h["epoch"] for h in history if "score" in h] == expected
+    assert len(calls) == len(expected)  # evaluated once per listed epoch, never twice
+    assert [h["score"] for h in history if "score" in h] == [10.0 * (i + 1)
+                                                              for i in range(len(expected))]
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records if "score" in r] == expected
+    assert all(r["extra"] == "ok" for r in records if "score" in r)
+
+
+def test_fit_is_deterministic(tmp_path: Path) -> None:
+    x, y = separable_data()
+    runs = []
+    for i, seed in enumerate([3, 3, 4]):
+        task = make_task(seed=0)
+        history = fit(task, x, y, settings(epochs=3, seed=seed), tmp_path / str(i))
+        runs.append((task.model.state_dict(), [h["loss"] for h in history]))
+    (w0, l0), (w1, l1), (w2, _) = runs
+    assert l0 == l1
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert not all(torch.equal(w0[k], w2[k]) for k in w0)  # the seed drives the shuffling
+
+
+def test_fit_nan_loss_raises(tmp_path: Path) -> None:
+    x, y = separable_data(32)  # 2 steps per epoch: the 4th call is epoch 2, step 3
+    task = make_task(nan_at=3)
+    with pytest.raises(FloatingPointError, match=r"toy: loss is nan at epoch 2, step 3"):
+        fit(task, x, y, settings(epochs=3), tmp_path)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_fit_inf_loss_raises(tmp_path: Path) -> None:
+    x, y = separable_data(32)
+    task = make_task()
+    inner = task.loss
+    task.loss = lambda images, labels: (inner(images, labels)[0] + float("inf"),
+                                        torch.tensor([0.5]))
+    with pytest.raises(FloatingPointError, match="epoch 1, step 0"):
+        fit(task, x, y, settings(epochs=1), tmp_path)
+
+
+@pytest.mark.parametrize("n, drop_last", [(15, True), (0, False)])
+def test_fit_too_small_dataset(tmp_path: Path, n: int, drop_last: bool) -> None:
+    x, y = separable_data(n)
+    with pytest.raises(ValueError, match="do not fill one batch"):
+        fit(make_task(), x, y, settings(batch_size=16, drop_last=drop_last), tmp_path)
+
+
+def test_fit_small_dataset_without_drop_last(tmp_path: Path) -> None:
+    x, y = separable_data(15)
+    history = fit(make_task(), x, y, settings(epochs=2, batch_size=16, drop_last=False),
+                  tmp_path)
+    assert [h["step"] for h in history] == [1, 2]
+
+
+def test_fit_warns_once_about_silent_layers(tmp_path: Path) -> None:
+    x, y = separable_data(32)
+    task = make_task(rates=lambda _call: torch.tensor([0.0, 0.5]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = fit(task, x, y, settings(epochs=3), tmp_path)
+    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(runtime) == 1
+    assert "toy step 1" in str(runtime[0].message)
+    assert "layer 0 silent" in str(runtime[0].message)
+    assert history[-1]["firing_rates"] == [0.0, 0.5]
+
+
+def test_fit_healthy_rates_do_not_warn(tmp_path: Path) -> None:
+    x, y = separable_data(32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(make_task(), x, y, settings(epochs=2), tmp_path)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("drop_last, sizes", [(False, [4, 4, 2]), (True, [4, 4])])
+def test_fit_batches_cover_the_data(tmp_path: Path, drop_last: bool, sizes: list[int]) -> None:
+    n = 10
+    images = torch.arange(n, dtype=torch.float32)[:, None]
+    labels = (images[:, 0] >= 5).long()
+    seen: list[Tensor] = []
+    task = make_task(batches=seen, in_features=1)
+    history = fit(task, images, labels, settings(epochs=2, batch_size=4, drop_last=drop_last),
+                  tmp_path)
+    assert [h["step"] for h in history] == [len(sizes), 2 * len(sizes)]
+    assert [len(b) for b in seen] == sizes * 2
+    for epoch in range(2):
+        ids = torch.cat(seen[epoch * len(sizes) : (epoch + 1) * len(sizes)])[:, 0].long()
+        assert len(set(ids.tolist())) == len(ids)  # no image twice in an epoch
+        if not drop_last:
+            assert sorted(ids.tolist()) == list(range(n))
+    epoch1 = torch.cat(seen[: len(sizes)])[:, 0].tolist()
+    epoch2 = torch.cat(seen[len(sizes) :])[:, 0].tolist()
+    assert epoch1 != epoch2  # reshuffled every epoch
+
+
+class RecordingAdam(torch.optim.Adam):
+    """Adam that records the learning rate of every group at each step."""
+
+    seen: ClassVar[list[list[float]]] = []
+
+    def step(self, closure=None):
+        RecordingAdam.seen.append([g["lr"] for g in self.param_groups])
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_fit_applies_the_schedule_to_every_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 schedule: str) -> None:
+    monkeypatch.setattr(RecordingAdam, "seen", [])
+    monkeypatch.setattr(train.torch.optim, "Adam", RecordingAdam)
+    x, y = separable_data(48)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2))
+    groups = [{"params": model[0].parameters(), "lr": 0.01},
+              {"params": model[2].parameters(), "lr": 0.1}]
+
+    def loss(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        return F.cross_entropy(model(images), labels), torch.tensor([0.5])
+
+    task = Task("toy", model, groups, loss)
+    history = fit(task, x, y, settings(epochs=4, batch_size=16, schedule=schedule), tmp_path)
+    total = 4 * 3
+    assert len(RecordingAdam.seen) == total
+    for step, lrs in enumerate(RecordingAdam.seen):
+        factor = lr_factor(schedule, step, total)
+        assert lrs == pytest.approx([0.01 * factor, 0.1 * factor], rel=1e-12)
+    for h in history:  # the record holds group 0's lr of the epoch's last step
+        assert h["lr"] == pytest.approx(0.01 * lr_factor(schedule, h["step"] - 1, total))
+    if schedule == "cosine":
+        assert RecordingAdam.seen[0] == pytest.approx([0.01, 0.1])
+        assert RecordingAdam.seen[-1][1] < 0.1 * 0.02
+
+
+def test_fit_rerun_in_the_same_directory_starts_fresh_metrics(tmp_path: Path) -> None:
+    """A second run into a run directory (e.g. after a crash) must not mix in old records."""
+    x, y = separable_data(32)
+    fit(make_task(), x, y, settings(epochs=2), tmp_path)
+    fit(make_task(), x, y, settings(epochs=3), tmp_path)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
