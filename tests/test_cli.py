@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from spikessl import cli
+from spikessl import cli, pipeline
 from spikessl.config import load_config
 
 DATA = Path(
@@ -36,7 +36,6 @@ TINY = [
     "data.test_limit=100",
     "knn.k=5",
     "eval_batch_size=256",
-    "--no-progress",
 ]
 
 
@@ -80,15 +79,34 @@ def test_help(command: str | None) -> None:
 def test_python_dash_m_help() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "spikessl", "--help"],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "pretrain" in proc.stdout and "finetune" in proc.stdout
 
 
 def test_no_command_is_a_usage_error() -> None:
-    code, out, err = run_main([])
+    code, _, err = run_main([])
     assert code == 2 and "usage:" in err
+
+
+def test_overrides_may_follow_options(monkeypatch) -> None:
+    # `spikessl pretrain time_steps=2 --no-progress pretrain.epochs=1` is the natural way to
+    # type a command; argparse's nargs="*" positional takes only the first run of overrides.
+    seen = {}
+
+    def fake_pretrain(cfg, run_dir, progress):
+        seen["cfg"], seen["run_dir"] = cfg, run_dir
+        return {"command": "pretrain"}
+
+    monkeypatch.setattr(pipeline, "pretrain", fake_pretrain)
+    code, out, err = run_main(["pretrain", "time_steps=2", "--no-progress", "pretrain.epochs=1",
+                               "--run-dir", "somewhere", "knn.k=5"])
+    assert code == 0, err
+    cfg = seen["cfg"]
+    assert (cfg.time_steps, cfg.pretrain.epochs, cfg.knn.k) == (2, 1, 5)
+    assert seen["run_dir"] == "somewhere"
+    assert json.loads(out) == {"command": "pretrain"}
 
 
 def test_finetune_requires_pretrained() -> None:
@@ -183,7 +201,7 @@ def runs(tmp_path_factory) -> dict:
     if not HAVE_MNIST:
         pytest.skip(f"MNIST not found under {DATA}")
     root = tmp_path_factory.mktemp("cli-runs")
-    data = ["--data-dir", str(DATA)]
+    data = ["--data-dir", str(DATA), "--no-progress"]
     results = {"root": root}
     results["pretrain"] = run_main(["pretrain", *TINY, *data, "--run-dir", str(root / "pre")])
     assert results["pretrain"][0] == 0, results["pretrain"][2]
@@ -192,7 +210,7 @@ def runs(tmp_path_factory) -> dict:
          "--run-dir", str(root / "fin")]
     )
     results["supervised"] = run_main(
-        ["supervised", *TINY, *data, "finetune.epochs=1", "--run-dir", str(root / "sup")]
+        ["supervised", *TINY, "finetune.epochs=1", *data, "--run-dir", str(root / "sup")]
     )
     results["knn"] = run_main(
         ["knn", "--pretrained", str(root / "pre" / "checkpoint.pt"), "--no-progress"]
@@ -233,7 +251,7 @@ def assert_accuracy(value: object) -> None:
 
 @needs_mnist
 def test_pretrain_run(runs: dict) -> None:
-    code, out, err = runs["pretrain"]
+    out = runs["pretrain"][1]
     run_dir = runs["root"] / "pre"
     summary, ckpt = check_run_dir(run_dir, epochs=1, layers=3)  # conv, conv, fc
     assert summary == result_json(out)
@@ -288,8 +306,8 @@ def test_stdout_is_only_the_json_result(runs: dict, command: str) -> None:
 def test_finished_run_dir_is_not_overwritten(runs: dict) -> None:
     run_dir = runs["root"] / "pre"
     before = (run_dir / "summary.json").read_text()
-    assert_error(["pretrain", *TINY, "--data-dir", str(DATA), "--run-dir", str(run_dir)],
-                 "already holds a finished run")
+    assert_error(["pretrain", *TINY, "--data-dir", str(DATA), "--no-progress",
+                  "--run-dir", str(run_dir)], "already holds a finished run")
     assert (run_dir / "summary.json").read_text() == before
 
 
@@ -303,6 +321,22 @@ def test_data_dir_is_taken_literally(tmp_path, monkeypatch) -> None:
             (raw / src.name).symlink_to(src)
     monkeypatch.chdir(tmp_path)
     for name in ("2024", "yes"):
-        code, out, err = run_main(["knn", *TINY, "--data-dir", name])
+        code, out, err = run_main(["knn", *TINY, "--data-dir", name, "--no-progress"])
         assert code == 0, err
         assert result_json(out)["pretrained"] is False
+
+
+@needs_mnist
+def test_pipeline_with_baseline(tmp_path) -> None:
+    code, out, err = run_main(
+        ["pipeline", *TINY, "finetune.epochs=1", "--baseline", "--data-dir", str(DATA),
+         "--no-progress", "--run-dir", str(tmp_path / "all")]
+    )
+    assert code == 0, err
+    result = result_json(out)
+    for key in ("knn_accuracy", "knn_accuracy_at_init", "finetune_test_accuracy",
+                "supervised_test_accuracy"):
+        assert_accuracy(result[key])
+    assert Path(result["run_dir"]) == tmp_path / "all"
+    for part in ("pretrain", "finetune", "supervised"):
+        check_run_dir(tmp_path / "all" / part, epochs=1, layers=3 if part == "pretrain" else 4)

@@ -15,8 +15,9 @@ def snntorch_forward(enc: SpikingEncoder, images, T):
     cfg = enc.cfg
 
     def leaky():
-        return snn.Leaky(beta=cfg.beta, threshold=cfg.threshold,
-                         spike_grad=surrogate.sigmoid(slope=cfg.slope))
+        return snn.Leaky(
+            beta=cfg.beta, threshold=cfg.threshold, spike_grad=surrogate.sigmoid(slope=cfg.slope)
+        )
 
     conv_lifs = [leaky() for _ in enc.convs]
     fc_lifs = [leaky() for _ in enc.fcs]
@@ -37,8 +38,15 @@ def snntorch_forward(enc: SpikingEncoder, images, T):
 @pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3)])
 def test_matches_per_step_snntorch_network(image_size, channels):
     torch.manual_seed(0)
-    cfg = EncoderConfig(in_channels=channels, image_size=image_size, conv_channels=(6, 8),
-                        fc_sizes=(20,), beta=0.9, threshold=0.5, slope=2.0)
+    cfg = EncoderConfig(
+        in_channels=channels,
+        image_size=image_size,
+        conv_channels=(6, 8),
+        fc_sizes=(20,),
+        beta=0.9,
+        threshold=0.5,
+        slope=2.0,
+    )
     enc = SpikingEncoder(cfg)
     ref = SpikingEncoder(cfg)
     ref.load_state_dict(enc.state_dict())
@@ -77,8 +85,14 @@ def test_first_convolution_runs_once_per_forward():
 
 
 def test_architecture_is_configuration():
-    cfg = EncoderConfig(in_channels=3, image_size=32, conv_channels=(4, 8, 16),
-                        kernel_sizes=(3, 3, 3), fc_sizes=(64, 32), norm="batch")
+    cfg = EncoderConfig(
+        in_channels=3,
+        image_size=32,
+        conv_channels=(4, 8, 16),
+        kernel_sizes=(3, 3, 3),
+        fc_sizes=(64, 32),
+        norm="batch",
+    )
     enc = build_encoder(cfg)
     assert [c.out_channels for c in enc.convs] == [4, 8, 16]
     assert enc.fcs[0].in_features == 16 * 2 * 2  # 32 -> 15 -> 6 -> 2
@@ -103,12 +117,15 @@ def test_classifier_outputs_class_spike_counts():
     assert clf.trace(torch.rand(4, 1, 28, 28), 6).rates.shape == (4,)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(conv_channels=(12,), kernel_sizes=(5, 5)), "one entry per"),
-    (dict(image_size=8), "too small"),
-    (dict(norm="layer"), "norm"),
-    (dict(fc_sizes=()), "fc_sizes"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(conv_channels=(12,), kernel_sizes=(5, 5)), "one entry per"),
+        (dict(image_size=8), "too small"),
+        (dict(norm="layer"), "norm"),
+        (dict(fc_sizes=()), "fc_sizes"),
+    ],
+)
 def test_bad_architecture_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EncoderConfig(**kwargs)

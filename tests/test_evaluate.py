@@ -14,13 +14,15 @@ from spikessl.evaluate import accuracy, batched_outputs, knn_predict
 # ------------------------------------------------------------------------------------------
 
 
-def reference_knn(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray,
-                  num_classes: int, k: int, t: float) -> np.ndarray:
+def reference_knn(
+    bank: np.ndarray, labels: np.ndarray, queries: np.ndarray, num_classes: int, k: int, t: float
+) -> np.ndarray:
     """Wu et al. (2018), one query at a time, in float64.
 
     Also checks that the data has no near ties (neither at the k-th neighbour nor between
     the two best classes), so a float32 implementation must give the very same answer.
     """
+
     def unit(v: np.ndarray) -> np.ndarray:
         norm = np.linalg.norm(v)
         return v / norm if norm > 0 else v
@@ -56,10 +58,10 @@ def random_problem(seed: int, n: int = 40, q: int = 13, d: int = 6, classes: int
 @pytest.mark.parametrize("chunk_size", [4, 13, 100])  # <, =, > the 13 queries
 def test_knn_matches_reference(k: int, temperature: float, chunk_size: int) -> None:
     bank, labels, queries, classes = random_problem(seed=0)
-    expected = reference_knn(bank.numpy(), labels.numpy(), queries.numpy(), classes, k,
-                             temperature)
-    got = knn_predict(bank, labels, queries, classes, k=k, temperature=temperature,
-                      chunk_size=chunk_size)
+    expected = reference_knn(bank.numpy(), labels.numpy(), queries.numpy(), classes, k, temperature)
+    got = knn_predict(
+        bank, labels, queries, classes, k=k, temperature=temperature, chunk_size=chunk_size
+    )
     assert got.shape == (queries.shape[0],)
     assert got.dtype == torch.int64
     assert got.tolist() == expected.tolist()
@@ -77,11 +79,9 @@ def test_knn_non_negative_latents_like_spike_counts() -> None:
     gen = torch.Generator().manual_seed(4)
     bank = torch.randint(0, 9, (50, 8), generator=gen).float() + torch.rand(50, 8, generator=gen)
     labels = torch.randint(0, 3, (50,), generator=gen)
-    queries = torch.randint(0, 9, (11, 8), generator=gen).float() + torch.rand(11, 8,
-                                                                               generator=gen)
+    queries = torch.randint(0, 9, (11, 8), generator=gen).float() + torch.rand(11, 8, generator=gen)
     expected = reference_knn(bank.numpy(), labels.numpy(), queries.numpy(), 3, 5, 0.1)
-    assert knn_predict(bank, labels, queries, 3, k=5, temperature=0.1).tolist() == \
-        expected.tolist()
+    assert knn_predict(bank, labels, queries, 3, k=5, temperature=0.1).tolist() == expected.tolist()
 
 
 def test_knn_is_scale_invariant() -> None:
@@ -99,8 +99,7 @@ def test_knn_well_separated_clusters_are_perfect() -> None:
     bank = centres[bank_labels] + 0.3 * torch.randn(len(bank_labels), d, generator=gen)
     query_labels = torch.arange(classes).repeat(20)
     queries = centres[query_labels] + 0.3 * torch.randn(len(query_labels), d, generator=gen)
-    preds = knn_predict(bank, bank_labels, queries, classes, k=20, temperature=0.1,
-                        chunk_size=7)
+    preds = knn_predict(bank, bank_labels, queries, classes, k=20, temperature=0.1, chunk_size=7)
     assert accuracy(preds, query_labels) == 100.0
 
 
@@ -117,8 +116,9 @@ def test_knn_zero_vectors_do_not_crash() -> None:
 
 
 def test_knn_all_zero_bank() -> None:
-    preds = knn_predict(torch.zeros(6, 3), torch.tensor([2, 2, 2, 1, 1, 0]), torch.zeros(2, 3),
-                        num_classes=3, k=6)
+    preds = knn_predict(
+        torch.zeros(6, 3), torch.tensor([2, 2, 2, 1, 1, 0]), torch.zeros(2, 3), num_classes=3, k=6
+    )
     assert preds.tolist() == [2, 2]  # every neighbour votes exp(0): the majority wins
 
 
@@ -206,8 +206,9 @@ def prepare(images: Tensor) -> Tensor:
 
 
 def images_uint8(n: int) -> Tensor:
-    return torch.randint(0, 256, (n, 3, 2, 2), generator=torch.Generator().manual_seed(n),
-                         dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (n, 3, 2, 2), generator=torch.Generator().manual_seed(n), dtype=torch.uint8
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 10, 64])

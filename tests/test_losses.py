@@ -70,11 +70,14 @@ def test_gradient_pulls_positives_together():
     assert nt_xent(z1, z2) < loss0
 
 
-@pytest.mark.parametrize("args,match", [
-    ((torch.rand(4, 3), torch.rand(4, 3), 0.0), "temperature"),
-    ((torch.rand(4, 3), torch.rand(5, 3), 0.5), "shape"),
-    ((torch.rand(1, 3), torch.rand(1, 3), 0.5), "at least 2"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((torch.rand(4, 3), torch.rand(4, 3), 0.0), "temperature"),
+        ((torch.rand(4, 3), torch.rand(5, 3), 0.5), "shape"),
+        ((torch.rand(1, 3), torch.rand(1, 3), 0.5), "at least 2"),
+    ],
+)
 def test_bad_input_is_rejected(args, match):
     with pytest.raises(ValueError, match=match):
         nt_xent(*args)

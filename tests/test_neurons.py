@@ -40,8 +40,13 @@ def reference_lif(current, beta, theta, k, detach_reset=True):
 
 def snntorch_lif(current, beta, theta, k, learn_beta=False):
     """The paper's stack: snn.Leaky stepped in a Python loop."""
-    leaky = snn.Leaky(beta=beta, threshold=theta, spike_grad=surrogate.sigmoid(slope=k),
-                      reset_mechanism="subtract", learn_beta=learn_beta)
+    leaky = snn.Leaky(
+        beta=beta,
+        threshold=theta,
+        spike_grad=surrogate.sigmoid(slope=k),
+        reset_mechanism="subtract",
+        learn_beta=learn_beta,
+    )
     mem = leaky.init_leaky()
     spikes, mems = [], []
     for i_t in current:
@@ -180,8 +185,9 @@ def test_unused_membrane_output_and_eval_without_grad():
     assert set(s.unique().tolist()) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("kwargs", [{"beta": 1.5}, {"beta": -0.1}, {"threshold": 0.0},
-                                    {"slope": -1.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"beta": 1.5}, {"beta": -0.1}, {"threshold": 0.0}, {"slope": -1.0}]
+)
 def test_invalid_parameters_are_rejected(kwargs):
     with pytest.raises(ValueError, match="|".join(kwargs)):
         LIF(**kwargs)

@@ -73,8 +73,10 @@ def test_split_is_disjoint_and_identical_across_commands(tmp_path):
 
 
 def test_seed_fixes_the_whole_run(tmp_path):
-    tiny = {"pretrain": {"epochs": 1, "batch_size": 32}, "data": {"train_limit": 400,
-                                                                 "test_limit": 100}}
+    tiny = {
+        "pretrain": {"epochs": 1, "batch_size": 32},
+        "data": {"train_limit": 400, "test_limit": 100},
+    }
     runs = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         cfg = small_config(tmp_path, seed=seed, **tiny)

@@ -62,8 +62,9 @@ def test_atomic_save_writes_a_loadable_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
-def test_atomic_save_failure_keeps_the_previous_file(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_save_failure_keeps_the_previous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "checkpoint.pt"
     atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
 
@@ -144,8 +145,14 @@ def make_task(
         calls[0] += 1
         return value, r
 
-    return Task("toy", model, [{"params": model.parameters(), "lr": lr}], loss,
-                evaluate=evaluate, evaluate_every=evaluate_every)
+    return Task(
+        "toy",
+        model,
+        [{"params": model.parameters(), "lr": lr}],
+        loss,
+        evaluate=evaluate,
+        evaluate_every=evaluate_every,
+    )
 
 
 def settings(epochs: int = 3, batch_size: int = 16, **kw: object) -> LoopSettings:
@@ -202,15 +209,19 @@ def test_fit_averages_firing_rates_over_the_epoch(tmp_path: Path) -> None:
         assert record["firing_rates"] == pytest.approx([0.3, 0.5])
 
 
-@pytest.mark.parametrize("epochs, every, expected", [
-    (3, 0, [3]),
-    (5, 2, [2, 4, 5]),
-    (4, 2, [2, 4]),
-    (3, 1, [1, 2, 3]),
-    (2, 5, [2]),
-])
-def test_fit_evaluate_schedule(tmp_path: Path, epochs: int, every: int,
-                               expected: list[int]) -> None:
+@pytest.mark.parametrize(
+    "epochs, every, expected",
+    [
+        (3, 0, [3]),
+        (5, 2, [2, 4, 5]),
+        (4, 2, [2, 4]),
+        (3, 1, [1, 2, 3]),
+        (2, 5, [2]),
+    ],
+)
+def test_fit_evaluate_schedule(
+    tmp_path: Path, epochs: int, every: int, expected: list[int]
+) -> None:
     x, y = separable_data(32)
     calls: list[int] = []
 
@@ -222,8 +233,9 @@ def test_fit_evaluate_schedule(tmp_path: Path, epochs: int, every: int,
     history = fit(task, x, y, settings(epochs=epochs), tmp_path)
     assert [h["epoch"] for h in history if "score" in h] == expected
     assert len(calls) == len(expected)  # evaluated once per listed epoch, never twice
-    assert [h["score"] for h in history if "score" in h] == [10.0 * (i + 1)
-                                                              for i in range(len(expected))]
+    assert [h["score"] for h in history if "score" in h] == [
+        10.0 * (i + 1) for i in range(len(expected))
+    ]
     records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records if "score" in r] == expected
     assert all(r["extra"] == "ok" for r in records if "score" in r)
@@ -255,8 +267,10 @@ def test_fit_inf_loss_raises(tmp_path: Path) -> None:
     x, y = separable_data(32)
     task = make_task()
     inner = task.loss
-    task.loss = lambda images, labels: (inner(images, labels)[0] + float("inf"),
-                                        torch.tensor([0.5]))
+    task.loss = lambda images, labels: (
+        inner(images, labels)[0] + float("inf"),
+        torch.tensor([0.5]),
+    )
     with pytest.raises(FloatingPointError, match="epoch 1, step 0"):
         fit(task, x, y, settings(epochs=1), tmp_path)
 
@@ -270,8 +284,7 @@ def test_fit_too_small_dataset(tmp_path: Path, n: int, drop_last: bool) -> None:
 
 def test_fit_small_dataset_without_drop_last(tmp_path: Path) -> None:
     x, y = separable_data(15)
-    history = fit(make_task(), x, y, settings(epochs=2, batch_size=16, drop_last=False),
-                  tmp_path)
+    history = fit(make_task(), x, y, settings(epochs=2, batch_size=16, drop_last=False), tmp_path)
     assert [h["step"] for h in history] == [1, 2]
 
 
@@ -303,8 +316,9 @@ def test_fit_batches_cover_the_data(tmp_path: Path, drop_last: bool, sizes: list
     labels = (images[:, 0] >= 5).long()
     seen: list[Tensor] = []
     task = make_task(batches=seen, in_features=1)
-    history = fit(task, images, labels, settings(epochs=2, batch_size=4, drop_last=drop_last),
-                  tmp_path)
+    history = fit(
+        task, images, labels, settings(epochs=2, batch_size=4, drop_last=drop_last), tmp_path
+    )
     assert [h["step"] for h in history] == [len(sizes), 2 * len(sizes)]
     assert [len(b) for b in seen] == sizes * 2
     for epoch in range(2):
@@ -328,15 +342,18 @@ class RecordingAdam(torch.optim.Adam):
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
-def test_fit_applies_the_schedule_to_every_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 schedule: str) -> None:
+def test_fit_applies_the_schedule_to_every_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: str
+) -> None:
     monkeypatch.setattr(RecordingAdam, "seen", [])
     monkeypatch.setattr(train.torch.optim, "Adam", RecordingAdam)
     x, y = separable_data(48)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2))
-    groups = [{"params": model[0].parameters(), "lr": 0.01},
-              {"params": model[2].parameters(), "lr": 0.1}]
+    groups = [
+        {"params": model[0].parameters(), "lr": 0.01},
+        {"params": model[2].parameters(), "lr": 0.1},
+    ]
 
     def loss(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         return F.cross_entropy(model(images), labels), torch.tensor([0.5])

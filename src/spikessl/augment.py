@@ -2,7 +2,8 @@
 
 SimCLR learns by pulling together two differently augmented views of the same image, so the
 augmentation pipeline defines what the network is taught to ignore. Table III of the paper compares
-pairs of augmentations (crop-rotate, crop-gaussian noise, rotate-gaussian noise); `PAIRS` names them.
+pairs of augmentations (crop-rotate, crop-gaussian noise, rotate-gaussian noise);
+`PAIRS` names them.
 
 Every augmentation draws its random parameters independently per sample and per call
 (kornia's ``same_on_batch=False``) from torch's global RNG, so ``torch.manual_seed`` makes a run
@@ -90,7 +91,7 @@ def _check_prob(name: str, value: float) -> None:
 
 
 def _check_range(name: str, value: tuple[float, ...], low: float, high: float) -> None:
-    """Check a (min, max) pair with low < min <= max <= high (why: kornia samples uniformly in it)."""
+    """Check (min, max) with low < min <= max <= high: kornia samples uniformly in it."""
     if len(value) != 2 or not (low < value[0] <= value[1] <= high):
         raise ValueError(
             f"{name}={value!r} is invalid; use (min, max) with {low} < min <= max <= {high}."

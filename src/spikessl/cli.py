@@ -28,22 +28,41 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="config overrides, dotted for sections: pretrain.lr=3e-4")
-        p.add_argument("--config", default=None,
-                       help=f"preset ({', '.join(preset_names())}) or YAML file; default "
-                       "paper-mnist, or the pretrained run's own config")
-        p.add_argument("--data-dir", default=None,
-                       help="dataset root (default $SPIKESSL_DATA, else ./data)")
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help="config overrides, dotted for sections: pretrain.lr=3e-4",
+        )
+        p.add_argument(
+            "--config",
+            default=None,
+            help=f"preset ({', '.join(preset_names())}) or YAML file; default "
+            "paper-mnist, or the pretrained run's own config",
+        )
+        p.add_argument(
+            "--data-dir", default=None, help="dataset root (default $SPIKESSL_DATA, else ./data)"
+        )
         p.add_argument("--device", default=None, help="auto|cpu|cuda|mps")
-        p.add_argument("--run-dir", default=None, help="where to write the run (default under out_dir)")
+        p.add_argument(
+            "--run-dir",
+            default=None,
+            help="where to write the run (default: a new folder in out_dir)",
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name in ("finetune", "knn"):
-            p.add_argument("--pretrained", required=name == "finetune", default=None,
-                           help="pretraining run directory or checkpoint.pt")
+            p.add_argument(
+                "--pretrained",
+                required=name == "finetune",
+                default=None,
+                help="pretraining run directory or checkpoint.pt",
+            )
         if name == "pipeline":
-            p.add_argument("--baseline", action="store_true",
-                           help="also train the supervised-only baseline on the same labels")
+            p.add_argument(
+                "--baseline",
+                action="store_true",
+                help="also train the supervised-only baseline on the same labels",
+            )
     return parser
 
 
@@ -64,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     from spikessl import pipeline  # after parsing: --help stays instant
 
     try:
-        checkpoint = (pipeline.load_checkpoint(args.pretrained)
-                      if getattr(args, "pretrained", None) else None)
+        checkpoint = (
+            pipeline.load_checkpoint(args.pretrained) if getattr(args, "pretrained", None) else None
+        )
         cfg = _config(args, checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         if args.command == "pretrain":
@@ -92,9 +112,11 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
     ckpt = pipeline.load_checkpoint(pre["run_dir"])
     fin = pipeline.finetune(cfg, ckpt, os.path.join(root, "finetune"), progress)
     result = {
-        "dataset": cfg.data.name, "time_steps": cfg.time_steps,
+        "dataset": cfg.data.name,
+        "time_steps": cfg.time_steps,
         "knn_accuracy_at_init": pre["knn_accuracy_at_init"],
-        "knn_accuracy": pre["knn_accuracy"], "finetune_test_accuracy": fin["test_accuracy"],
+        "knn_accuracy": pre["knn_accuracy"],
+        "finetune_test_accuracy": fin["test_accuracy"],
     }
     if baseline:
         sup = pipeline.finetune(cfg, None, os.path.join(root, "supervised"), progress)

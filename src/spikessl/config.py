@@ -34,10 +34,18 @@ class DataConfig:
     test_limit: int = 0  # >0: evaluate on only this many test images
 
     def __post_init__(self) -> None:
-        _check(0 < self.labelled_fraction < 1, "data.labelled_fraction", self.labelled_fraction,
-               "a fraction in (0, 1), e.g. 0.2 as in the paper")
-        _check(self.train_limit >= 0 and self.test_limit >= 0, "data.train_limit/test_limit",
-               (self.train_limit, self.test_limit), ">= 0 (0 means the whole split)")
+        _check(
+            0 < self.labelled_fraction < 1,
+            "data.labelled_fraction",
+            self.labelled_fraction,
+            "a fraction in (0, 1), e.g. 0.2 as in the paper",
+        )
+        _check(
+            self.train_limit >= 0 and self.test_limit >= 0,
+            "data.train_limit/test_limit",
+            (self.train_limit, self.test_limit),
+            ">= 0 (0 means the whole split)",
+        )
 
 
 @dataclass(frozen=True)
@@ -52,8 +60,12 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         _check_optim(self, "pretrain")
-        _check(self.batch_size >= 2, "pretrain.batch_size", self.batch_size,
-               ">= 2: NT-Xent needs other images in the batch as negatives")
+        _check(
+            self.batch_size >= 2,
+            "pretrain.batch_size",
+            self.batch_size,
+            ">= 2: NT-Xent needs other images in the batch as negatives",
+        )
         _check(self.temperature > 0, "pretrain.temperature", self.temperature, "> 0, e.g. 0.5")
         _check(self.projection_dim >= 0, "pretrain.projection_dim", self.projection_dim, ">= 0")
 
@@ -71,8 +83,12 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         _check_optim(self, "finetune")
-        _check(self.encoder_lr_factor >= 0, "finetune.encoder_lr_factor",
-               self.encoder_lr_factor, ">= 0 (0 freezes the encoder like linear_probe)")
+        _check(
+            self.encoder_lr_factor >= 0,
+            "finetune.encoder_lr_factor",
+            self.encoder_lr_factor,
+            ">= 0 (0 freezes the encoder like linear_probe)",
+        )
         if self.augment:
             object.__setattr__(self, "augment", resolve_views(self.augment))
 
@@ -126,8 +142,11 @@ def _check_optim(cfg: PretrainConfig | FinetuneConfig, section: str) -> None:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("spikessl.presets").iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5]
+        for p in resources.files("spikessl.presets").iterdir()
+        if p.name.endswith(".yaml")
+    )
 
 
 def _read_yaml(spec: str) -> dict:
@@ -135,15 +154,18 @@ def _read_yaml(spec: str) -> dict:
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"config file {spec} not found; or use a preset: "
-                                    f"{', '.join(preset_names())}")
+            raise FileNotFoundError(
+                f"config file {spec} not found; or use a preset: {', '.join(preset_names())}"
+            )
         text = path.read_text()
     else:
         if spec not in preset_names():
             close = difflib.get_close_matches(spec, preset_names(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown preset {spec!r}.{hint} Presets: "
-                             f"{', '.join(preset_names())}; or pass a path to a .yaml file")
+            raise ValueError(
+                f"unknown preset {spec!r}.{hint} Presets: "
+                f"{', '.join(preset_names())}; or pass a path to a .yaml file"
+            )
         text = resources.files("spikessl.presets").joinpath(f"{spec}.yaml").read_text()
     try:
         raw = yaml.safe_load(text) or {}
@@ -229,7 +251,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return float(value)
     if hint in (int, bool, str) and type(value) is hint:
         return value
-    raise ValueError(f"{key}={value!r} has the wrong type: expected {getattr(hint, '__name__', hint)}")
+    expected = getattr(hint, "__name__", hint)
+    raise ValueError(f"{key}={value!r} has the wrong type: expected {expected}")
 
 
 def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
@@ -242,20 +265,23 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown config key {path!r}.{hint} Valid keys here: "
-                             f"{', '.join(names)}")
+            raise ValueError(
+                f"unknown config key {path!r}.{hint} Valid keys here: {', '.join(names)}"
+            )
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict:
     """Plain dict (tuples as lists) for YAML/JSON, inverse of ``from_dict``."""
+
     def plain(v: Any) -> Any:
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
+
     return plain(dataclasses.asdict(cfg))
 
 

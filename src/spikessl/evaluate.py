@@ -26,8 +26,10 @@ def batched_outputs(
     was_training = model.training
     model.eval()
     try:
-        outs = [model(prepare(images[i : i + batch_size]), T).float()
-                for i in range(0, images.shape[0], batch_size)]
+        outs = [
+            model(prepare(images[i : i + batch_size]), T).float()
+            for i in range(0, images.shape[0], batch_size)
+        ]
     finally:
         model.train(was_training)
     if not outs:

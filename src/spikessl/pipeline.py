@@ -77,8 +77,13 @@ def load_data(cfg: Config, device: torch.device) -> Data:
     unlabelled, labelled = stratified_split(y_tr, cfg.data.labelled_fraction, cfg.seed)
     shape = (1, info.channels, 1, 1)
     return Data(
-        x_tr.to(device), y_tr.to(device), x_te.to(device), y_te.to(device),
-        unlabelled.to(device), labelled.to(device), info.num_classes,
+        x_tr.to(device),
+        y_tr.to(device),
+        x_te.to(device),
+        y_te.to(device),
+        unlabelled.to(device),
+        labelled.to(device),
+        info.num_classes,
         torch.tensor(info.mean, device=device).view(shape),
         torch.tensor(info.std, device=device).view(shape),
     )
@@ -121,14 +126,21 @@ def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
     T, bs = cfg.time_steps, cfg.eval_batch_size
     bank = batched_outputs(encoder, data.train_images[data.labelled], T, data.prepare, bs)
     queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
-    preds = knn_predict(bank, data.train_labels[data.labelled], queries, data.num_classes,
-                        cfg.knn.k, cfg.knn.temperature)
+    preds = knn_predict(
+        bank,
+        data.train_labels[data.labelled],
+        queries,
+        data.num_classes,
+        cfg.knn.k,
+        cfg.knn.temperature,
+    )
     return accuracy(preds, data.test_labels)
 
 
 def test_accuracy(model: SpikingClassifier, data: Data, cfg: Config) -> float:
-    counts = batched_outputs(model, data.test_images, cfg.time_steps, data.prepare,
-                             cfg.eval_batch_size)
+    counts = batched_outputs(
+        model, data.test_images, cfg.time_steps, data.prepare, cfg.eval_batch_size
+    )
     return accuracy(counts.argmax(1), data.test_labels)
 
 
@@ -150,24 +162,43 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
         z = model.projector(trace.spikes.sum(0))  # (2B, D) spike counts (projected)
         return nt_xent(z[:B], z[B:], cfg.pretrain.temperature), trace.rates
 
-    task = Task("pretrain", model, [{"params": model.parameters(), "lr": cfg.pretrain.lr}], loss,
-                evaluate=lambda: {"knn_accuracy": knn_accuracy(model.encoder, data, cfg)},
-                evaluate_every=cfg.knn.every)
+    task = Task(
+        "pretrain",
+        model,
+        [{"params": model.parameters(), "lr": cfg.pretrain.lr}],
+        loss,
+        evaluate=lambda: {"knn_accuracy": knn_accuracy(model.encoder, data, cfg)},
+        evaluate_every=cfg.knn.every,
+    )
     x, y = data.train_images[data.unlabelled], data.train_labels[data.unlabelled]
     settings = _loop(cfg, cfg.pretrain, drop_last=True, progress=progress)
     t0 = time.perf_counter()
     history = fit(task, x, y, settings, run_dir, {"config": to_dict(cfg)})
-    return _finish(run_dir, {
-        "command": "pretrain", "knn_accuracy": history[-1]["knn_accuracy"],
-        "knn_accuracy_at_init": knn_init, "final_loss": history[-1]["loss"],
-        "firing_rates": history[-1]["firing_rates"], "epochs": cfg.pretrain.epochs,
-        "unlabelled_images": len(x), "wall_seconds": round(time.perf_counter() - t0, 1),
-    })
+    return _finish(
+        run_dir,
+        {
+            "command": "pretrain",
+            "knn_accuracy": history[-1]["knn_accuracy"],
+            "knn_accuracy_at_init": knn_init,
+            "final_loss": history[-1]["loss"],
+            "firing_rates": history[-1]["firing_rates"],
+            "epochs": cfg.pretrain.epochs,
+            "unlabelled_images": len(x),
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+        },
+    )
 
 
 def _loop(cfg: Config, section, drop_last: bool, progress: bool) -> LoopSettings:
-    return LoopSettings(section.epochs, section.batch_size, section.schedule,
-                        section.weight_decay, cfg.seed, drop_last, progress)
+    return LoopSettings(
+        section.epochs,
+        section.batch_size,
+        section.schedule,
+        section.weight_decay,
+        cfg.seed,
+        drop_last,
+        progress,
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -187,18 +218,23 @@ def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:
     """The encoder of a pretraining checkpoint, checked against ``cfg.encoder``."""
     saved = from_dict(EncoderConfig, checkpoint["config"]["encoder"], "encoder")
     if saved != cfg.encoder:
-        diff = [f"{k}: checkpoint {getattr(saved, k)!r} vs config {getattr(cfg.encoder, k)!r}"
-                for k in to_dict(saved) if getattr(saved, k) != getattr(cfg.encoder, k)]
+        diff = [
+            f"{k}: checkpoint {getattr(saved, k)!r} vs config {getattr(cfg.encoder, k)!r}"
+            for k in to_dict(saved)
+            if getattr(saved, k) != getattr(cfg.encoder, k)
+        ]
         raise ValueError("the checkpoint's encoder differs from the config's: " + "; ".join(diff))
     encoder = SpikingEncoder(saved)
-    state = {k[len("encoder."):]: v for k, v in checkpoint["model"].items()
-             if k.startswith("encoder.")}
+    state = {
+        k[len("encoder.") :]: v for k, v in checkpoint["model"].items() if k.startswith("encoder.")
+    }
     encoder.load_state_dict(state)
     return encoder
 
 
-def finetune(cfg: Config, checkpoint: dict | None, run_dir: str | Path | None = None,
-             progress: bool = True) -> dict:
+def finetune(
+    cfg: Config, checkpoint: dict | None, run_dir: str | Path | None = None, progress: bool = True
+) -> dict:
     """Classifier on the labelled part: pretrained encoder at a lower learning rate.
 
     With ``checkpoint=None`` this is the supervised baseline: the same network trained
@@ -220,8 +256,13 @@ def finetune(cfg: Config, checkpoint: dict | None, run_dir: str | Path | None = 
         if not frozen:
             groups.append({"params": encoder.parameters(), "lr": ft.lr * ft.encoder_lr_factor})
     encoder.requires_grad_(not frozen)
-    augment = (build_augment(replace(cfg.augment, views=ft.augment), cfg.encoder.image_size,
-                             cfg.encoder.in_channels) if ft.augment else None)
+    augment = (
+        build_augment(
+            replace(cfg.augment, views=ft.augment), cfg.encoder.image_size, cfg.encoder.in_channels
+        )
+        if ft.augment
+        else None
+    )
     T = cfg.time_steps
 
     def loss(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -234,19 +275,35 @@ def finetune(cfg: Config, checkpoint: dict | None, run_dir: str | Path | None = 
         return F.cross_entropy(trace.spikes.sum(0), labels), trace.rates
 
     run_dir = new_run_dir(cfg, command, run_dir)
-    task = Task(command, model, groups, loss,
-                evaluate=lambda: {"test_accuracy": test_accuracy(model, data, cfg)})
+    task = Task(
+        command,
+        model,
+        groups,
+        loss,
+        evaluate=lambda: {"test_accuracy": test_accuracy(model, data, cfg)},
+    )
     x, y = data.train_images[data.labelled], data.train_labels[data.labelled]
     t0 = time.perf_counter()
-    history = fit(task, x, y, _loop(cfg, ft, drop_last=False, progress=progress), run_dir,
-                  {"config": to_dict(cfg)})
-    return _finish(run_dir, {
-        "command": command, "test_accuracy": history[-1]["test_accuracy"],
-        "best_test_accuracy": max(h["test_accuracy"] for h in history),
-        "epochs": ft.epochs, "labelled_images": len(x),
-        "firing_rates": history[-1]["firing_rates"],
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-    })
+    history = fit(
+        task,
+        x,
+        y,
+        _loop(cfg, ft, drop_last=False, progress=progress),
+        run_dir,
+        {"config": to_dict(cfg)},
+    )
+    return _finish(
+        run_dir,
+        {
+            "command": command,
+            "test_accuracy": history[-1]["test_accuracy"],
+            "best_test_accuracy": max(h["test_accuracy"] for h in history),
+            "epochs": ft.epochs,
+            "labelled_images": len(x),
+            "firing_rates": history[-1]["firing_rates"],
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+        },
+    )
 
 
 def knn(cfg: Config, checkpoint: dict | None) -> dict:
@@ -255,5 +312,9 @@ def knn(cfg: Config, checkpoint: dict | None) -> dict:
     torch.manual_seed(cfg.seed)
     data = load_data(cfg, device)
     encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
-    return {"command": "knn", "knn_accuracy": knn_accuracy(encoder.to(device), data, cfg),
-            "k": cfg.knn.k, "pretrained": checkpoint is not None}
+    return {
+        "command": "knn",
+        "knn_accuracy": knn_accuracy(encoder.to(device), data, cfg),
+        "k": cfg.knn.k,
+        "pretrained": checkpoint is not None,
+    }

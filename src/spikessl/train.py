@@ -77,8 +77,10 @@ def check_rates(rates: Tensor, where: str) -> str | None:
     ]
     if not bad:
         return None
-    return (f"{where}: {', '.join(bad)}. A layer that never (or always) fires passes no "
-            "gradient; try encoder.norm=batch, a lower encoder.threshold or a smaller slope.")
+    return (
+        f"{where}: {', '.join(bad)}. A layer that never (or always) fires passes no "
+        "gradient; try encoder.norm=batch, a lower encoder.threshold or a smaller slope."
+    )
 
 
 def fit(
@@ -99,10 +101,14 @@ def fit(
     optimizer = torch.optim.Adam(task.param_groups, weight_decay=settings.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     n = images.shape[0]
-    steps_per_epoch = n // settings.batch_size if settings.drop_last else -(-n // settings.batch_size)
+    steps_per_epoch = (
+        n // settings.batch_size if settings.drop_last else math.ceil(n / settings.batch_size)
+    )
     if steps_per_epoch < 1:
-        raise ValueError(f"{task.name}: {n} training images do not fill one batch of "
-                         f"{settings.batch_size}; lower batch_size or use more data")
+        raise ValueError(
+            f"{task.name}: {n} training images do not fill one batch of "
+            f"{settings.batch_size}; lower batch_size or use more data"
+        )
     total = steps_per_epoch * settings.epochs
     seen = steps_per_epoch * settings.batch_size if settings.drop_last else n  # images/epoch
     shuffle = torch.Generator().manual_seed(settings.seed)
@@ -113,16 +119,24 @@ def fit(
         task.model.train()
         order = torch.randperm(n, generator=shuffle).to(images.device)
         loss_sum, rate_sum, t0 = 0.0, None, time.perf_counter()
-        bar = tqdm(total=seen, unit="img", leave=False,
-                   desc=f"{task.name} {epoch}/{settings.epochs}", disable=not settings.progress)
+        bar = tqdm(
+            total=seen,
+            unit="img",
+            leave=False,
+            desc=f"{task.name} {epoch}/{settings.epochs}",
+            disable=not settings.progress,
+        )
         for b in range(steps_per_epoch):
             idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(settings.schedule, step, total)
             loss, rates = task.loss(images[idx], labels[idx])
             if not torch.isfinite(loss):
-                kept = (f"; the last good checkpoint (epoch {epoch - 1}) is "
-                        f"{run_dir / 'checkpoint.pt'}" if epoch > 1 else "")
+                kept = (
+                    f"; the last good checkpoint (epoch {epoch - 1}) is {run_dir / 'checkpoint.pt'}"
+                    if epoch > 1
+                    else ""
+                )
                 raise FloatingPointError(
                     f"{task.name}: loss is {loss.item()} at epoch {epoch}, step {step}: likely "
                     f"a too-high learning rate (lower lr) or an exploding input{kept}"
@@ -157,13 +171,22 @@ def fit(
         history.append(record)
         with open(run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
-        state = {"model": task.model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "epoch": epoch, "step": step, **(extra_state or {})}
+        state = {
+            "model": task.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            **(extra_state or {}),
+        }
         atomic_save(state, run_dir / "checkpoint.pt")
         shown = {k: v for k, v in record.items() if k not in ("step", "lr", "firing_rates")}
         rates_txt = " ".join(f"{r:.3f}" for r in rates_epoch)
-        print(f"[{task.name}] " + "  ".join(_fmt(k, v) for k, v in shown.items())
-              + f"  rates {rates_txt}", flush=True)
+        print(
+            f"[{task.name}] "
+            + "  ".join(_fmt(k, v) for k, v in shown.items())
+            + f"  rates {rates_txt}",
+            flush=True,
+        )
     return history
 
 
