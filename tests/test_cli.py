@@ -51,10 +51,14 @@ def run_main(argv: list[str]) -> tuple[int, str, str]:
 
 
 def result_json(stdout: str) -> dict:
-    """The JSON object printed last on stdout (tolerates progress lines before it)."""
+    """The JSON object printed on stdout, tolerating other lines around it.
+
+    (Whether stdout holds nothing but the JSON is tested on its own.)
+    """
     lines = stdout.splitlines()
     start = max(i for i, line in enumerate(lines) if line == "{")
-    return json.loads("\n".join(lines[start:]))
+    result, _ = json.JSONDecoder().raw_decode("\n".join(lines[start:]))
+    return result
 
 
 # ------------------------------------------------------------------------------------------
@@ -79,7 +83,10 @@ def test_help(command: str | None) -> None:
 def test_python_dash_m_help() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "spikessl", "--help"],
-        check=False, capture_output=True, text=True, timeout=120,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "pretrain" in proc.stdout and "finetune" in proc.stdout
@@ -100,8 +107,17 @@ def test_overrides_may_follow_options(monkeypatch) -> None:
         return {"command": "pretrain"}
 
     monkeypatch.setattr(pipeline, "pretrain", fake_pretrain)
-    code, out, err = run_main(["pretrain", "time_steps=2", "--no-progress", "pretrain.epochs=1",
-                               "--run-dir", "somewhere", "knn.k=5"])
+    code, out, err = run_main(
+        [
+            "pretrain",
+            "time_steps=2",
+            "--no-progress",
+            "pretrain.epochs=1",
+            "--run-dir",
+            "somewhere",
+            "knn.k=5",
+        ]
+    )
     assert code == 0, err
     cfg = seen["cfg"]
     assert (cfg.time_steps, cfg.pretrain.epochs, cfg.knn.k) == (2, 1, 5)
@@ -167,8 +183,9 @@ def test_invalid_yaml_config_file(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["no-such-run", "no-such-run/checkpoint.pt"])
 def test_missing_pretrained_checkpoint(tmp_path, command: str, name: str) -> None:
     missing = tmp_path / name
-    assert_error([command, "--pretrained", str(missing), "--no-progress"], "no checkpoint",
-                 str(tmp_path))
+    assert_error(
+        [command, "--pretrained", str(missing), "--no-progress"], "no checkpoint", str(tmp_path)
+    )
 
 
 def test_pretrained_file_that_is_not_a_checkpoint(tmp_path) -> None:
@@ -206,8 +223,15 @@ def runs(tmp_path_factory) -> dict:
     results["pretrain"] = run_main(["pretrain", *TINY, *data, "--run-dir", str(root / "pre")])
     assert results["pretrain"][0] == 0, results["pretrain"][2]
     results["finetune"] = run_main(
-        ["finetune", "--pretrained", str(root / "pre"), "finetune.epochs=1", "--no-progress",
-         "--run-dir", str(root / "fin")]
+        [
+            "finetune",
+            "--pretrained",
+            str(root / "pre"),
+            "finetune.epochs=1",
+            "--no-progress",
+            "--run-dir",
+            str(root / "fin"),
+        ]
     )
     results["supervised"] = run_main(
         ["supervised", *TINY, "finetune.epochs=1", *data, "--run-dir", str(root / "sup")]
@@ -221,7 +245,10 @@ def runs(tmp_path_factory) -> dict:
 def check_run_dir(run_dir: Path, epochs: int, layers: int) -> tuple[dict, dict]:
     """The four files of a run; returns (summary, checkpoint)."""
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"
+        "checkpoint.pt",
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
     ]
     cfg = load_config(str(run_dir / "config.yaml"))
     assert cfg.time_steps == 2 and cfg.data.train_limit == 400
@@ -306,8 +333,10 @@ def test_stdout_is_only_the_json_result(runs: dict, command: str) -> None:
 def test_finished_run_dir_is_not_overwritten(runs: dict) -> None:
     run_dir = runs["root"] / "pre"
     before = (run_dir / "summary.json").read_text()
-    assert_error(["pretrain", *TINY, "--data-dir", str(DATA), "--no-progress",
-                  "--run-dir", str(run_dir)], "already holds a finished run")
+    assert_error(
+        ["pretrain", *TINY, "--data-dir", str(DATA), "--no-progress", "--run-dir", str(run_dir)],
+        "already holds a finished run",
+    )
     assert (run_dir / "summary.json").read_text() == before
 
 
@@ -329,14 +358,28 @@ def test_data_dir_is_taken_literally(tmp_path, monkeypatch) -> None:
 @needs_mnist
 def test_pipeline_with_baseline(tmp_path) -> None:
     code, out, err = run_main(
-        ["pipeline", *TINY, "finetune.epochs=1", "--baseline", "--data-dir", str(DATA),
-         "--no-progress", "--run-dir", str(tmp_path / "all")]
+        [
+            "pipeline",
+            *TINY,
+            "finetune.epochs=1",
+            "--baseline",
+            "--data-dir",
+            str(DATA),
+            "--no-progress",
+            "--run-dir",
+            str(tmp_path / "all"),
+        ]
     )
     assert code == 0, err
     result = result_json(out)
-    for key in ("knn_accuracy", "knn_accuracy_at_init", "finetune_test_accuracy",
-                "supervised_test_accuracy"):
+    for key in (
+        "knn_accuracy",
+        "knn_accuracy_at_init",
+        "finetune_test_accuracy",
+        "supervised_test_accuracy",
+    ):
         assert_accuracy(result[key])
     assert Path(result["run_dir"]) == tmp_path / "all"
     for part in ("pretrain", "finetune", "supervised"):
         check_run_dir(tmp_path / "all" / part, epochs=1, layers=3 if part == "pretrain" else 4)
+    assert json.loads(out) == result  # nothing but the JSON on stdout (summaries: stderr)

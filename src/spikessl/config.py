@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from spikessl.augment import AugmentConfig, resolve_views
+from spikessl.data import DATASETS
 from spikessl.encoders import EncoderConfig
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -34,6 +36,12 @@ class DataConfig:
     test_limit: int = 0  # >0: evaluate on only this many test images
 
     def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            close = difflib.get_close_matches(self.name, list(DATASETS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"data.name={self.name!r} is unknown.{hint} Datasets: {', '.join(DATASETS)}"
+            )
         _check(
             0 < self.labelled_fraction < 1,
             "data.labelled_fraction",
@@ -120,6 +128,7 @@ class Config:
     knn: KNNConfig = field(default_factory=KNNConfig)
 
     def __post_init__(self) -> None:
+        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         _check(self.time_steps >= 1, "time_steps", self.time_steps, ">= 1, e.g. 30 as in the paper")
         _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, ">= 1")
@@ -152,7 +161,13 @@ def preset_names() -> list[str]:
 def _read_yaml(spec: str) -> dict:
     """A preset name shipped with the package, or a path to a YAML file."""
     path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    try:
+        is_path = path.suffix in (".yaml", ".yml") or path.exists()
+    except OSError as err:  # e.g. a name too long for the file system
+        raise ValueError(f"--config {spec[:60]!r}...: {err.strerror}") from None
+    if is_path:
+        if path.is_dir():
+            raise ValueError(f"config {spec} is a directory; pass a .yaml file or a preset")
         if not path.is_file():
             raise FileNotFoundError(
                 f"config file {spec} not found; or use a preset: {', '.join(preset_names())}"
@@ -233,8 +248,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         return _coerce(value, next(a for a in args if a is not type(None)), key)
     if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.replace("+", ",").split(",") if v]
+        if isinstance(value, str):  # "8,16" or "crop+rotate" from the command line
+            value = [_scalar(v) for v in value.replace("+", ",").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{key} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
@@ -242,17 +257,26 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if len(value) != len(args):
             raise ValueError(f"{key} must have {len(args)} entries, got {value!r}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if hint is float and isinstance(value, str):
+    if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+            number = float(value)
+        except (ValueError, OverflowError):
+            number = None
+        if number is not None:
+            if not math.isfinite(number):
+                raise ValueError(f"{key}={value!r} must be a finite number")
+            return number
     if hint in (int, bool, str) and type(value) is hint:
         return value
     expected = getattr(hint, "__name__", hint)
     raise ValueError(f"{key}={value!r} has the wrong type: expected {expected}")
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text.strip()
 
 
 def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
@@ -269,7 +293,12 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
                 f"unknown config key {path!r}.{hint} Valid keys here: {', '.join(names)}"
             )
         kwargs[key] = _coerce(value, hints[key], path)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        if not prefix or str(err).startswith(prefix):
+            raise
+        raise ValueError(f"{prefix}: {err}") from None
 
 
 def to_dict(cfg: Any) -> dict:

@@ -49,16 +49,26 @@ class EncoderConfig:
             )
         if not self.fc_sizes:
             raise ValueError("encoder.fc_sizes must name at least the latent size, e.g. [128]")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"encoder.beta={self.beta} must be in [0, 1], e.g. 0.9")
+        if not (self.threshold > 0 and self.slope > 0):
+            raise ValueError(
+                f"encoder.threshold={self.threshold} and encoder.slope={self.slope} must be > 0"
+            )
         if self.norm not in NORMS:
             raise ValueError(f"encoder.norm={self.norm!r}; choose one of {NORMS}")
         if min(self.conv_channels + self.kernel_sizes + self.fc_sizes, default=1) < 1:
-            raise ValueError("encoder channel, kernel and fc sizes must all be >= 1")
+            raise ValueError(
+                "encoder.conv_channels, encoder.kernel_sizes and encoder.fc_sizes must all be >= 1"
+            )
         if self.pool < 1 or self.in_channels < 1:
-            raise ValueError("encoder.pool and encoder.in_channels must be >= 1")
+            raise ValueError(
+                f"encoder.pool={self.pool} and encoder.in_channels={self.in_channels} must be >= 1"
+            )
         if self.feature_map_size() < 1:
             raise ValueError(
-                f"image_size={self.image_size} is too small for kernels {self.kernel_sizes} "
-                f"and pool {self.pool}: the last feature map would be empty"
+                f"encoder.image_size={self.image_size} is too small for kernels "
+                f"{self.kernel_sizes} and pool {self.pool}: the last feature map would be empty"
             )
 
     def feature_map_size(self) -> int:

@@ -69,4 +69,4 @@ def knn_predict(
 
 def accuracy(predictions: Tensor, labels: Tensor) -> float:
     """Percentage of correct predictions."""
-    return round(100.0 * (predictions.cpu() == labels.cpu()).double().mean().item(), 2)
+    return 100.0 * (predictions.cpu() == labels.cpu()).double().mean().item()

@@ -99,15 +99,18 @@ class SimCLR(nn.Module):
         self.projector = ProjectionHead(d, d, projection_dim) if projection_dim else nn.Identity()
 
 
+def default_run_dir(cfg: Config, command: str) -> Path:
+    """``<out_dir>/<command>-<dataset>-<date-time>``, made unique."""
+    stem = Path(cfg.out_dir) / f"{command}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = stem, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = stem.with_name(f"{stem.name}-{n}")
+    return run_dir
+
+
 def new_run_dir(cfg: Config, command: str, run_dir: str | Path | None = None) -> Path:
-    if run_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.out_dir) / f"{command}-{cfg.data.name}-{stamp}"
-        n = 1
-        while run_dir.exists():
-            n += 1
-            run_dir = Path(cfg.out_dir) / f"{command}-{cfg.data.name}-{stamp}-{n}"
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, command)
     if (run_dir / "summary.json").exists():
         raise FileExistsError(f"{run_dir} already holds a finished run; choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,14 +137,14 @@ def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
         cfg.knn.k,
         cfg.knn.temperature,
     )
-    return accuracy(preds, data.test_labels)
+    return round(accuracy(preds, data.test_labels), 2)
 
 
 def test_accuracy(model: SpikingClassifier, data: Data, cfg: Config) -> float:
     counts = batched_outputs(
         model, data.test_images, cfg.time_steps, data.prepare, cfg.eval_batch_size
     )
-    return accuracy(counts.argmax(1), data.test_labels)
+    return round(accuracy(counts.argmax(1), data.test_labels), 2)
 
 
 def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> dict:
@@ -209,9 +212,22 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: pass a run directory or a .pt file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file: say which and why
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated, or a pickle that wants to run code
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"cannot read checkpoint {path}: not a readable spikessl checkpoint ({first_line})"
+        ) from None
+    if not (
+        isinstance(checkpoint, dict)
+        and isinstance(checkpoint.get("model"), dict)
+        and isinstance(checkpoint.get("config"), dict)
+    ):
+        raise ValueError(
+            f"{path} is not a spikessl checkpoint: expected a dict with 'model' and 'config' "
+            "(written by spikessl pretrain/finetune)"
+        )
+    return checkpoint
 
 
 def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:

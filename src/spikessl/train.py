@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -185,6 +186,7 @@ def fit(
             f"[{task.name}] "
             + "  ".join(_fmt(k, v) for k, v in shown.items())
             + f"  rates {rates_txt}",
+            file=sys.stderr,
             flush=True,
         )
     return history
