@@ -22,11 +22,8 @@ import yaml
 from spikessl import cli, pipeline
 from spikessl.config import load_config
 
-DATA = Path(
-    os.environ.get("SPIKESSL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "datasets"
-)
-HAVE_MNIST = (DATA / "MNIST" / "raw").is_dir()
-needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST not found under {DATA}")
+# tests/conftest.py points SPIKESSL_DATA at ../shared/datasets; absolute, since tests chdir
+DATA = Path(os.environ["SPIKESSL_DATA"]).resolve()
 
 TINY = [
     "time_steps=2",
@@ -215,8 +212,6 @@ def test_foreign_torch_file_as_pretrained(tmp_path, payload: object) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """pretrain, then finetune/supervised/knn on its checkpoint; each (code, out, err)."""
-    if not HAVE_MNIST:
-        pytest.skip(f"MNIST not found under {DATA}")
     root = tmp_path_factory.mktemp("cli-runs")
     data = ["--data-dir", str(DATA), "--no-progress"]
     results = {"root": root}
@@ -276,7 +271,6 @@ def assert_accuracy(value: object) -> None:
     assert isinstance(value, float) and 0.0 <= value <= 100.0
 
 
-@needs_mnist
 def test_pretrain_run(runs: dict) -> None:
     out = runs["pretrain"][1]
     run_dir = runs["root"] / "pre"
@@ -290,7 +284,6 @@ def test_pretrain_run(runs: dict) -> None:
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["knn"]["k"] == 5
 
 
-@needs_mnist
 @pytest.mark.parametrize("command", ["finetune", "supervised"])
 def test_finetune_and_supervised_runs(runs: dict, command: str) -> None:
     code, out, err = runs[command]
@@ -308,7 +301,6 @@ def test_finetune_and_supervised_runs(runs: dict, command: str) -> None:
         assert cfg.encoder == pre.encoder and cfg.data == pre.data
 
 
-@needs_mnist
 def test_knn_on_pretrained(runs: dict) -> None:
     code, out, err = runs["knn"]
     assert code == 0, err
@@ -320,7 +312,6 @@ def test_knn_on_pretrained(runs: dict) -> None:
     assert result["knn_accuracy"] == pytest.approx(pre["knn_accuracy"])
 
 
-@needs_mnist
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "supervised", "knn"])
 def test_stdout_is_only_the_json_result(runs: dict, command: str) -> None:
     # `spikessl pretrain ... | jq .knn_accuracy` must work: progress goes to stderr.
@@ -329,7 +320,6 @@ def test_stdout_is_only_the_json_result(runs: dict, command: str) -> None:
     json.loads(out)
 
 
-@needs_mnist
 def test_finished_run_dir_is_not_overwritten(runs: dict) -> None:
     run_dir = runs["root"] / "pre"
     before = (run_dir / "summary.json").read_text()
@@ -340,7 +330,6 @@ def test_finished_run_dir_is_not_overwritten(runs: dict) -> None:
     assert (run_dir / "summary.json").read_text() == before
 
 
-@needs_mnist
 def test_data_dir_is_taken_literally(tmp_path, monkeypatch) -> None:
     # --data-dir is a path, not YAML: a folder named 2024 must not become the int 2024.
     for name in ("2024", "yes"):
@@ -355,7 +344,6 @@ def test_data_dir_is_taken_literally(tmp_path, monkeypatch) -> None:
         assert result_json(out)["pretrained"] is False
 
 
-@needs_mnist
 def test_pipeline_with_baseline(tmp_path) -> None:
     code, out, err = run_main(
         [

@@ -15,6 +15,7 @@ import tempfile
 import types
 import typing
 
+import hypothesis
 import pytest
 import yaml
 
@@ -542,7 +543,6 @@ def test_replace_revalidates() -> None:
 # Property tests: no input makes load_config fail with anything but ValueError/FileNotFound
 # ------------------------------------------------------------------------------------------
 
-hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
 # Hypothesis caches under ./.hypothesis by default (even with database=None); tests must not
