@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from snntorch import surrogate
 
-from spikessl import EncoderConfig, SpikingClassifier, build_encoder
+from spikessl import EncoderConfig, SpikingClassifier, _native, build_encoder
 from spikessl.encoders import SpikingEncoder
 
 
@@ -35,8 +35,11 @@ def snntorch_forward(enc: SpikingEncoder, images, T):
     return torch.stack(outputs).sum(0)
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3)])
-def test_matches_per_step_snntorch_network(image_size, channels):
+def test_matches_per_step_snntorch_network(image_size, channels, native, monkeypatch):
+    if not native:  # the plain PyTorch path (GPUs, bf16, no compiler) must match too
+        monkeypatch.setattr(_native, "usable", lambda *t: False)
     torch.manual_seed(0)
     cfg = EncoderConfig(
         in_channels=channels,

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikessl.neurons import LIF
+from spikessl.pooling import lif_maxpool
 
 NORMS = ("none", "batch")
 
@@ -126,15 +126,12 @@ class SpikingEncoder(nn.Module):
         rates = []
         # Direct encoding: constant current, so conv + norm run once, the LIF T times.
         current = self.conv_norms[0](self.convs[0](images))  # (B, C, H, W)
-        spikes = self.conv_lifs[0](current, steps=T)  # (T, B, C, H, W)
-        for layer in range(len(self.convs)):
-            if layer > 0:
-                current = self.convs[layer](spikes.flatten(0, 1))  # (T*B, C, H, W)
-                current = self.conv_norms[layer](current)
-                spikes = self.conv_lifs[layer](current.unflatten(0, (T, B)))  # (T, B, C, H, W)
-            rates.append(spikes.detach().mean())
-            spikes = F.max_pool2d(spikes.flatten(0, 1), self.cfg.pool)  # (T*B, C, H', W')
-            spikes = spikes.unflatten(0, (T, B))
+        spikes, rate = lif_maxpool(self.conv_lifs[0], current, self.cfg.pool, steps=T)
+        rates.append(rate)  # spikes: (T, B, C, H', W') pooled
+        for conv, norm, lif in zip(self.convs[1:], self.conv_norms[1:], self.conv_lifs[1:]):
+            current = norm(conv(spikes.flatten(0, 1)))  # (T*B, C, H, W): all steps at once
+            spikes, rate = lif_maxpool(lif, current.unflatten(0, (T, B)), self.cfg.pool)
+            rates.append(rate)
         spikes = spikes.flatten(2)  # (T, B, C*H'*W')
         for fc, norm, lif in zip(self.fcs, self.fc_norms, self.fc_lifs):
             current = norm(fc(spikes).flatten(0, 1)).unflatten(0, (T, B))  # (T, B, D)

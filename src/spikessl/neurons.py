@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from spikessl import _native
+
 
 def sigmoid_surrogate(u_minus_theta: Tensor, slope: float) -> Tensor:
     """k * sigmoid(kx) * (1 - sigmoid(kx)): finite for every x (no ratio of exponentials)."""
@@ -26,56 +28,73 @@ def sigmoid_surrogate(u_minus_theta: Tensor, slope: float) -> Tensor:
     return slope * sig * (1.0 - sig)
 
 
+def _eager_forward(current: Tensor, T: int, constant: bool, b: float, threshold: float):
+    """Eq. (6) step by step in PyTorch: the reference path, and the one for GPUs and bf16."""
+    mem = current.new_empty((T, *(current.shape if constant else current.shape[1:])))
+    prev = torch.zeros_like(mem[0])  # U[t-1]
+    for t in range(T):
+        u = mem[t]
+        # op by op in snntorch's order (mul, add, sub) so the membranes are bit-identical
+        torch.mul(prev, b, out=u)
+        u.add_(current if constant else current[t])
+        u.sub_((prev > threshold).to(u.dtype), alpha=threshold)
+        prev = u
+    return (mem > threshold).to(current.dtype), mem
+
+
+def _eager_backward(
+    mem, grad_spikes, grad_mem, constant, detach_reset, b, threshold, slope, want_beta
+):
+    # dL/dU[t] = dL/dS[t] S'(U[t]) + dL/dU[t] (direct) + dL/dU[t+1] (beta - theta S'(U[t]) keep)
+    sig = mem.sub(threshold).mul_(slope).sigmoid_()
+    surrogate = torch.addcmul(sig, sig, sig, value=-1.0).mul_(slope)  # k sig (1 - sig)
+    local = torch.zeros_like(mem) if grad_spikes is None else surrogate * grad_spikes
+    if grad_mem is not None:
+        local.add_(grad_mem)
+    for t in range(mem.shape[0] - 2, -1, -1):  # in place: local[t] becomes dL/dU[t]
+        if detach_reset:
+            local[t].add_(local[t + 1], alpha=b)
+        else:  # the reset path -theta * S[t] also carries gradient to U[t]
+            local[t].addcmul_(local[t + 1], b - threshold * surrogate[t])
+    grad_beta = (local[1:] * mem[:-1]).sum() if want_beta else None  # dU[t]/dbeta = U[t-1]
+    return (local.sum(0) if constant else local), grad_beta
+
+
 class _LIFFunction(torch.autograd.Function):
     """Multi-step LIF. ``current`` is ``[T, ...]``, or ``[...]`` held constant for ``steps``."""
 
     @staticmethod
-    def forward(ctx, current, beta, threshold, slope, steps, detach_reset):
+    def forward(ctx, current, beta, threshold, slope, steps, detach_reset, backend):
         constant = steps is not None
         T = steps if constant else current.shape[0]
-        shape = current.shape if constant else current.shape[1:]
         b = float(beta.clamp(0.0, 1.0))  # snntorch clamps beta to [0, 1] as well
-        mem = current.new_empty((T, *shape))
-        prev = current.new_zeros(shape)  # U[t-1]
-        for t in range(T):
-            u = mem[t]
-            # eq. (6), op by op in snntorch's order so both give bit-identical membranes
-            torch.mul(prev, b, out=u)
-            u.add_(current if constant else current[t])
-            u.sub_((prev > threshold).to(u.dtype), alpha=threshold)
-            prev = u
+        native = backend != "eager" and _native.usable(current)
+        if backend == "native" and not native:
+            raise ValueError("backend='native' needs float32 CPU tensors and a C compiler")
+        if native:
+            spikes, mem = _native.forward(current, steps, b, threshold)
+        else:
+            spikes, mem = _eager_forward(current, T, constant, b, threshold)
         ctx.save_for_backward(mem, beta)
-        ctx.config = (threshold, slope, constant, detach_reset, b)
+        ctx.config = (threshold, slope, constant, detach_reset, b, native)
         ctx.set_materialize_grads(False)  # an unused membrane output costs nothing in backward
-        return (mem > threshold).to(current.dtype), mem
+        return spikes, mem
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_spikes, grad_mem):
         mem, beta = ctx.saved_tensors
-        threshold, slope, constant, detach_reset, b = ctx.config
-        T = mem.shape[0]
-        # dL/dU[t] = dL/dS[t] * S'(U[t]) + dL/dU[t] (direct) + dL/dU[t+1] * dU[t+1]/dU[t]
-        # S'(U) = k sig (1 - sig), sig = sigmoid(k (U - theta)): few full-size passes
-        sig = mem.sub(threshold).mul_(slope).sigmoid_()
-        surrogate = torch.addcmul(sig, sig, sig, value=-1.0).mul_(slope)
-        local = torch.zeros_like(mem) if grad_spikes is None else surrogate * grad_spikes
-        if grad_mem is not None:
-            local.add_(grad_mem)
-        need_beta = ctx.needs_input_grad[1]
-        grad_beta = mem.new_zeros(()) if need_beta else None
-        # Reverse-time adjoint, written in place into `local`: local[t] becomes dL/dU[t].
-        for t in range(T - 2, -1, -1):
-            if detach_reset:
-                local[t].add_(local[t + 1], alpha=b)
-            else:  # the reset path -theta * S[t] also carries gradient to U[t]
-                local[t].addcmul_(local[t + 1], b - threshold * surrogate[t])
-        if need_beta and T > 1:
-            grad_beta = (local[1:] * mem[:-1]).sum()  # dU[t]/dbeta = U[t-1]
-        grad_current = local.sum(0) if constant else local
-        if need_beta and not 0.0 <= float(beta) <= 1.0:
+        threshold, slope, constant, detach_reset, b, native = ctx.config
+        want_beta = ctx.needs_input_grad[1]
+        args = (constant, detach_reset, b, threshold, slope, want_beta)
+        if native:
+            grads = [None if g is None else g.contiguous() for g in (grad_spikes, grad_mem)]
+            grad_current, grad_beta = _native.backward(mem, *grads, *args)
+        else:
+            grad_current, grad_beta = _eager_backward(mem, grad_spikes, grad_mem, *args)
+        if want_beta and not 0.0 <= float(beta) <= 1.0:
             grad_beta = grad_beta * 0.0  # clamp(0, 1) passes no gradient outside its range
-        return grad_current, grad_beta, None, None, None, None
+        return grad_current, grad_beta, None, None, None, None, None
 
 
 def lif_multistep(
@@ -85,15 +104,22 @@ def lif_multistep(
     slope: float = 25.0,
     steps: int | None = None,
     detach_reset: bool = True,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Run eq. (6) over time; returns ``(spikes [T, ...], membrane [T, ...])``.
 
     With ``steps`` given, ``current`` ``[...]`` is a constant input (direct encoding): it is
     read T times but stored once, and its gradient arrives already summed over time.
+    ``backend``: "auto" (fused C kernels for float32 on the CPU when they build, else
+    PyTorch), "native" or "eager" (the step-by-step PyTorch loop).
     """
+    if backend not in ("auto", "native", "eager"):
+        raise ValueError(f"backend={backend!r}; use 'auto', 'native' or 'eager'")
     if not torch.is_tensor(beta):
         beta = torch.tensor(float(beta), device=current.device)
-    return _LIFFunction.apply(current, beta, float(threshold), float(slope), steps, detach_reset)
+    return _LIFFunction.apply(
+        current, beta, float(threshold), float(slope), steps, detach_reset, backend
+    )
 
 
 class LIF(nn.Module):

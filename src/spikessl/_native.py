@@ -1,0 +1,262 @@
+"""Fused C kernels for the LIF time loop on the CPU, compiled on first use.
+
+Why C and not ``torch.compile``: the loop is memory-bound, and a kernel that keeps a block
+of neurons in cache across all T steps reads the input once and writes membrane and spikes
+once. It compiles in about a second with the system's C compiler (no PyTorch headers), is
+cached under ``$SPIKESSL_CACHE`` (default ``~/.cache/spikessl``) and is loaded with ctypes.
+Without a compiler, or with ``SPIKESSL_NATIVE=0``, spikessl uses the eager PyTorch loop:
+same results, slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+_FLAGS_COMMON = ["-O3", "-fPIC", "-fopenmp", "-march=native"]
+_FLAGS = {"LIF_FORWARD": ["-ffp-contract=off"], "LIF_BACKWARD": ["-ffast-math"]}
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cpu_signature() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        return next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build(source: str, target: Path) -> None:
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise OSError("no C compiler (gcc/cc) found")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "lif.c"
+        src.write_text(source)
+        objects = []
+        for macro, flags in _FLAGS.items():
+            obj = Path(tmp) / f"{macro}.o"
+            cmd = [cc, *_FLAGS_COMMON, *flags, f"-D{macro}", "-c", str(src), "-o", str(obj)]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            objects.append(str(obj))
+        out = Path(tmp) / target.name
+        cmd = [cc, "-shared", "-fopenmp", *objects, "-o", str(out), "-lm"]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(out, target)  # atomic: concurrent processes never load half a file
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, or None when they are disabled or cannot be built."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    if os.environ.get("SPIKESSL_NATIVE", "1") == "0":
+        return None
+    source = resources.files("spikessl").joinpath("_lif_kernel.c").read_text()
+    key = hashlib.sha256(
+        "\n".join(
+            [source, str(_FLAGS), str(_FLAGS_COMMON), platform.machine(), _cpu_signature()]
+        ).encode()
+    ).hexdigest()[:16]
+    cache = Path(os.environ.get("SPIKESSL_CACHE", Path.home() / ".cache" / "spikessl"))
+    target = cache / f"lif_{key}.so"
+    try:
+        if not target.exists():
+            _build(source, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", b"") or b""
+        warnings.warn(
+            f"spikessl: fused CPU kernels unavailable ({err} {detail.decode()[:200]}); "
+            "using the eager PyTorch loop (same results, slower). Install gcc to enable them.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    i64, f32, i32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p
+    lib.lif_forward.argtypes = [ptr, i64, i64, i32, f32, f32, ptr, ptr, i32]
+    lib.lif_forward.restype = None
+    lib.lif_backward.argtypes = [
+        ptr,
+        ptr,
+        ptr,
+        i64,
+        i64,
+        i32,
+        i32,
+        f32,
+        f32,
+        f32,
+        ptr,
+        i32,
+        ptr,
+        i32,
+    ]
+    lib.lif_backward.restype = None
+    lib.lif_pool_forward.argtypes = [
+        ptr,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i32,
+        f32,
+        f32,
+        ptr,
+        ptr,
+        ptr,
+        i32,
+    ]
+    lib.lif_pool_forward.restype = None
+    lib.lif_pool_backward.argtypes = [
+        ptr,
+        ptr,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i32,
+        i32,
+        f32,
+        f32,
+        f32,
+        ptr,
+        i32,
+        ptr,
+        i32,
+    ]
+    lib.lif_pool_backward.restype = None
+    _lib = lib
+    return lib
+
+
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """True when the kernels apply: float32, contiguous, CPU tensors and a built library."""
+    return (
+        all(
+            t is None or (t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous())
+            for t in tensors
+        )
+        and load() is not None
+    )
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def forward(current: torch.Tensor, steps: int | None, beta: float, threshold: float):
+    """Eq. (6) over time; returns (spikes, membrane), each [T, ...] float32."""
+    constant = steps is not None
+    T = steps if constant else current.shape[0]
+    shape = current.shape if constant else current.shape[1:]
+    N = current.numel() // (1 if constant else max(T, 1))
+    mem = current.new_empty((T, *shape))
+    spikes = current.new_empty((T, *shape))
+    _lib.lif_forward(
+        _ptr(current),
+        T,
+        N,
+        int(constant),
+        beta,
+        threshold,
+        _ptr(mem),
+        _ptr(spikes),
+        torch.get_num_threads(),
+    )
+    return spikes, mem
+
+
+def backward(mem, grad_spikes, grad_mem, constant, detach_reset, beta, threshold, slope, want_beta):
+    """(dL/dI, dL/dbeta or None) from the saved membrane and the output gradients."""
+    T, N = mem.shape[0], mem[0].numel()
+    grad = mem.new_empty(mem.shape[1:] if constant else mem.shape)
+    grad_beta = ctypes.c_double(0.0)
+    _lib.lif_backward(
+        _ptr(mem),
+        _ptr(grad_spikes),
+        _ptr(grad_mem),
+        T,
+        N,
+        int(constant),
+        int(detach_reset),
+        beta,
+        threshold,
+        slope,
+        _ptr(grad),
+        int(want_beta),
+        ctypes.addressof(grad_beta),
+        torch.get_num_threads(),
+    )
+    beta_grad = torch.tensor(grad_beta.value, dtype=mem.dtype) if want_beta else None
+    return grad, beta_grad
+
+
+def pool_forward(current: torch.Tensor, steps: int | None, beta: float, threshold: float, k: int):
+    """LIF + k x k max-pool of its spikes on ``[T, B, C, H, W]`` (or constant ``[B, C, H, W]``).
+
+    Returns (pooled spikes [T, B, C, H//k, W//k], membrane [T, B, C, H, W], spike count).
+    """
+    constant = steps is not None
+    T = steps if constant else current.shape[0]
+    B, C, H, W = current.shape[-4:]
+    mem = current.new_empty((T, B, C, H, W))
+    out = current.new_empty((T, B, C, H // k, W // k))
+    count = ctypes.c_double(0.0)
+    _lib.lif_pool_forward(
+        _ptr(current),
+        T,
+        B * C,
+        H,
+        W,
+        k,
+        int(constant),
+        beta,
+        threshold,
+        _ptr(mem),
+        _ptr(out),
+        ctypes.addressof(count),
+        torch.get_num_threads(),
+    )
+    return out, mem, count.value
+
+
+def pool_backward(mem, grad_out, k, constant, detach_reset, beta, threshold, slope, want_beta):
+    T, B, C, H, W = mem.shape
+    grad = mem.new_empty(mem.shape[1:] if constant else mem.shape)
+    grad_beta = ctypes.c_double(0.0)
+    _lib.lif_pool_backward(
+        _ptr(mem),
+        _ptr(grad_out),
+        T,
+        B * C,
+        H,
+        W,
+        k,
+        int(constant),
+        int(detach_reset),
+        beta,
+        threshold,
+        slope,
+        _ptr(grad),
+        int(want_beta),
+        ctypes.addressof(grad_beta),
+        torch.get_num_threads(),
+    )
+    beta_grad = torch.tensor(grad_beta.value, dtype=mem.dtype) if want_beta else None
+    return grad, beta_grad
