@@ -52,27 +52,31 @@ def test_lif_native_handles_large_layers_in_parallel():
     assert rel_err(native[2], eager[2]) < 1e-5
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("constant", [False, True])
 @pytest.mark.parametrize("size,k", [(8, 2), (9, 2), (12, 3), (40, 2)])
 @pytest.mark.parametrize("detach_reset,learn_beta", [(True, False), (False, True)])
-def test_fused_lif_maxpool_equals_lif_then_max_pool2d(constant, size, k, detach_reset, learn_beta):
+def test_fused_lif_maxpool_equals_lif_then_max_pool2d(channels_last, constant, size, k,
+                                                      detach_reset, learn_beta):
     torch.manual_seed(size * k)
     T, B, C = 7, 3, 4
-    shape = (B, C, size, size) if constant else (T, B, C, size, size)
-    x = torch.rand(*shape) * 1.2
+    x = torch.rand(B if constant else T * B, C, size, size) * 1.2
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     lifs = [LIF(0.8, 1.0, 5.0, detach_reset, learn_beta) for _ in range(2)]
     outs = []
     for backend, lif in zip(("eager", "native"), lifs):
         xi = x.clone().requires_grad_()
-        pooled, rate = lif_maxpool(lif, xi, k, steps=T if constant else None, backend=backend)
+        pooled, rate = lif_maxpool(lif, xi, k, T, constant=constant, backend=backend)
         weight = torch.linspace(-1, 1, pooled.numel()).view_as(pooled)
         (pooled * weight).sum().backward()
         outs.append((pooled, rate, xi.grad, lif.beta.grad))
     (p_e, r_e, g_e, b_e), (p_n, r_n, g_n, b_n) = outs
-    assert p_n.shape == (T, B, C, size // k, size // k)
+    assert p_n.shape == (T * B, C, size // k, size // k)
     assert torch.equal(p_e, p_n)
     assert r_n.item() == pytest.approx(r_e.item(), rel=1e-6)
     assert 0 < r_n < 1
+    assert g_n.shape == x.shape
     assert rel_err(g_n, g_e) < 1e-5
     if learn_beta:
         assert b_n.item() == pytest.approx(b_e.item(), rel=1e-5)
@@ -80,13 +84,12 @@ def test_fused_lif_maxpool_equals_lif_then_max_pool2d(constant, size, k, detach_
 
 def test_fused_pool_routes_gradient_like_max_pool2d_on_ties():
     # windows with no spike, one spike and several spikes: max_pool2d picks the first maximum
-    current = torch.tensor(
-        [[0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 2.0], [2.0, 2.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0]]
-    ).view(1, 1, 4, 4)
+    current = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 2.0],
+                            [2.0, 2.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0]]).view(1, 1, 4, 4)
     grads = []
     for backend in ("eager", "native"):
         x = current.clone().requires_grad_()
-        pooled, _ = lif_maxpool(LIF(0.5, 1.0, 1.0), x, 2, steps=1, backend=backend)
+        pooled, _ = lif_maxpool(LIF(0.5, 1.0, 1.0), x, 2, 1, constant=True, backend=backend)
         assert pooled.flatten().tolist() == [0.0, 1.0, 1.0, 0.0]
         pooled.sum().backward()
         grads.append(x.grad)
@@ -97,9 +100,10 @@ def test_fused_pool_routes_gradient_like_max_pool2d_on_ties():
 def test_fallback_when_disabled(monkeypatch):
     monkeypatch.setattr(_native, "_tried", True)
     monkeypatch.setattr(_native, "_lib", None)
-    x = torch.rand(4, 2, 6, 6)
-    pooled, _ = lif_maxpool(LIF(), x, 2)  # silently uses PyTorch
-    assert torch.equal(pooled, F.max_pool2d(LIF()(x).flatten(0, 1), 2).view_as(pooled))
+    x = torch.rand(4 * 2, 3, 6, 6)
+    pooled, _ = lif_maxpool(LIF(), x, 2, 4)  # silently uses PyTorch
+    expected = F.max_pool2d(LIF()(x.unflatten(0, (4, 2))).flatten(0, 1), 2)
+    assert torch.equal(pooled, expected)
     with pytest.raises(ValueError, match="native"):
         lif_multistep(x, 0.9, backend="native")
 

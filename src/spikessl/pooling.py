@@ -20,53 +20,55 @@ from spikessl.neurons import LIF, lif_multistep
 
 class _LIFPoolFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, current, beta, threshold, slope, steps, detach_reset, k):
+    def forward(ctx, current, beta, threshold, slope, T, constant, detach_reset, k):
         b = float(beta.clamp(0.0, 1.0))
-        pooled, mem, count = _native.pool_forward(current, steps, b, threshold, k)
-        rate = current.new_tensor(count / mem.numel())
+        # A constant input is T times smaller than the membrane trace: keep it instead and
+        # recompute the membranes in backward (exactly: the same kernel does both).
+        keep = not constant
+        pooled, mem, count = _native.pool_forward(current, T, constant, b, threshold, k, keep)
+        rate = current.new_tensor(count / (T * current.numel() if constant else current.numel()))
         ctx.mark_non_differentiable(rate)
-        ctx.save_for_backward(mem, beta)
-        ctx.config = (threshold, slope, steps is not None, detach_reset, b, k)
+        ctx.save_for_backward(mem if keep else current, beta)
+        ctx.config = (threshold, slope, T, constant, detach_reset, b, k, keep)
         return pooled, rate
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_pooled, _grad_rate):
-        mem, beta = ctx.saved_tensors
-        threshold, slope, constant, detach_reset, b, k = ctx.config
+        saved, beta = ctx.saved_tensors
+        threshold, slope, T, constant, detach_reset, b, k, keep = ctx.config
         want_beta = ctx.needs_input_grad[1]
         grad, grad_beta = _native.pool_backward(
-            mem,
-            grad_pooled.contiguous(),
-            k,
-            constant,
-            detach_reset,
-            b,
-            threshold,
-            slope,
-            want_beta,
+            saved, grad_pooled, T, k, constant, detach_reset, b, threshold, slope, want_beta, keep
         )
         if want_beta and not 0.0 <= float(beta) <= 1.0:
             grad_beta = grad_beta * 0.0
-        return grad, grad_beta, None, None, None, None, None
+        return grad, grad_beta, None, None, None, None, None, None
 
 
 def lif_maxpool(
-    lif: LIF, current: Tensor, pool: int, steps: int | None = None, backend: str = "auto"
+    lif: LIF,
+    current: Tensor,
+    pool: int,
+    T: int,
+    constant: bool = False,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
-    """``(max_pool(spikes of lif(current)), firing rate of lif)``.
+    """``(max_pool(spikes of lif(current)), firing rate of lif)``, time folded into batch.
 
-    ``current``: ``[T, B, C, H, W]``, or ``[B, C, H, W]`` held constant for ``steps`` steps.
-    Returns pooled spikes ``[T, B, C, H // pool, W // pool]`` and the (detached) mean
-    firing rate of the unpooled LIF layer.
+    ``current``: ``[T*B, C, H, W]`` (step t of image b at row ``t*B + b``), or with
+    ``constant`` a ``[B, C, H, W]`` input held for T steps. Returns pooled spikes
+    ``[T*B, C, H // pool, W // pool]`` (same memory format as ``current``) and the detached
+    mean firing rate of the unpooled LIF layer.
     """
     if backend != "eager" and _native.usable(current):
         return _LIFPoolFunction.apply(
-            current, lif.beta, lif.threshold, lif.slope, steps, lif.detach_reset, pool
+            current, lif.beta, lif.threshold, lif.slope, T, constant, lif.detach_reset, pool
         )
+    B = current.shape[0] if constant else current.shape[0] // T
+    seq = current if constant else current.unflatten(0, (T, B))
     spikes, _ = lif_multistep(
-        current, lif.beta, lif.threshold, lif.slope, steps, lif.detach_reset, backend
+        seq, lif.beta, lif.threshold, lif.slope, T if constant else None, lif.detach_reset, backend
     )
-    T, B = spikes.shape[:2]
-    pooled = F.max_pool2d(spikes.flatten(0, 1), pool).unflatten(0, (T, B))
+    pooled = F.max_pool2d(spikes.flatten(0, 1), pool)  # (T*B, C, H', W')
     return pooled, spikes.detach().mean()

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from spikessl import _native
+
 SILENT, SATURATED = 1e-4, 0.99  # firing rates that starve the surrogate gradient
 
 
@@ -98,6 +100,7 @@ def fit(
     ``extra_state``, e.g. the config) into ``run_dir``; returns the per-epoch metrics.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    _native.keep_freed_memory()  # every step reuses the last step's memory: no page faults
     (run_dir / "metrics.jsonl").write_text("")  # a rerun in the same directory starts afresh
     optimizer = torch.optim.Adam(task.param_groups, weight_decay=settings.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
