@@ -20,6 +20,7 @@ T*B, batch norm over T*B as in spikessl). Install: pip install snntorch; pip ins
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -261,14 +262,9 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 10) 
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            ln.split(":", 1)[1].strip()
-            for ln in open("/proc/cpuinfo")
-            if ln.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -315,11 +311,8 @@ def main() -> None:
     peak32 = matmul_peak(args.device, torch.float32)
     peak16 = matmul_peak(args.device, torch.bfloat16)
     tuning = "off" if args.no_malloc_tuning else "on, for every implementation"
-    print(
-        f"# {machine()}; glibc malloc tuning {tuning}\n# matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, "
-        f"bf16 {peak16 / 1e9:.0f} GFLOP/s",
-        flush=True,
-    )
+    print(f"# {machine()}; glibc malloc tuning {tuning}", flush=True)
+    print(f"# matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s")
     rows = []
     header = (
         f"{'preset':14} {'T':>3} {'B':>4} {'impl':13} {'prec':5} {'img/s':>7} "
