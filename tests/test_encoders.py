@@ -39,7 +39,7 @@ def snntorch_forward(enc: SpikingEncoder, images, T):
 @pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3)])
 def test_matches_per_step_snntorch_network(image_size, channels, native, monkeypatch):
     if not native:  # the plain PyTorch path (GPUs, bf16, no compiler) must match too
-        monkeypatch.setattr(_native, "usable", lambda *t: False)
+        monkeypatch.setattr(_native, "usable", lambda *t, **kw: False)
     torch.manual_seed(0)
     cfg = EncoderConfig(
         in_channels=channels,

@@ -160,7 +160,7 @@ def test_equals_snntorch_exactly(beta, theta, k, backend):
 @pytest.mark.parametrize("native", [False, True])
 def test_learnable_beta_gradient_equals_snntorch(native, monkeypatch):
     if not native:
-        monkeypatch.setattr(_native, "usable", lambda *t: False)
+        monkeypatch.setattr(_native, "usable", lambda *t, **kw: False)
     torch.manual_seed(3)
     x = torch.rand(20, 8, 30) * 1.5
     s_ref, m_ref, leaky = snntorch_lif(x, 0.8, 1.0, 4.0, learn_beta=True)

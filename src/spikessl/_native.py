@@ -178,18 +178,17 @@ def memory_format(t: torch.Tensor) -> torch.memory_format | None:
     return None
 
 
-def usable(*tensors: torch.Tensor | None) -> bool:
-    """True when the kernels apply: dense float32 CPU tensors and a built library."""
-    return (
-        all(
-            t is None
-            or (
-                t.device.type == "cpu" and t.dtype == torch.float32 and memory_format(t) is not None
-            )
-            for t in tensors
-        )
-        and load() is not None
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+FLOATS = (torch.float32, *LOW_PRECISION)
+
+
+def usable(*tensors: torch.Tensor | None, dtypes: tuple = (torch.float32,)) -> bool:
+    """True when the kernels apply: dense CPU tensors of ``dtypes`` and a built library."""
+    dense = all(
+        t is None or (t.device.type == "cpu" and t.dtype in dtypes and memory_format(t) is not None)
+        for t in tensors
     )
+    return dense and load() is not None
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

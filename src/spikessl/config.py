@@ -120,6 +120,8 @@ class Config:
     device: str = "auto"
     out_dir: str = "runs"
     eval_batch_size: int = 512
+    checkpoint_every: int = 0  # also checkpoint every this many steps (0: after each epoch)
+    on_nonfinite: str = "stop"  # NaN/inf loss or gradients: "stop" with an error, or "skip"
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -132,6 +134,18 @@ class Config:
         _check(self.time_steps >= 1, "time_steps", self.time_steps, ">= 1, e.g. 30 as in the paper")
         _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, ">= 1")
+        _check(
+            self.checkpoint_every >= 0,
+            "checkpoint_every",
+            self.checkpoint_every,
+            ">= 0 (0: checkpoint after each epoch only)",
+        )
+        _check(
+            self.on_nonfinite in ("stop", "skip"),
+            "on_nonfinite",
+            self.on_nonfinite,
+            "'stop' (raise an error) or 'skip' (drop the step)",
+        )
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

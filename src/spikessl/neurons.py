@@ -65,10 +65,13 @@ class _LIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, beta, threshold, slope, steps, detach_reset, backend):
+        ctx.dtype = current.dtype
+        if current.dtype in _native.LOW_PRECISION:  # bf16/fp16 inputs: integrate in float32
+            current = current.float()
         constant = steps is not None
         T = steps if constant else current.shape[0]
         b = float(beta.clamp(0.0, 1.0))  # snntorch clamps beta to [0, 1] as well
-        native = backend != "eager" and _native.usable(current)
+        native = backend != "eager" and _native.usable(current)  # float32 by now
         if backend == "native" and not native:
             raise ValueError("backend='native' needs float32 CPU tensors and a C compiler")
         if native:
@@ -78,7 +81,7 @@ class _LIFFunction(torch.autograd.Function):
         ctx.save_for_backward(mem, beta)
         ctx.config = (threshold, slope, constant, detach_reset, b, native)
         ctx.set_materialize_grads(False)  # an unused membrane output costs nothing in backward
-        return spikes, mem
+        return spikes.to(ctx.dtype), mem  # spikes are 0/1: exact in any float type
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -87,6 +90,7 @@ class _LIFFunction(torch.autograd.Function):
         threshold, slope, constant, detach_reset, b, native = ctx.config
         want_beta = ctx.needs_input_grad[1]
         args = (constant, detach_reset, b, threshold, slope, want_beta)
+        grad_spikes = None if grad_spikes is None else grad_spikes.float()
         if native:
             grads = [None if g is None else g.contiguous() for g in (grad_spikes, grad_mem)]
             grad_current, grad_beta = _native.backward(mem, *grads, *args)
@@ -94,7 +98,7 @@ class _LIFFunction(torch.autograd.Function):
             grad_current, grad_beta = _eager_backward(mem, grad_spikes, grad_mem, *args)
         if want_beta and not 0.0 <= float(beta) <= 1.0:
             grad_beta = grad_beta * 0.0  # clamp(0, 1) passes no gradient outside its range
-        return grad_current, grad_beta, None, None, None, None, None
+        return grad_current.to(ctx.dtype), grad_beta, None, None, None, None, None
 
 
 def lif_multistep(

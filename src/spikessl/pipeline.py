@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikessl import distributed
 from spikessl.augment import build_augment, two_views
 from spikessl.config import Config, dump_yaml, from_dict, to_dict
 from spikessl.data import get_info, load_dataset, stratified_split, subset_per_class
+from spikessl.distributed import World
 from spikessl.encoders import EncoderConfig, ProjectionHead, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import accuracy, batched_outputs, knn_predict
 from spikessl.losses import nt_xent
@@ -109,12 +111,25 @@ def default_run_dir(cfg: Config, command: str) -> Path:
     return run_dir
 
 
-def new_run_dir(cfg: Config, command: str, run_dir: str | Path | None = None) -> Path:
+def new_run_dir(
+    cfg: Config,
+    command: str,
+    run_dir: str | Path | None = None,
+    world: World | None = None,
+    resuming: bool = False,
+) -> Path:
+    """The run's directory, with its resolved config written (by the main process)."""
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, command)
     if (run_dir / "summary.json").exists():
         raise FileExistsError(f"{run_dir} already holds a finished run; choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    if not resuming and (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(
+            f"{run_dir} holds an unfinished run: continue it with --resume {run_dir}, or "
+            "choose another --run-dir"
+        )
+    if world is None or world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     return run_dir
 
 
@@ -147,15 +162,38 @@ def test_accuracy(model: SpikingClassifier, data: Data, cfg: Config) -> float:
     return round(accuracy(counts.argmax(1), data.test_labels), 2)
 
 
-def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """SimCLR on the unlabelled part: NT-Xent of the spike counts of two augmented views."""
+def _start(cfg: Config) -> tuple[torch.device, World, Data]:
+    """Device, torchrun process group (if any), seeded RNG and the data."""
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg, device)
+    world = distributed.setup(device)
+    device = distributed.local_device(device, world)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    return device, world, load_data(cfg, device)
+
+
+def _distribute(model: nn.Module, cfg: Config, world: World) -> None:
+    """Global batch-norm statistics, and distinct augmentations, in every process."""
+    if world.size > 1:
+        distributed.convert_batchnorm(model)
+        torch.manual_seed(cfg.seed + world.rank)
+
+
+def pretrain(
+    cfg: Config,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    resume: dict | None = None,
+) -> dict:
+    """SimCLR on the unlabelled part: NT-Xent of the spike counts of two augmented views."""
+    device, world, data = _start(cfg)
     model = SimCLR(SpikingEncoder(cfg.encoder), cfg.pretrain.projection_dim).to(device)
+    _distribute(model, cfg, world)
     augment = build_augment(cfg.augment, cfg.encoder.image_size, cfg.encoder.in_channels)
-    knn_init = knn_accuracy(model.encoder, data, cfg)
-    run_dir = new_run_dir(cfg, "pretrain", run_dir)
+    if resume is not None:
+        knn_init = resume["knn_accuracy_at_init"]
+    else:
+        knn_init = knn_accuracy(model.encoder, data, cfg) if world.is_main else None
+    run_dir = new_run_dir(cfg, "pretrain", run_dir, world, resume is not None)
     T, B = cfg.time_steps, cfg.pretrain.batch_size
 
     def loss(images: Tensor, _labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -163,7 +201,9 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
         views = data.normalize(torch.cat([v1, v2]))  # (2B, C, H, W): one pass for both
         trace = model.encoder.trace(views, T)
         z = model.projector(trace.spikes.sum(0))  # (2B, D) spike counts (projected)
-        return nt_xent(z[:B], z[B:], cfg.pretrain.temperature), trace.rates
+        # every process computes the loss of the global batch; gradients flow back to owners
+        z1, z2 = distributed.gather(z[:B], world), distributed.gather(z[B:], world)
+        return nt_xent(z1, z2, cfg.pretrain.temperature), trace.rates
 
     task = Task(
         "pretrain",
@@ -176,7 +216,14 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
     x, y = data.train_images[data.unlabelled], data.train_labels[data.unlabelled]
     settings = _loop(cfg, cfg.pretrain, drop_last=True, progress=progress)
     t0 = time.perf_counter()
-    history = fit(task, x, y, settings, run_dir, {"config": to_dict(cfg)})
+    extra = {
+        "config": to_dict(cfg),
+        "knn_accuracy_at_init": knn_init,
+        "split": {"labelled": data.labelled.cpu(), "unlabelled": data.unlabelled.cpu()},
+    }
+    history = fit(task, x, y, settings, run_dir, extra, world, resume)
+    if not world.is_main:
+        return {}
     return _finish(
         run_dir,
         {
@@ -201,6 +248,8 @@ def _loop(cfg: Config, section, drop_last: bool, progress: bool) -> LoopSettings
         cfg.seed,
         drop_last,
         progress,
+        cfg.checkpoint_every,
+        cfg.on_nonfinite,
     )
 
 
@@ -249,22 +298,31 @@ def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:
 
 
 def finetune(
-    cfg: Config, checkpoint: dict | None, run_dir: str | Path | None = None, progress: bool = True
+    cfg: Config,
+    checkpoint: dict | None,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    resume: dict | None = None,
 ) -> dict:
     """Classifier on the labelled part: pretrained encoder at a lower learning rate.
 
     With ``checkpoint=None`` this is the supervised baseline: the same network trained
     from scratch on the same labelled images, every layer at the head's learning rate.
+    ``resume``: this command's own unfinished checkpoint (its weights replace the others).
     """
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg, device)
-    command = "finetune" if checkpoint is not None else "supervised"
-    encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
+    device, world, data = _start(cfg)
+    if resume is not None:
+        command = resume["command"]
+        encoder = SpikingEncoder(cfg.encoder)
+    else:
+        command = "finetune" if checkpoint is not None else "supervised"
+        encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
+    pretrained = command == "finetune"
     model = SpikingClassifier(encoder, data.num_classes).to(device)
+    _distribute(model, cfg, world)
     ft = cfg.finetune
-    frozen = checkpoint is not None and (ft.linear_probe or ft.encoder_lr_factor == 0)
-    if checkpoint is None:
+    frozen = pretrained and (ft.linear_probe or ft.encoder_lr_factor == 0)
+    if not pretrained:
         groups = [{"params": model.parameters(), "lr": ft.lr}]
     else:
         head = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
@@ -290,7 +348,7 @@ def finetune(
         trace = model.trace(data.normalize(x), T)
         return F.cross_entropy(trace.spikes.sum(0), labels), trace.rates
 
-    run_dir = new_run_dir(cfg, command, run_dir)
+    run_dir = new_run_dir(cfg, command, run_dir, world, resume is not None)
     task = Task(
         command,
         model,
@@ -306,8 +364,12 @@ def finetune(
         y,
         _loop(cfg, ft, drop_last=False, progress=progress),
         run_dir,
-        {"config": to_dict(cfg)},
+        {"config": to_dict(cfg), "command": command},
+        world,
+        resume,
     )
+    if not world.is_main:
+        return {}
     return _finish(
         run_dir,
         {
@@ -324,9 +386,7 @@ def finetune(
 
 def knn(cfg: Config, checkpoint: dict | None) -> dict:
     """kNN accuracy of a pretrained encoder's latents (or of a fresh one, without)."""
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg, device)
+    device, _, data = _start(cfg)
     encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
     return {
         "command": "knn",

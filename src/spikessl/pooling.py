@@ -21,6 +21,8 @@ from spikessl.neurons import LIF, lif_multistep
 class _LIFPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, beta, threshold, slope, T, constant, detach_reset, k):
+        ctx.dtype = current.dtype
+        current = current.float()  # bf16/fp16 inputs: the membrane integrates in float32
         b = float(beta.clamp(0.0, 1.0))
         # A constant input is T times smaller than the membrane trace: keep it instead and
         # recompute the membranes in backward (exactly: the same kernel does both).
@@ -30,7 +32,7 @@ class _LIFPoolFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(rate)
         ctx.save_for_backward(mem if keep else current, beta)
         ctx.config = (threshold, slope, T, constant, detach_reset, b, k, keep)
-        return pooled, rate
+        return pooled.to(ctx.dtype), rate
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -39,11 +41,21 @@ class _LIFPoolFunction(torch.autograd.Function):
         threshold, slope, T, constant, detach_reset, b, k, keep = ctx.config
         want_beta = ctx.needs_input_grad[1]
         grad, grad_beta = _native.pool_backward(
-            saved, grad_pooled, T, k, constant, detach_reset, b, threshold, slope, want_beta, keep
+            saved,
+            grad_pooled.float(),
+            T,
+            k,
+            constant,
+            detach_reset,
+            b,
+            threshold,
+            slope,
+            want_beta,
+            keep,
         )
         if want_beta and not 0.0 <= float(beta) <= 1.0:
             grad_beta = grad_beta * 0.0
-        return grad, grad_beta, None, None, None, None, None, None
+        return grad.to(ctx.dtype), grad_beta, None, None, None, None, None, None
 
 
 def lif_maxpool(
@@ -61,7 +73,7 @@ def lif_maxpool(
     ``[T*B, C, H // pool, W // pool]`` (same memory format as ``current``) and the detached
     mean firing rate of the unpooled LIF layer.
     """
-    if backend != "eager" and _native.usable(current):
+    if backend != "eager" and _native.usable(current, dtypes=_native.FLOATS):
         return _LIFPoolFunction.apply(
             current, lif.beta, lif.threshold, lif.slope, T, constant, lif.detach_reset, pool
         )

@@ -11,18 +11,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from spikessl import _native
+from spikessl.distributed import World, all_mean, any_process, average_gradients, my_slice
 
 SILENT, SATURATED = 1e-4, 0.99  # firing rates that starve the surrogate gradient
 
@@ -47,6 +53,8 @@ class LoopSettings:
     seed: int = 0
     drop_last: bool = True  # NT-Xent wants full batches; classification keeps every image
     progress: bool = True
+    checkpoint_every: int = 0  # also checkpoint every this many steps (0: each epoch only)
+    on_nonfinite: str = "stop"  # or "skip": drop a step whose loss/gradients are NaN/inf
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -86,6 +94,54 @@ def check_rates(rates: Tensor, where: str) -> str | None:
     )
 
 
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived: the step finished, a checkpoint was written, training stops."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextmanager
+def _deferred_signals():
+    """SIGINT/SIGTERM only set a flag, so a step is never cut in half (main thread only)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, _frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    np_state = np.random.get_state()
+    state["numpy"] = (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _grads_finite(params: list[Tensor]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.stack([g.float().norm() for g in grads]).isfinite().all())
+
+
 def fit(
     task: Task,
     images: Tensor,
@@ -93,106 +149,176 @@ def fit(
     settings: LoopSettings,
     run_dir: Path,
     extra_state: dict | None = None,
+    world: World | None = None,
+    resume: dict | None = None,
 ) -> list[dict]:
     """Train ``task`` on ``images[i], labels[i]`` (in-memory uint8 tensors on the device).
 
-    Writes ``metrics.jsonl`` (one line per epoch) and ``checkpoint.pt`` (state_dicts plus
-    ``extra_state``, e.g. the config) into ``run_dir``; returns the per-epoch metrics.
+    Writes ``metrics.jsonl`` (one line per epoch) and ``checkpoint.pt`` (model, optimizer,
+    RNG and loop state plus ``extra_state``, e.g. the config) into ``run_dir`` after every
+    epoch and every ``checkpoint_every`` steps; returns the per-epoch metrics. ``resume``, a
+    checkpoint of the same run, continues exactly where it stopped: the result equals an
+    uninterrupted run. With ``world`` (torchrun), ``batch_size`` is per process.
     """
+    world = world or World()
+    main = world.is_main
     run_dir.mkdir(parents=True, exist_ok=True)
     _native.keep_freed_memory()  # every step reuses the last step's memory: no page faults
-    (run_dir / "metrics.jsonl").write_text("")  # a rerun in the same directory starts afresh
     optimizer = torch.optim.Adam(task.param_groups, weight_decay=settings.weight_decay)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    n = images.shape[0]
-    steps_per_epoch = (
-        n // settings.batch_size if settings.drop_last else math.ceil(n / settings.batch_size)
-    )
+    n, batch = images.shape[0], settings.batch_size * world.size  # global batch
+    steps_per_epoch = n // batch if settings.drop_last else math.ceil(n / batch)
     if steps_per_epoch < 1:
         raise ValueError(
-            f"{task.name}: {n} training images do not fill one batch of "
-            f"{settings.batch_size}; lower batch_size or use more data"
+            f"{task.name}: {n} training images do not fill one batch of {batch}; lower "
+            "batch_size or use more data"
         )
     total = steps_per_epoch * settings.epochs
-    seen = steps_per_epoch * settings.batch_size if settings.drop_last else n  # images/epoch
+    seen = steps_per_epoch * batch if settings.drop_last else n  # images per epoch
     shuffle = torch.Generator().manual_seed(settings.seed)
     history: list[dict] = []
-    step = 0
-    warned = False
-    for epoch in range(1, settings.epochs + 1):
-        task.model.train()
-        order = torch.randperm(n, generator=shuffle).to(images.device)
-        loss_sum, rate_sum, t0 = 0.0, None, time.perf_counter()
-        bar = tqdm(
-            total=seen,
-            unit="img",
-            leave=False,
-            desc=f"{task.name} {epoch}/{settings.epochs}",
-            disable=not settings.progress,
-        )
-        for b in range(steps_per_epoch):
-            idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * lr_factor(settings.schedule, step, total)
-            loss, rates = task.loss(images[idx], labels[idx])
-            if not torch.isfinite(loss):
-                kept = (
-                    f"; the last good checkpoint (epoch {epoch - 1}) is {run_dir / 'checkpoint.pt'}"
-                    if epoch > 1
-                    else ""
-                )
-                raise FloatingPointError(
-                    f"{task.name}: loss is {loss.item()} at epoch {epoch}, step {step}: likely "
-                    f"a too-high learning rate (lower lr) or an exploding input{kept}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += loss.item() * len(idx)
-            rate_sum = rates if rate_sum is None else rate_sum + rates
-            bar.update(len(idx))
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if not warned and (msg := check_rates(rates, f"{task.name} step {step}")):
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                warned = True  # once per run: the per-epoch rates are in the metrics
-        bar.close()
-        seconds = time.perf_counter() - t0
-        rates_epoch = (rate_sum / steps_per_epoch).tolist()
-        record = {
-            "epoch": epoch,
+    done_epochs, epoch_step, step = 0, 0, 0
+    sums: dict = {"loss": 0.0, "rates": None, "seconds": 0.0, "skipped": 0}
+    if resume is not None:
+        task.model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        loop = resume["loop"]
+        history, sums = loop["history"], loop["sums"]
+        done_epochs, epoch_step, step = loop["epoch"], loop["epoch_step"], loop["step"]
+        shuffle.set_state(loop["shuffle_state"])
+        set_rng_state(loop["rng"])
+    if main:  # metrics.jsonl always holds exactly the finished epochs of this run
+        lines = "".join(json.dumps(r) + "\n" for r in history)
+        (run_dir / "metrics.jsonl").write_text(lines)
+
+    def save(epoch_start_shuffle: Tensor) -> None:
+        if not main:
+            return
+        loop = {
+            "epoch": done_epochs,
+            "epoch_step": epoch_step,
             "step": step,
-            "loss": loss_sum / seen,
-            "lr": optimizer.param_groups[0]["lr"],
-            "firing_rates": [round(r, 5) for r in rates_epoch],
-            "seconds": round(seconds, 2),
-            "images_per_s": round(seen / seconds, 1),
+            "shuffle_state": epoch_start_shuffle,
+            "rng": rng_state(),
+            "sums": sums,
+            "history": history,
         }
-        last = epoch == settings.epochs
-        every = task.evaluate_every
-        if task.evaluate is not None and (last or (every and epoch % every == 0)):
-            record.update(task.evaluate())
-        history.append(record)
-        with open(run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
         state = {
             "model": task.model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
+            "epoch": done_epochs,
             "step": step,
+            "loop": loop,
             **(extra_state or {}),
         }
         atomic_save(state, run_dir / "checkpoint.pt")
-        shown = {k: v for k, v in record.items() if k not in ("step", "lr", "firing_rates")}
-        rates_txt = " ".join(f"{r:.3f}" for r in rates_epoch)
-        print(
-            f"[{task.name}] "
-            + "  ".join(_fmt(k, v) for k, v in shown.items())
-            + f"  rates {rates_txt}",
-            file=sys.stderr,
-            flush=True,
-        )
+
+    warned = False
+    with _deferred_signals() as received:
+        for epoch in range(done_epochs + 1, settings.epochs + 1):
+            task.model.train()
+            epoch_start = shuffle.get_state()
+            order = torch.randperm(n, generator=shuffle).to(images.device)
+            bar = tqdm(
+                total=seen,
+                initial=min(epoch_step * batch, seen),
+                unit="img",
+                leave=False,
+                desc=f"{task.name} {epoch}/{settings.epochs}",
+                disable=not (settings.progress and main),
+            )
+            t0 = time.perf_counter()
+            for b in range(epoch_step, steps_per_epoch):
+                idx = my_slice(order[b * batch : (b + 1) * batch], world)
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * lr_factor(settings.schedule, step, total)
+                loss, rates = task.loss(images[idx], labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                bad = None if torch.isfinite(loss) else f"loss is {loss.item()}"
+                if bad is None:
+                    loss.backward()
+                    average_gradients(params, world)
+                    bad = None if _grads_finite(params) else "gradients are not finite"
+                if bad is not None and settings.on_nonfinite == "stop":
+                    kept = (
+                        f"; the last good checkpoint is {run_dir / 'checkpoint.pt'}"
+                        if (run_dir / "checkpoint.pt").exists() and main
+                        else ""
+                    )
+                    raise FloatingPointError(
+                        f"{task.name}: {bad} at epoch {epoch}, step {step}: likely a too-high "
+                        f"learning rate (lower lr) or an exploding input (on_nonfinite=skip "
+                        f"skips such steps){kept}"
+                    )
+                if bad is None:
+                    optimizer.step()
+                else:
+                    sums["skipped"] += 1
+                    warnings.warn(
+                        f"{task.name} step {step}: {bad}; step skipped",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                step += 1
+                epoch_step = b + 1
+                if bad is None:
+                    sums["loss"] += loss.item() * len(idx)
+                sums["rates"] = rates if sums["rates"] is None else sums["rates"] + rates
+                bar.update(len(idx) * world.size)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if main and not warned and (msg := check_rates(rates, f"{task.name} step {step}")):
+                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                    warned = True  # once per run: the per-epoch rates are in the metrics
+                stop = any_process(bool(received), world)
+                every = settings.checkpoint_every
+                if stop or (every and step % every == 0 and epoch_step < steps_per_epoch):
+                    sums["seconds"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    save(epoch_start)
+                if stop:
+                    bar.close()
+                    signum = received[0] if received else signal.SIGTERM
+                    raise Interrupted(
+                        signum,
+                        f"{task.name}: stopped by signal {signum} at epoch "
+                        f"{epoch}, step {step}; checkpoint saved in {run_dir}",
+                    )
+            bar.close()
+            seconds = sums["seconds"] + time.perf_counter() - t0
+            rates_epoch = (sums["rates"] / steps_per_epoch).tolist()
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "loss": all_mean(sums["loss"], world) / max(seen / world.size, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+                "firing_rates": [round(r, 5) for r in rates_epoch],
+                "seconds": round(seconds, 2),
+                "images_per_s": round(seen / seconds, 1),
+            }
+            if sums["skipped"]:
+                record["skipped_steps"] = sums["skipped"]
+            every = task.evaluate_every
+            due = epoch == settings.epochs or (every and epoch % every == 0)
+            if main and task.evaluate is not None and due:  # evaluation: main process only
+                record.update(task.evaluate())
+            history.append(record)
+            done_epochs, epoch_step = epoch, 0
+            sums = {"loss": 0.0, "rates": None, "seconds": 0.0, "skipped": 0}
+            if main:
+                with open(run_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            save(shuffle.get_state())
+            if main:
+                _print_epoch(task.name, record, rates_epoch)
     return history
+
+
+def _print_epoch(name: str, record: dict, rates: list[float]) -> None:
+    shown = {k: v for k, v in record.items() if k not in ("step", "lr", "firing_rates")}
+    rates_txt = " ".join(f"{r:.3f}" for r in rates)
+    line = "  ".join(_fmt(k, v) for k, v in shown.items())
+    print(f"[{name}] {line}  rates {rates_txt}", file=sys.stderr, flush=True)
 
 
 def _fmt(key: str, value: object) -> str:

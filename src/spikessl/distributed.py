@@ -1,0 +1,154 @@
+"""Multi-process training with ``torchrun``: one process per device, PyTorch's own engine.
+
+    torchrun --nproc_per_node 4 -m spikessl pretrain --config paper-cifar10
+
+Each process takes a disjoint slice of every global batch. What makes N processes with
+batch B equal to one process with batch N*B: NT-Xent sees the latents of all processes
+(gathered with the gradient flowing back through the gather), batch norm uses statistics
+over the global batch (all-reduced, on any backend, CPU included), and DDP averages the
+gradients. Rank 0 alone prints, writes metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: torch.device) -> World:
+    """Join the process group that ``torchrun`` describes in the environment (if any)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+    world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    return world
+
+
+def local_device(device: torch.device, world: World) -> torch.device:
+    """Each process on its own GPU; CPU processes share the CPU."""
+    return torch.device("cuda", world.local_rank) if device.type == "cuda" else device
+
+
+def gather(z: Tensor, world: World) -> Tensor:
+    """All processes' rows of ``z`` in rank order; gradients flow back to their owners."""
+    if world.size == 1:
+        return z
+    return torch.cat(dist_nn.all_gather(z))
+
+
+def my_slice(batch: Tensor, world: World) -> Tensor:
+    """This process's contiguous share of a global batch (in rank order, as ``gather``)."""
+    if world.size == 1:
+        return batch
+    return torch.tensor_split(batch, world.size)[world.rank]
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def average_gradients(params: list[Tensor], world: World) -> None:
+    """Mean of every gradient over processes, in one all-reduce (what DDP does per bucket)."""
+    if world.size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def any_process(flag: bool, world: World) -> bool:
+    """True on every process when ``flag`` is true on any (e.g. a signal arrived)."""
+    if world.size == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics cover the batch of every process.
+
+    ``nn.SyncBatchNorm`` does this on GPUs only; this version all-reduces the per-channel
+    sums with autograd, so it also runs on gloo/CPU and equals single-process batch norm on
+    the concatenated batch. Outside distributed training it is plain batch norm.
+    """
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        dims = [d for d in range(x.dim()) if d != 1]
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float64)
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims)]).double()  # (2C,)
+        stats = dist_nn.all_reduce(stats)
+        count = dist_nn.all_reduce(count)
+        mean, sq = (stats / count).chunk(2)
+        var = sq - mean * mean  # biased, as batch norm normalises with
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        with torch.no_grad():
+            n = count.item()
+            self.num_batches_tracked += 1
+            m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
+            self.running_mean.mul_(1 - m).add_(mean.to(x.dtype), alpha=m)
+            self.running_var.mul_(1 - m).add_((var * n / max(n - 1, 1)).to(x.dtype), alpha=m)
+        inv = torch.rsqrt(var + self.eps).to(x.dtype)
+        y = (x - mean.to(x.dtype).view(shape)) * inv.view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm1d/2d in ``module`` by a ``GlobalBatchNorm`` with its state."""
+    for name, child in module.named_children():
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            new = GlobalBatchNorm(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new.to(child.weight.device if child.affine else "cpu"))
+        else:
+            convert_batchnorm(child)
+    return module
+
+
+def all_mean(value: float, world: World) -> float:
+    """Average of a Python number over processes (for logging only)."""
+    if world.size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return t.item() / world.size
