@@ -99,7 +99,7 @@ def test_overrides_may_follow_options(monkeypatch) -> None:
     # type a command; argparse's nargs="*" positional takes only the first run of overrides.
     seen = {}
 
-    def fake_pretrain(cfg, run_dir, progress):
+    def fake_pretrain(cfg, run_dir, progress, resume=None):
         seen["cfg"], seen["run_dir"] = cfg, run_dir
         return {"command": "pretrain"}
 

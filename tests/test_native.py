@@ -56,8 +56,9 @@ def test_lif_native_handles_large_layers_in_parallel():
 @pytest.mark.parametrize("constant", [False, True])
 @pytest.mark.parametrize("size,k", [(8, 2), (9, 2), (12, 3), (40, 2)])
 @pytest.mark.parametrize("detach_reset,learn_beta", [(True, False), (False, True)])
-def test_fused_lif_maxpool_equals_lif_then_max_pool2d(channels_last, constant, size, k,
-                                                      detach_reset, learn_beta):
+def test_fused_lif_maxpool_equals_lif_then_max_pool2d(
+    channels_last, constant, size, k, detach_reset, learn_beta
+):
     torch.manual_seed(size * k)
     T, B, C = 7, 3, 4
     x = torch.rand(B if constant else T * B, C, size, size) * 1.2
@@ -84,8 +85,9 @@ def test_fused_lif_maxpool_equals_lif_then_max_pool2d(channels_last, constant, s
 
 def test_fused_pool_routes_gradient_like_max_pool2d_on_ties():
     # windows with no spike, one spike and several spikes: max_pool2d picks the first maximum
-    current = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 2.0],
-                            [2.0, 2.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0]]).view(1, 1, 4, 4)
+    current = torch.tensor(
+        [[0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 2.0], [2.0, 2.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0]]
+    ).view(1, 1, 4, 4)
     grads = []
     for backend in ("eager", "native"):
         x = current.clone().requires_grad_()

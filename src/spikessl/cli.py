@@ -53,10 +53,15 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name in ("finetune", "knn"):
             p.add_argument(
-                "--pretrained",
-                required=name == "finetune",
+                "--pretrained", default=None, help="pretraining run directory or checkpoint.pt"
+            )
+        if name in ("pretrain", "finetune", "supervised"):
+            p.add_argument(
+                "--resume",
                 default=None,
-                help="pretraining run directory or checkpoint.pt",
+                metavar="RUN_DIR",
+                help="continue an interrupted run from its last checkpoint, with its own "
+                "config; the result equals an uninterrupted run",
             )
         if name == "pipeline":
             p.add_argument(
@@ -79,6 +84,24 @@ def _config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     return load_config(args.config or "paper-mnist", overrides)
 
 
+def _resume_checkpoint(args: argparse.Namespace, pipeline) -> dict | None:
+    """The unfinished run's checkpoint for --resume, checked to belong to this command."""
+    if getattr(args, "resume", None) is None:
+        return None
+    if args.overrides or args.config:
+        raise ValueError(
+            "--resume continues with the run's own config: drop --config and "
+            "key=value overrides (they would make the result differ)"
+        )
+    checkpoint = pipeline.load_checkpoint(args.resume)
+    if "loop" not in checkpoint:
+        raise ValueError(f"{args.resume} has no resumable training state")
+    command = checkpoint.get("command", "pretrain")
+    if command != args.command:
+        raise ValueError(f"{args.resume} is a {command} run: use spikessl {command} --resume")
+    return checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # overrides may also follow the options
@@ -87,17 +110,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *extra]
     from spikessl import pipeline  # after parsing: --help stays instant
+    from spikessl.train import Interrupted
 
     try:
-        checkpoint = (
-            pipeline.load_checkpoint(args.pretrained) if getattr(args, "pretrained", None) else None
-        )
-        cfg = _config(args, checkpoint)
+        resume = _resume_checkpoint(args, pipeline)
+        pretrained = getattr(args, "pretrained", None)
+        if args.command == "finetune" and pretrained is None and resume is None:
+            raise ValueError("finetune needs --pretrained RUN_DIR (a pretraining run)")
+        checkpoint = pipeline.load_checkpoint(pretrained) if pretrained else None
+        cfg = _config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
+        run_dir = args.run_dir or (getattr(args, "resume", None))
         if args.command == "pretrain":
-            result = pipeline.pretrain(cfg, args.run_dir, progress)
+            result = pipeline.pretrain(cfg, run_dir, progress, resume)
         elif args.command in ("finetune", "supervised"):
-            result = pipeline.finetune(cfg, checkpoint, args.run_dir, progress)
+            result = pipeline.finetune(cfg, checkpoint, run_dir, progress, resume)
         elif args.command == "knn":
             result = pipeline.knn(cfg, checkpoint)
         else:
@@ -105,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
         print(f"spikessl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        where = str(stop).rsplit("checkpoint saved in ", 1)[-1]
+        print(
+            f"spikessl {args.command}: {stop}. Continue with: spikessl {args.command} "
+            f"--resume {where}",
+            file=sys.stderr,
+        )
+        return 128 + int(stop.signum)
+    if not result:  # a torchrun worker other than rank 0: rank 0 reports
+        return 0
     print(json.dumps(result, indent=2))
     if args.command == "pipeline":
         line = (

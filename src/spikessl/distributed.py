@@ -94,9 +94,9 @@ def any_process(flag: bool, world: World) -> bool:
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics cover the batch of every process.
 
-    ``nn.SyncBatchNorm`` does this on GPUs only; this version all-reduces the per-channel
-    sums with autograd, so it also runs on gloo/CPU and equals single-process batch norm on
-    the concatenated batch. Outside distributed training it is plain batch norm.
+    ``nn.SyncBatchNorm`` does this on GPUs only; this version all-reduces per-channel sums
+    (accumulated in float64, so the statistics do not depend on how the batch is split)
+    with autograd, on any backend, CPU/gloo included. Eval mode is plain batch norm.
     """
 
     def _check_input_dim(self, x: Tensor) -> None:
@@ -104,24 +104,26 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input, got {x.dim()}D")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()):
+        if not self.training:
             return super().forward(x)
         dims = [d for d in range(x.dim()) if d != 1]
+        stats = torch.cat(
+            [x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64)]
+        )  # (2C,)
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float64)
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims)]).double()  # (2C,)
-        stats = dist_nn.all_reduce(stats)
-        count = dist_nn.all_reduce(count)
+        if dist.is_available() and dist.is_initialized():
+            stats, count = dist_nn.all_reduce(stats), dist_nn.all_reduce(count)
         mean, sq = (stats / count).chunk(2)
         var = sq - mean * mean  # biased, as batch norm normalises with
-        shape = [1, -1] + [1] * (x.dim() - 2)
         with torch.no_grad():
             n = count.item()
             self.num_batches_tracked += 1
             m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
             self.running_mean.mul_(1 - m).add_(mean.to(x.dtype), alpha=m)
             self.running_var.mul_(1 - m).add_((var * n / max(n - 1, 1)).to(x.dtype), alpha=m)
-        inv = torch.rsqrt(var + self.eps).to(x.dtype)
-        y = (x - mean.to(x.dtype).view(shape)) * inv.view(shape)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        inv = torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
+        y = (x - mean.to(x.dtype).view(shape)) * inv
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y

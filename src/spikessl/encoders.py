@@ -104,13 +104,15 @@ class SpikingEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         chans = (cfg.in_channels, *cfg.conv_channels)
+        bias = cfg.norm == "none"  # batch norm's shift replaces the bias (and its gradient)
         self.convs = nn.ModuleList(
-            nn.Conv2d(c_in, c_out, k) for c_in, c_out, k in zip(chans, chans[1:], cfg.kernel_sizes)
+            nn.Conv2d(c_in, c_out, k, bias=bias)
+            for c_in, c_out, k in zip(chans, chans[1:], cfg.kernel_sizes)
         )
         self.conv_norms = nn.ModuleList(_norm(cfg.norm, c, 2) for c in cfg.conv_channels)
         self.conv_lifs = nn.ModuleList(_lif(cfg) for _ in cfg.conv_channels)
         sizes = (chans[-1] * cfg.feature_map_size() ** 2, *cfg.fc_sizes)
-        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.fcs = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes, sizes[1:]))
         self.fc_norms = nn.ModuleList(_norm(cfg.norm, d, 1) for d in cfg.fc_sizes)
         self.fc_lifs = nn.ModuleList(_lif(cfg) for _ in cfg.fc_sizes)
         self.convs.to(memory_format=torch.channels_last)  # matches the channels-last input
@@ -156,7 +158,7 @@ class SpikingClassifier(nn.Module):
     def __init__(self, encoder: SpikingEncoder, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.latent_dim, num_classes)
+        self.head = nn.Linear(encoder.latent_dim, num_classes, bias=encoder.cfg.norm == "none")
         self.head_norm = _norm(encoder.cfg.norm, num_classes, 1)
         self.head_lif = _lif(encoder.cfg)
 

@@ -217,6 +217,7 @@ def pretrain(
     settings = _loop(cfg, cfg.pretrain, drop_last=True, progress=progress)
     t0 = time.perf_counter()
     extra = {
+        "command": "pretrain",
         "config": to_dict(cfg),
         "knn_accuracy_at_init": knn_init,
         "split": {"labelled": data.labelled.cpu(), "unlabelled": data.unlabelled.cpu()},

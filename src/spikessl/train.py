@@ -179,7 +179,7 @@ def fit(
     shuffle = torch.Generator().manual_seed(settings.seed)
     history: list[dict] = []
     done_epochs, epoch_step, step = 0, 0, 0
-    sums: dict = {"loss": 0.0, "rates": None, "seconds": 0.0, "skipped": 0}
+    sums: dict = {"loss": 0.0, "images": 0, "rates": None, "seconds": 0.0, "skipped": 0}
     if resume is not None:
         task.model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -264,6 +264,7 @@ def fit(
                 epoch_step = b + 1
                 if bad is None:
                     sums["loss"] += loss.item() * len(idx)
+                    sums["images"] += len(idx)
                 sums["rates"] = rates if sums["rates"] is None else sums["rates"] + rates
                 bar.update(len(idx) * world.size)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -290,7 +291,7 @@ def fit(
             record = {
                 "epoch": epoch,
                 "step": step,
-                "loss": all_mean(sums["loss"], world) / max(seen / world.size, 1),
+                "loss": all_mean(sums["loss"], world) / max(all_mean(sums["images"], world), 1),
                 "lr": optimizer.param_groups[0]["lr"],
                 "firing_rates": [round(r, 5) for r in rates_epoch],
                 "seconds": round(seconds, 2),
@@ -304,7 +305,7 @@ def fit(
                 record.update(task.evaluate())
             history.append(record)
             done_epochs, epoch_step = epoch, 0
-            sums = {"loss": 0.0, "rates": None, "seconds": 0.0, "skipped": 0}
+            sums = {"loss": 0.0, "images": 0, "rates": None, "seconds": 0.0, "skipped": 0}
             if main:
                 with open(run_dir / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")

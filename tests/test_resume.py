@@ -1,0 +1,159 @@
+"""Never lose a run: stop a real process (SIGTERM, SIGKILL), resume, get the same weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from spikessl import pipeline
+from spikessl.cli import main
+from spikessl.config import load_config
+
+SETTINGS = [
+    "time_steps=3",
+    "pretrain.epochs=3",
+    "pretrain.batch_size=32",
+    "data.train_limit=1000",
+    "data.test_limit=100",
+    "knn.k=5",
+    "checkpoint_every=4",
+    "device=cpu",
+]
+
+
+def checkpoint_step(run_dir) -> int:
+    try:
+        return torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
+    except Exception:  # not there yet, or being replaced
+        return -1
+
+
+def start(run_dir):
+    cmd = [
+        sys.executable,
+        "-m",
+        "spikessl",
+        "pretrain",
+        "--config",
+        "mnist-quick",
+        *SETTINGS,
+        "--no-progress",
+        "--run-dir",
+        str(run_dir),
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+
+
+def wait_for_checkpoint(proc, run_dir, min_step: int) -> None:
+    deadline = time.time() + 120
+    while checkpoint_step(run_dir) < min_step:
+        assert proc.poll() is None, f"run ended before step {min_step}: {proc.stderr.read()}"
+        assert time.time() < deadline, "no checkpoint within 2 minutes"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                "mnist-quick",
+                *SETTINGS,
+                "--no-progress",
+                "--run-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
+    return run_dir
+
+
+def assert_same_run(run_dir, reference) -> None:
+    a = pipeline.load_checkpoint(run_dir)
+    b = pipeline.load_checkpoint(reference)
+    assert a["step"] == b["step"] == 3 * (800 // 32)
+    for key in b["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    metrics = [
+        [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in (run_dir, reference)
+    ]
+    assert [m["epoch"] for m in metrics[0]] == [1, 2, 3]
+    assert [m["loss"] for m in metrics[0]] == [m["loss"] for m in metrics[1]]
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (run_dir, reference)]
+    assert summaries[0]["knn_accuracy"] == summaries[1]["knn_accuracy"]
+
+
+def test_sigterm_checkpoints_and_resume_matches(tmp_path, reference, capsys):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for_checkpoint(proc, run_dir, 4)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert f"--resume {run_dir}" in err  # tells the user how to continue
+    stopped_at = checkpoint_step(run_dir)
+    assert 4 <= stopped_at < 75
+    assert not (run_dir / "summary.json").exists()
+    assert main(["pretrain", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert_same_run(run_dir, reference)
+
+
+def test_sigkill_resumes_from_last_checkpoint(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for_checkpoint(proc, run_dir, 8)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert checkpoint_step(run_dir) >= 8
+    assert main(["pretrain", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert_same_run(run_dir, reference)
+
+
+def test_unfinished_run_dir_is_not_overwritten(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir).mkdir()
+    torch.save({"model": {}, "config": {}}, run_dir / "checkpoint.pt")
+    code = main(["pretrain", "--config", "mnist-quick", *SETTINGS, "--run-dir", str(run_dir)])
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_refuses_overrides_and_wrong_command(tmp_path, reference, capsys):
+    assert main(["pretrain", "--resume", str(reference), "time_steps=5"]) == 2
+    assert "own config" in capsys.readouterr().err
+    assert main(["supervised", "--resume", str(reference)]) == 2
+    assert "pretrain run" in capsys.readouterr().err
+
+
+def test_nonfinite_loss_stops_or_skips(tmp_path, monkeypatch):
+    real, calls = pipeline.nt_xent, []
+
+    def third_step_nan(z1, z2, t):  # a loss that blows up at step 2
+        calls.append(1)
+        loss = real(z1, z2, t)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(pipeline, "nt_xent", third_step_nan)
+    settings = [s for s in SETTINGS if "checkpoint" not in s] + ["pretrain.epochs=1"]
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, step 2.*lower lr"):
+        pipeline.pretrain(load_config("mnist-quick", settings), tmp_path / "stop", progress=False)
+    calls.clear()
+    skip = load_config("mnist-quick", [*settings, "on_nonfinite=skip"])
+    with pytest.warns(RuntimeWarning, match="step 2: loss is nan; step skipped"):
+        pipeline.pretrain(skip, tmp_path / "skip", progress=False)
+    record = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["skipped_steps"] == 1
+    assert record["loss"] == record["loss"]  # finite: the skipped step is left out
