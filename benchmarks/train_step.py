@@ -280,7 +280,9 @@ def main() -> None:
     p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps first (2: the allocator settles)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="write all results as JSON here")
     p.add_argument(

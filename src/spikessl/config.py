@@ -122,6 +122,8 @@ class Config:
     eval_batch_size: int = 512
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: after each epoch)
     on_nonfinite: str = "stop"  # NaN/inf loss or gradients: "stop" with an error, or "skip"
+    precision: str = "fp32"  # "bf16": autocast convolutions/matmuls (membranes stay fp32)
+    precision: str = "fp32"  # "bf16": autocast convolutions/matmuls (membranes stay fp32)
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -139,6 +141,12 @@ class Config:
             "checkpoint_every",
             self.checkpoint_every,
             ">= 0 (0: checkpoint after each epoch only)",
+        )
+        _check(
+            self.precision in ("fp32", "bf16"),
+            "precision",
+            self.precision,
+            "'fp32' or 'bf16' (bfloat16 autocast of convolutions and matmuls)",
         )
         _check(
             self.on_nonfinite in ("stop", "skip"),

@@ -12,12 +12,19 @@ gradients. Rank 0 alone prints, writes metrics and checkpoints.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
+
+# These autograd-aware collectives are the public ones; their suggested successors are
+# private (torch.distributed._functional_collectives), so keep these and stay quiet.
+warnings.filterwarnings(
+    "ignore", message=r"torch\.distributed\.nn\.functional", category=FutureWarning
+)
 
 
 @dataclass(frozen=True)

@@ -139,11 +139,17 @@ def _finish(run_dir: Path, summary: dict) -> dict:
     return summary
 
 
+def precision(cfg: Config, device: torch.device):
+    """bf16 autocast (convolutions and matmuls in bfloat16; membranes stay float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
 def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
     """Weighted kNN: labelled-part latents as the bank, test latents as queries."""
     T, bs = cfg.time_steps, cfg.eval_batch_size
-    bank = batched_outputs(encoder, data.train_images[data.labelled], T, data.prepare, bs)
-    queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
+    with precision(cfg, data.test_images.device):
+        bank = batched_outputs(encoder, data.train_images[data.labelled], T, data.prepare, bs)
+        queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
     preds = knn_predict(
         bank,
         data.train_labels[data.labelled],
@@ -156,9 +162,10 @@ def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
 
 
 def test_accuracy(model: SpikingClassifier, data: Data, cfg: Config) -> float:
-    counts = batched_outputs(
-        model, data.test_images, cfg.time_steps, data.prepare, cfg.eval_batch_size
-    )
+    with precision(cfg, data.test_images.device):
+        counts = batched_outputs(
+            model, data.test_images, cfg.time_steps, data.prepare, cfg.eval_batch_size
+        )
     return round(accuracy(counts.argmax(1), data.test_labels), 2)
 
 
@@ -199,8 +206,9 @@ def pretrain(
     def loss(images: Tensor, _labels: Tensor) -> tuple[Tensor, Tensor]:
         v1, v2 = two_views(augment, images.float() / 255.0)
         views = data.normalize(torch.cat([v1, v2]))  # (2B, C, H, W): one pass for both
-        trace = model.encoder.trace(views, T)
-        z = model.projector(trace.spikes.sum(0))  # (2B, D) spike counts (projected)
+        with precision(cfg, views.device):
+            trace = model.encoder.trace(views, T)
+        z = model.projector(trace.spikes.float().sum(0))  # (2B, D) spike counts (projected)
         # every process computes the loss of the global batch; gradients flow back to owners
         z1, z2 = distributed.gather(z[:B], world), distributed.gather(z[B:], world)
         return nt_xent(z1, z2, cfg.pretrain.temperature), trace.rates
@@ -346,8 +354,9 @@ def finetune(
             x = augment(x)
         if frozen:
             encoder.eval()  # a linear probe must not move the batch-norm statistics
-        trace = model.trace(data.normalize(x), T)
-        return F.cross_entropy(trace.spikes.sum(0), labels), trace.rates
+        with precision(cfg, x.device):
+            trace = model.trace(data.normalize(x), T)
+        return F.cross_entropy(trace.spikes.float().sum(0), labels), trace.rates
 
     run_dir = new_run_dir(cfg, command, run_dir, world, resume is not None)
     task = Task(
