@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *extra]
-    from spikessl import pipeline  # after parsing: --help stays instant
+    from spikessl import distributed, pipeline  # after parsing: --help stays instant
     from spikessl.train import Interrupted
 
     try:
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikessl {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Interrupted as stop:
+        distributed.shutdown()
         where = str(stop).rsplit("checkpoint saved in ", 1)[-1]
         print(
             f"spikessl {args.command}: {stop}. Continue with: spikessl {args.command} "
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 128 + int(stop.signum)
+    distributed.shutdown()
     if not result:  # a torchrun worker other than rank 0: rank 0 reports
         return 0
     print(json.dumps(result, indent=2))

@@ -52,6 +52,13 @@ def setup(device: torch.device) -> World:
     return world
 
 
+def shutdown() -> None:
+    """Leave the process group cleanly (an exiting process with live gloo threads aborts)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def local_device(device: torch.device, world: World) -> torch.device:
     """Each process on its own GPU; CPU processes share the CPU."""
     return torch.device("cuda", world.local_rank) if device.type == "cuda" else device
