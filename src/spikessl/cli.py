@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
         "e.g. time_steps=10 pretrain.epochs=5 augment.views=crop-rotate.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser(
+        "export", help="write a run's model weights as safetensors",
+        description="Write a run's model weights as a safetensors file (no pickle; the "
+        "resolved config goes into the file's metadata).",
+    )
+    export.add_argument("run", help="run directory or checkpoint.pt")
+    export.add_argument("--out", default=None, help="default: <run>/model.safetensors")
     for name, text in COMMANDS.items():
         p = sub.add_parser(name, help=text.replace("%", "%%"), description=text)
         p.add_argument(
@@ -84,6 +91,25 @@ def _config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     return load_config(args.config or "paper-mnist", overrides)
 
 
+def _export(args: argparse.Namespace, extra: list[str], parser) -> int:
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from pathlib import Path
+
+    from spikessl import pipeline
+
+    try:
+        checkpoint = pipeline.load_checkpoint(args.run)
+        run = Path(args.run)
+        out = args.out or (run if run.is_dir() else run.parent) / "model.safetensors"
+        path = pipeline.export_safetensors(checkpoint, out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"spikessl export: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"command": "export", "safetensors": str(path)}))
+    return 0
+
+
 def _resume_checkpoint(args: argparse.Namespace, pipeline) -> dict | None:
     """The unfinished run's checkpoint for --resume, checked to belong to this command."""
     if getattr(args, "resume", None) is None:
@@ -104,7 +130,9 @@ def _resume_checkpoint(args: argparse.Namespace, pipeline) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args, extra = parser.parse_known_args(argv)  # overrides may also follow the options
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "export":
+        return _export(args, extra, parser)  # overrides may also follow the options
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

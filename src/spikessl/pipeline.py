@@ -288,6 +288,19 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def export_safetensors(checkpoint: dict, path: str | Path) -> Path:
+    """The checkpoint's model weights as a safetensors file (config in its metadata)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.contiguous() for k, v in checkpoint["model"].items()}
+    meta = {"format": "pt", "spikessl_config": json.dumps(checkpoint["config"]),
+            "command": str(checkpoint.get("command", ""))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
 def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:
     """The encoder of a pretraining checkpoint, checked against ``cfg.encoder``."""
     saved = from_dict(EncoderConfig, checkpoint["config"]["encoder"], "encoder")
@@ -302,8 +315,21 @@ def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:
     state = {
         k[len("encoder.") :]: v for k, v in checkpoint["model"].items() if k.startswith("encoder.")
     }
-    encoder.load_state_dict(state)
+    load_weights(encoder, state, "the checkpoint's encoder")
     return encoder
+
+
+def load_weights(module: nn.Module, state: dict, what: str) -> None:
+    """``load_state_dict`` with a ValueError that lists every mismatch, not a traceback."""
+    own = module.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k}: shape {tuple(state[k].shape)} vs {tuple(v.shape)}"
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise ValueError(f"{what} does not fit this spikessl network (another architecture or "
+                         f"version?): " + "; ".join(problems[:12]))
+    module.load_state_dict(state)
 
 
 def finetune(
