@@ -16,9 +16,13 @@ from hypothesis import strategies as st
 
 from spikessl.data import load_dataset, read_idx
 
-SETTINGS = hypothesis.settings(max_examples=100, deadline=None, database=None,
-                               derandomize=True,
-                               suppress_health_check=[hypothesis.HealthCheck.too_slow])
+SETTINGS = hypothesis.settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
 
 
 def idx_bytes(images: np.ndarray) -> bytes:
@@ -49,9 +53,10 @@ def test_random_bytes_as_idx(data):
 
 
 @SETTINGS
-@hypothesis.given(st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)),
-                           max_size=6),
-                  st.integers(0, len(VALID)))
+@hypothesis.given(
+    st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), max_size=6),
+    st.integers(0, len(VALID)),
+)
 def test_mutated_idx(flips, cut):
     data = bytearray(VALID)
     for pos, value in flips:
@@ -60,8 +65,7 @@ def test_mutated_idx(flips, cut):
     for name, blob in (("m-idx3-ubyte", data), ("m-idx3-ubyte.gz", gzip.compress(data))):
         out = parse(blob, name)
         if out is not None:  # whatever parses is consistent with its own header
-            dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big")
-                         for i in range(data[3]))
+            dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3]))
             assert out.shape == dims and out.dtype == np.uint8
 
 
@@ -81,8 +85,12 @@ def test_random_bytes_as_cifar_batch(data):
 @hypothesis.given(st.integers(0, 2000), st.integers(0, 255))
 def test_mutated_cifar_batch(pos, value):
     rng = np.random.default_rng(0)
-    batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
-             b"labels": [1, 2, 3, 4], b"batch_label": b"x", b"filenames": [b"a"] * 4}
+    batch = {
+        b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+        b"labels": [1, 2, 3, 4],
+        b"batch_label": b"x",
+        b"filenames": [b"a"] * 4,
+    }
     blob = bytearray(pickle.dumps(batch, protocol=2))
     pos %= len(blob)
     blob[pos] = value

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser(
-        "export", help="write a run's model weights as safetensors",
+        "export",
+        help="write a run's model weights as safetensors",
         description="Write a run's model weights as a safetensors file (no pickle; the "
         "resolved config goes into the file's metadata).",
     )

@@ -294,8 +294,11 @@ def export_safetensors(checkpoint: dict, path: str | Path) -> Path:
 
     path = Path(path)
     tensors = {k: v.contiguous() for k, v in checkpoint["model"].items()}
-    meta = {"format": "pt", "spikessl_config": json.dumps(checkpoint["config"]),
-            "command": str(checkpoint.get("command", ""))}
+    meta = {
+        "format": "pt",
+        "spikessl_config": json.dumps(checkpoint["config"]),
+        "command": str(checkpoint.get("command", "")),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
     return path
@@ -324,11 +327,16 @@ def load_weights(module: nn.Module, state: dict, what: str) -> None:
     own = module.state_dict()
     problems = [f"missing {k}" for k in own if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [f"{k}: shape {tuple(state[k].shape)} vs {tuple(v.shape)}"
-                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    problems += [
+        f"{k}: shape {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if problems:
-        raise ValueError(f"{what} does not fit this spikessl network (another architecture or "
-                         f"version?): " + "; ".join(problems[:12]))
+        raise ValueError(
+            f"{what} does not fit this spikessl network (another architecture or "
+            f"version?): " + "; ".join(problems[:12])
+        )
     module.load_state_dict(state)
 
 
