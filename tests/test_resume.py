@@ -33,19 +33,11 @@ def checkpoint_step(run_dir) -> int:
         return -1
 
 
+RUN = ["pretrain", "--config", "mnist-quick", *SETTINGS, "--no-progress", "--run-dir"]
+
+
 def start(run_dir):
-    cmd = [
-        sys.executable,
-        "-m",
-        "spikessl",
-        "pretrain",
-        "--config",
-        "mnist-quick",
-        *SETTINGS,
-        "--no-progress",
-        "--run-dir",
-        str(run_dir),
-    ]
+    cmd = [sys.executable, "-m", "spikessl", *RUN, str(run_dir)]
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
     )
@@ -63,20 +55,7 @@ def wait_for_checkpoint(proc, run_dir, min_step: int) -> None:
 def reference(tmp_path_factory):
     """The uninterrupted run."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--config",
-                "mnist-quick",
-                *SETTINGS,
-                "--no-progress",
-                "--run-dir",
-                str(run_dir),
-            ]
-        )
-        == 0
-    )
+    assert main([*RUN, str(run_dir)]) == 0
     return run_dir
 
 
