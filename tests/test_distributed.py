@@ -28,19 +28,19 @@ def train(views: torch.Tensor, world: distributed.World) -> dict:
     torch.manual_seed(0)
     enc = SpikingEncoder(CFG)
     distributed.convert_batchnorm(enc)  # in both runs: the same float64 statistics
+    net = distributed.data_parallel(distributed.Traced(enc), world, torch.device("cpu"))
     params = list(enc.parameters())
     opt = torch.optim.Adam(params, 1e-2)
     losses, grads = [], None
     for step in range(STEPS):
         x1 = distributed.my_slice(views[step, 0], world)
         x2 = distributed.my_slice(views[step, 1], world)
-        z = enc(torch.cat([x1, x2]), T)
+        z, _ = net(torch.cat([x1, x2]), T)
         b = len(x1)
         z1, z2 = distributed.gather(z[:b], world), distributed.gather(z[b:], world)
         loss = nt_xent(z1, z2, 0.5)
         opt.zero_grad()
-        loss.backward()
-        distributed.average_gradients(params, world)
+        loss.backward()  # DDP averages the gradients of the processes
         if grads is None:
             grads = [p.grad.clone() for p in params]
         opt.step()

@@ -5,8 +5,9 @@
 Each process takes a disjoint slice of every global batch. What makes N processes with
 batch B equal to one process with batch N*B: NT-Xent sees the latents of all processes
 (gathered with the gradient flowing back through the gather), batch norm uses statistics
-over the global batch (all-reduced, on any backend, CPU included), and DDP averages the
-gradients. Rank 0 alone prints, writes metrics and checkpoints.
+over the global batch (all-reduced, on any backend, CPU included), and
+DistributedDataParallel averages the gradients. Rank 0 alone prints, writes metrics and
+checkpoints.
 """
 
 from __future__ import annotations
@@ -82,18 +83,30 @@ def _comm_device() -> torch.device:
     return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def average_gradients(params: list[Tensor], world: World) -> None:
-    """Mean of every gradient over processes, in one all-reduce (what DDP does per bucket)."""
+class Traced(nn.Module):
+    """``forward(x, T) -> (spike counts [, through head], firing rates)``: the module DDP wraps.
+
+    The training losses need a model's ``trace`` (counts and per-layer firing rates), not
+    its plain ``forward``; DDP synchronises gradients only for what runs through its own
+    ``forward``, so this adapter makes the trace that forward.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model, self.head = model, head if head is not None else nn.Identity()
+
+    def forward(self, x: Tensor, T: int) -> tuple[Tensor, Tensor]:
+        trace = self.model.trace(x, T)
+        return self.head(trace.spikes.float().sum(0)), trace.rates
+
+
+def data_parallel(module: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """``module`` wrapped in DistributedDataParallel under torchrun, else itself."""
     if world.size == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world.size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    # batch-norm buffers are identical in every process already (global statistics)
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
 def any_process(flag: bool, world: World) -> bool:

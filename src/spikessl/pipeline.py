@@ -203,15 +203,18 @@ def pretrain(
     run_dir = new_run_dir(cfg, "pretrain", run_dir, world, resume is not None)
     T, B = cfg.time_steps, cfg.pretrain.batch_size
 
+    net = distributed.data_parallel(
+        distributed.Traced(model.encoder, model.projector), world, device
+    )
+
     def loss(images: Tensor, _labels: Tensor) -> tuple[Tensor, Tensor]:
         v1, v2 = two_views(augment, images.float() / 255.0)
         views = data.normalize(torch.cat([v1, v2]))  # (2B, C, H, W): one pass for both
         with precision(cfg, views.device):
-            trace = model.encoder.trace(views, T)
-        z = model.projector(trace.spikes.float().sum(0))  # (2B, D) spike counts (projected)
+            z, rates = net(views, T)  # (2B, D) spike counts (projected), per-layer rates
         # every process computes the loss of the global batch; gradients flow back to owners
         z1, z2 = distributed.gather(z[:B], world), distributed.gather(z[B:], world)
-        return nt_xent(z1, z2, cfg.pretrain.temperature), trace.rates
+        return nt_xent(z1, z2, cfg.pretrain.temperature), rates
 
     task = Task(
         "pretrain",
@@ -382,6 +385,8 @@ def finetune(
     )
     T = cfg.time_steps
 
+    net = distributed.data_parallel(distributed.Traced(model), world, device)
+
     def loss(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         x = images.float() / 255.0
         if augment is not None:
@@ -389,8 +394,8 @@ def finetune(
         if frozen:
             encoder.eval()  # a linear probe must not move the batch-norm statistics
         with precision(cfg, x.device):
-            trace = model.trace(data.normalize(x), T)
-        return F.cross_entropy(trace.spikes.float().sum(0), labels), trace.rates
+            counts, rates = net(data.normalize(x), T)
+        return F.cross_entropy(counts, labels), rates
 
     run_dir = new_run_dir(cfg, command, run_dir, world, resume is not None)
     task = Task(

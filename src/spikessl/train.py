@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from spikessl import _native
-from spikessl.distributed import World, all_mean, any_process, average_gradients, my_slice
+from spikessl.distributed import World, all_mean, any_process, my_slice
 
 SILENT, SATURATED = 1e-4, 0.99  # firing rates that starve the surrogate gradient
 
@@ -236,9 +236,10 @@ def fit(
                 loss, rates = task.loss(images[idx], labels[idx])
                 optimizer.zero_grad(set_to_none=True)
                 bad = None if torch.isfinite(loss) else f"loss is {loss.item()}"
-                if bad is None:
-                    loss.backward()
-                    average_gradients(params, world)
+                if any_process(bad is not None, world):  # every process skips, or none
+                    bad = bad or "loss is not finite in another process"
+                else:
+                    loss.backward()  # under torchrun, DDP averages the gradients here
                     bad = None if _grads_finite(params) else "gradients are not finite"
                 if bad is not None and settings.on_nonfinite == "stop":
                     kept = (
