@@ -141,3 +141,22 @@ def test_export_safetensors_round_trip(pretrained, capsys):
         assert json.loads(fh.metadata()["spikessl_config"]) == checkpoint["config"]
     assert main(["export", str(tmp / "nowhere")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_label_fraction_picks_a_stratified_subset_of_the_labelled_part(tmp_path):
+    cfg = small_config(tmp_path, finetune={"label_fraction": 0.05})
+    data = pipeline.load_data(cfg, torch.device("cpu"))
+    part = pipeline.labelled_indices(data, cfg)
+    assert set(part.tolist()) <= set(data.labelled.tolist())
+    assert len(part) == 150  # 5% of 3000, 15 of each of the 10 classes
+    assert torch.bincount(data.train_labels[part], minlength=10).tolist() == [15] * 10
+    assert torch.equal(part, pipeline.labelled_indices(data, cfg))  # seeded
+    full = small_config(tmp_path, finetune={"label_fraction": 1.0})
+    assert len(pipeline.labelled_indices(data, full)) == 3000
+    default = small_config(tmp_path)
+    assert torch.equal(pipeline.labelled_indices(data, default), data.labelled)
+
+
+def test_label_fraction_between_the_part_and_everything_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="label_fraction"):
+        small_config(tmp_path, finetune={"label_fraction": 0.5})

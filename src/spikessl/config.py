@@ -88,9 +88,18 @@ class FinetuneConfig:
     encoder_lr_factor: float = 0.1  # pretrained layers learn at lr * this (paper: "lower")
     linear_probe: bool = False  # freeze the encoder entirely
     augment: tuple[str, ...] = ()  # augmentations of the labelled images, e.g. [crop]
+    # fraction of the whole training set whose labels are used; 0: the labelled part.
+    # Below data.labelled_fraction: a stratified subset of the labelled part; 1: every label.
+    label_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _check_optim(self, "finetune")
+        _check(
+            0.0 <= self.label_fraction <= 1.0,
+            "finetune.label_fraction",
+            self.label_fraction,
+            "a fraction in [0, 1] (0: the labelled part; 0.01: 1% of the training labels)",
+        )
         _check(
             self.encoder_lr_factor >= 0,
             "finetune.encoder_lr_factor",
@@ -153,6 +162,14 @@ class Config:
             "on_nonfinite",
             self.on_nonfinite,
             "'stop' (raise an error) or 'skip' (drop the step)",
+        )
+        f, part = self.finetune.label_fraction, self.data.labelled_fraction
+        _check(
+            f in (0.0, 1.0) or f <= part,
+            "finetune.label_fraction",
+            f,
+            f"<= data.labelled_fraction={part} (a subset of the labelled part), or 1 (every "
+            "label); values in between would label some of the pretraining images",
         )
 
 

@@ -405,7 +405,8 @@ def finetune(
         loss,
         evaluate=lambda: {"test_accuracy": test_accuracy(model, data, cfg)},
     )
-    x, y = data.train_images[data.labelled], data.train_labels[data.labelled]
+    labelled = labelled_indices(data, cfg)
+    x, y = data.train_images[labelled], data.train_labels[labelled]
     t0 = time.perf_counter()
     history = fit(
         task,
@@ -431,6 +432,18 @@ def finetune(
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
     )
+
+
+def labelled_indices(data: Data, cfg: Config) -> Tensor:
+    """The training images whose labels fine-tuning uses (``finetune.label_fraction``)."""
+    f = cfg.finetune.label_fraction
+    if f == 1.0:
+        return torch.arange(len(data.train_labels), device=data.labelled.device)
+    if f == 0.0 or f == cfg.data.labelled_fraction:
+        return data.labelled
+    labels = data.train_labels[data.labelled].cpu()
+    _, keep = stratified_split(labels, f / cfg.data.labelled_fraction, cfg.seed)
+    return data.labelled[keep.to(data.labelled.device)]
 
 
 def knn(cfg: Config, checkpoint: dict | None) -> dict:

@@ -1,0 +1,360 @@
+"""The paper's figures: nearest neighbours in latent space (Fig. 5), accuracy curves (Figs. 6-7).
+
+Plots use ``matplotlib.figure.Figure`` with the Agg canvas, never ``pyplot``: no display,
+no global state, safe in tests and on headless servers. Each plotting function writes one
+PNG (parent folders created) and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor, nn
+
+from spikessl import pipeline
+from spikessl.config import Config
+from spikessl.evaluate import batched_outputs
+
+DPI = 120
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion-mnist": (
+        "T-shirt/top",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "ankle boot",
+    ),
+    "cifar10": (
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ),
+}
+
+
+def class_names(dataset: str, num_classes: int) -> tuple[str, ...]:
+    """Human-readable class names of ``dataset``; ``"0"``, ``"1"``, ... when none are known."""
+    names = CLASS_NAMES.get(dataset.strip().lower())
+    if names is None or len(names) != num_classes:
+        return tuple(str(i) for i in range(num_classes))
+    return names
+
+
+@torch.no_grad()
+def topk_cosine(
+    queries: Tensor, bank: Tensor, k: int, chunk_size: int = 1024
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` bank rows most cosine-similar to each query: ``(indices, similarities)``.
+
+    ``queries [Q, D]``, ``bank [N, D]`` -> both ``[Q, k]``, most similar first. Runs over
+    chunks of queries, so memory is ``chunk_size * N`` floats for any ``Q``. An all-zero row
+    (a silent encoder) has similarity 0 to everything.
+    """
+    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
+        raise ValueError(
+            f"expected latents [Q, D] and [N, D] with the same D, got {tuple(queries.shape)} "
+            f"and {tuple(bank.shape)}"
+        )
+    if queries.shape[0] == 0 or not 1 <= k <= bank.shape[0]:
+        raise ValueError(
+            f"need at least one query and 1 <= k <= bank size, got {queries.shape[0]} queries, "
+            f"k={k}, bank of {bank.shape[0]}: lower k or use a larger bank"
+        )
+    bank = F.normalize(bank.float(), dim=1)  # (N, D)
+    indices, sims = [], []
+    for start in range(0, queries.shape[0], chunk_size):
+        q = F.normalize(queries[start : start + chunk_size].float(), dim=1)  # (q, D)
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # (q, k)
+        indices.append(idx)
+        sims.append(sim)
+    return torch.cat(indices), torch.cat(sims)
+
+
+def nearest_neighbours(
+    encoder: nn.Module,
+    queries_x: Tensor,
+    bank_x: Tensor,
+    T: int,
+    prepare: Callable[[Tensor], Tensor],
+    k: int = 8,
+    batch_size: int = 512,
+) -> tuple[Tensor, Tensor]:
+    """Indices ``[Q, k]`` into ``bank_x`` (and cosine similarities) of each query's neighbours.
+
+    Latents are the encoder's spike counts over ``T`` steps of ``prepare(images)``. Queries
+    and bank are separate sets (e.g. test images against training images); when they overlap
+    each image finds itself first.
+    """
+    bank = batched_outputs(encoder, bank_x, T, prepare, batch_size)  # (N, D)
+    queries = batched_outputs(encoder, queries_x, T, prepare, batch_size)  # (Q, D)
+    return topk_cosine(queries, bank, k)
+
+
+def label_agreement(query_labels: Tensor, neighbour_labels: Tensor) -> float:
+    """Percentage of neighbours ``[Q, k]`` whose label equals their query's ``[Q]``."""
+    if neighbour_labels.ndim != 2 or neighbour_labels.shape[0] != query_labels.shape[0]:
+        raise ValueError(
+            f"expected neighbour labels [Q, k] for {query_labels.shape[0]} queries, got "
+            f"{tuple(neighbour_labels.shape)}"
+        )
+    if neighbour_labels.numel() == 0:
+        raise ValueError("no neighbours to compare: pass at least one query and k >= 1")
+    same = neighbour_labels.cpu() == query_labels.cpu()[:, None]  # (Q, k)
+    return 100.0 * same.double().mean().item()
+
+
+def _save(fig: Figure, out: str | Path) -> Path:
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"figures are written as PNG: name the output *.png, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(out, dpi=DPI, format="png")
+    return out
+
+
+def _show(ax, image: Tensor) -> None:
+    """One uint8 ``[C, H, W]`` image on ``ax``, frame kept (it carries the match colour)."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image.permute(1, 2, 0).numpy())  # (H, W, 3)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _frame(ax, colour: str, width: float) -> None:
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(width)
+
+
+def _check_images(images: Tensor, what: str, dims: int) -> None:
+    if images.dtype != torch.uint8 or images.ndim != dims or images.shape[dims - 3] not in (1, 3):
+        lead = "Q" if dims == 4 else "Q, k"
+        raise ValueError(
+            f"{what}: expected uint8 images [{lead}, C, H, W] with C = 1 or 3, got "
+            f"{images.dtype} {tuple(images.shape)}: pass the raw dataset images, not currents"
+        )
+
+
+def neighbours_grid(
+    query_images: Tensor,
+    query_labels: Tensor,
+    neighbour_images: Tensor,
+    neighbour_labels: Tensor,
+    class_names: Sequence[str],
+    out: str | Path,
+    title: str,
+) -> Path:
+    """Fig. 5: one row per query, the query (blue frame) then its neighbours, closest first.
+
+    ``query_images [Q, C, H, W]`` and ``neighbour_images [Q, k, C, H, W]`` are uint8;
+    labels ``[Q]`` and ``[Q, k]``. Neighbours of the query's class are framed and titled
+    in green, others in red.
+    """
+    query_images, neighbour_images = query_images.cpu(), neighbour_images.cpu()
+    query_labels, neighbour_labels = query_labels.cpu(), neighbour_labels.cpu()
+    _check_images(query_images, "query_images", 4)
+    _check_images(neighbour_images, "neighbour_images", 5)
+    Q, k = neighbour_images.shape[:2]
+    if Q == 0 or k == 0 or query_images.shape[0] != Q:
+        raise ValueError(
+            f"expected neighbours [Q, k, ...] for the {query_images.shape[0]} queries with "
+            f"k >= 1, got {tuple(neighbour_images.shape[:2])}"
+        )
+    if query_labels.shape != (Q,) or neighbour_labels.shape != (Q, k):
+        raise ValueError(
+            f"expected query labels [{Q}] and neighbour labels [{Q}, {k}], got "
+            f"{tuple(query_labels.shape)} and {tuple(neighbour_labels.shape)}"
+        )
+    top = max(query_labels.max().item(), neighbour_labels.max().item())
+    if top >= len(class_names):
+        raise ValueError(f"label {top} has no name: pass one class name per class")
+    agree = label_agreement(query_labels, neighbour_labels)
+    fig = Figure(figsize=(1.15 * (k + 1), 1.25 * Q + 1.0), layout="constrained")
+    axes = fig.subplots(Q, k + 1, squeeze=False)
+    for row in range(Q):
+        label = int(query_labels[row])
+        _show(axes[row, 0], query_images[row])
+        _frame(axes[row, 0], "tab:blue", 3.0)
+        axes[row, 0].set_title(f"query: {class_names[label]}", fontsize=8, weight="bold")
+        for j in range(k):
+            ax, other = axes[row, j + 1], int(neighbour_labels[row, j])
+            colour = "tab:green" if other == label else "tab:red"
+            _show(ax, neighbour_images[row, j])
+            _frame(ax, colour, 2.0)
+            rank = f"#{j + 1} " if row == 0 else ""
+            ax.set_title(f"{rank}{class_names[other]}", fontsize=8, color=colour)
+    fig.suptitle(
+        f"{title}\n{agree:.0f}% of the neighbours shown share the query's class "
+        "(green: same class, red: other class; #1 = nearest)",
+        fontsize=9,
+    )
+    return _save(fig, out)
+
+
+def curves(
+    series: Mapping[str, Sequence[float]],
+    out: str | Path,
+    title: str,
+    xlabel: str = "epoch",
+    ylabel: str = "test accuracy (%)",
+) -> Path:
+    """Figs. 6-7: one line per method, ``series[label]`` its values at epochs 1, 2, ...
+
+    The final value is written at the end of each line.
+    """
+    if not series or any(len(values) == 0 for values in series.values()):
+        raise ValueError(
+            "expected a mapping label -> per-epoch values with at least one value each, e.g. "
+            "{'SSL + fine-tune': [91.0, 95.2], 'supervised only': [88.3, 93.1]}"
+        )
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for label, values in series.items():
+        epochs = range(1, len(values) + 1)
+        (line,) = ax.plot(epochs, [float(v) for v in values], marker="o", label=label)
+        ax.annotate(
+            f"{float(values[-1]):.1f}",
+            (len(values), float(values[-1])),
+            xytext=(5, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+            color=line.get_color(),
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(x=0.08)
+    ax.grid(alpha=0.3)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend()
+    return _save(fig, out)
+
+
+def summarise_seeds(
+    fractions: Sequence[float], per_seed: Sequence[Sequence[float]]
+) -> list[tuple[float, float, float, float]]:
+    """``(percent, mean, min, max)`` at each fraction that has results; empty ones skipped."""
+    if len(per_seed) != len(fractions):
+        raise ValueError(
+            f"expected one list of per-seed results per fraction ({len(fractions)}), got "
+            f"{len(per_seed)}: use [] where a fraction was not run"
+        )
+    points = []
+    for fraction, values in zip(fractions, per_seed):
+        if len(values) > 0:
+            values = [float(v) for v in values]
+            mean = sum(values) / len(values)
+            points.append((100.0 * fraction, mean, min(values), max(values)))
+    return points
+
+
+def label_efficiency(
+    fractions: Sequence[float],
+    series: Mapping[str, Sequence[Sequence[float]]],
+    out: str | Path,
+    title: str,
+    ylabel: str = "test accuracy (%)",
+) -> Path:
+    """Accuracy against the labelled fraction (log axis): mean over seeds, min-max bars.
+
+    ``series[method][i]`` holds the per-seed accuracies at ``fractions[i]`` (0.01 = 1%);
+    an empty list skips that point.
+    """
+    if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(
+            f"fractions must be non-empty and in (0, 1], e.g. [0.01, 0.05, 0.2], got {fractions}"
+        )
+    summaries = {method: summarise_seeds(fractions, runs) for method, runs in series.items()}
+    if not any(summaries.values()):
+        raise ValueError("no results to plot: every method's per-seed lists are empty")
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for method, points in summaries.items():
+        if not points:
+            continue
+        x, mean, lo, hi = (list(column) for column in zip(*points))
+        bars = [[m - a for m, a in zip(mean, lo)], [b - m for m, b in zip(mean, hi)]]
+        ax.errorbar(x, mean, yerr=bars, marker="o", capsize=4, label=method)
+    percents = sorted({100.0 * f for f in fractions})
+    ax.set_xscale("log")
+    ax.set_xticks(percents, [f"{p:g}%" for p in percents])
+    ax.minorticks_off()
+    lo_x, hi_x = percents[0], percents[-1]
+    pad = 1.25 if lo_x == hi_x else math.exp(0.06 * math.log(hi_x / lo_x))
+    ax.set_xlim(lo_x / pad, hi_x * pad)
+    ax.grid(alpha=0.3)
+    ax.set(title=title, xlabel="labelled fraction of the training set", ylabel=ylabel)
+    ax.legend(title="mean over seeds; bars: min-max", fontsize=8, title_fontsize=8)
+    return _save(fig, out)
+
+
+def neighbours_figure(
+    checkpoint: dict,
+    cfg: Config,
+    out: str | Path,
+    n_queries: int = 10,
+    k: int = 8,
+    seed: int = 0,
+) -> tuple[Path, float]:
+    """Fig. 5 for a pretraining checkpoint: random test images and their nearest neighbours.
+
+    The bank is the labelled part of the training set (as for the kNN accuracy). Returns the
+    PNG and the top-1 label agreement over all test images in percent (2 decimals): how often
+    a test image's nearest bank neighbour has its label, i.e. the 1-NN accuracy.
+    """
+    if n_queries < 1 or k < 1:
+        raise ValueError(f"need n_queries >= 1 and k >= 1, got n_queries={n_queries}, k={k}")
+    device = pipeline.resolve_device(cfg.device)
+    data = pipeline.load_data(cfg, device)
+    encoder = pipeline.pretrained_encoder(checkpoint, cfg).to(device)
+    bank_x, bank_y = data.train_images[data.labelled], data.train_labels[data.labelled]
+    n_test = data.test_images.shape[0]
+    if n_queries > n_test or k > bank_x.shape[0]:
+        raise ValueError(
+            f"asked for {n_queries} queries and k={k} but there are {n_test} test and "
+            f"{bank_x.shape[0]} labelled training images: lower them or raise data.*_limit"
+        )
+    T, bs = cfg.time_steps, cfg.eval_batch_size
+    with pipeline.precision(cfg, device):  # the encoder only: similarities stay float32
+        bank = batched_outputs(encoder, bank_x, T, data.prepare, bs)
+        queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
+    idx, _ = topk_cosine(queries, bank, k)  # (n_test, k)
+    agreement = round(label_agreement(data.test_labels, bank_y[idx[:, :1]]), 2)
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(n_test, generator=generator)[:n_queries].to(device)
+    title = (
+        f"{cfg.data.name}: {k} nearest labelled training images in spike-count latent space\n"
+        f"(nearest one shares the label for {agreement:.2f}% of all {n_test} test images)"
+    )
+    path = neighbours_grid(
+        data.test_images[pick],
+        data.test_labels[pick],
+        bank_x[idx[pick]],  # (n_queries, k, C, H, W)
+        bank_y[idx[pick]],
+        class_names(cfg.data.name, data.num_classes),
+        out,
+        title,
+    )
+    return path, agreement
