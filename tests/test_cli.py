@@ -74,7 +74,7 @@ def test_help(command: str | None) -> None:
             assert name in out
     else:
         assert "key=value" in out and "--config" in out and "--run-dir" in out
-        assert ("--pretrained" in out) == (command in ("finetune", "knn"))
+        assert ("--pretrained" in out) == (command in ("finetune", "knn", "neighbors"))
 
 
 def test_python_dash_m_help() -> None:
@@ -371,3 +371,68 @@ def test_pipeline_with_baseline(tmp_path) -> None:
     for part in ("pretrain", "finetune", "supervised"):
         check_run_dir(tmp_path / "all" / part, epochs=1, layers=3 if part == "pretrain" else 4)
     assert json.loads(out) == result  # nothing but the JSON on stdout (summaries: stderr)
+
+
+def test_neighbors_writes_the_figure(runs: dict) -> None:
+    out = runs["root"] / "figs" / "nb.png"
+    code, stdout, err = run_main(
+        ["neighbors", "--pretrained", str(runs["root"] / "pre"), "--out", str(out), "-k", "3"]
+    )
+    assert code == 0, err
+    result = result_json(stdout)
+    assert result["png"] == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_accuracy(result["top1_label_agreement"])
+
+
+def test_neighbors_requires_pretrained() -> None:
+    assert_error(["neighbors"], "needs --pretrained")
+
+
+def test_compare_plots_the_per_epoch_accuracy_of_runs(runs: dict) -> None:
+    out = runs["root"] / "figs" / "cmp.png"
+    fin, sup = runs["root"] / "fin", runs["root"] / "sup"
+    code, stdout, err = run_main(["compare", str(fin), str(sup), "--out", str(out)])
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    finetuned = json.loads((fin / "summary.json").read_text())["test_accuracy"]
+    supervised = json.loads((sup / "summary.json").read_text())["test_accuracy"]
+    assert result["final"] == {
+        "SSL pretrained + fine-tuned": finetuned,
+        "supervised only": supervised,
+    }
+
+
+def test_compare_errors(runs: dict, tmp_path) -> None:
+    out = str(tmp_path / "x.png")
+    assert_error(["compare", str(tmp_path / "nope"), "--out", out], "metrics.jsonl")
+    fin = str(runs["root"] / "fin")
+    assert_error(["compare", fin, "--labels", "a", "b", "--out", out], "one label per run")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.jsonl").write_text("{not json\n")
+    assert_error(["compare", str(tmp_path / "bad"), "--out", out], "corrupt")
+
+
+def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:
+    records, runs = tmp_path / "records", tmp_path / "runs"
+    argv = ["sweep", *TINY, "time_steps=2,3", "finetune.epochs=1", "--data-dir", str(DATA)]
+    argv += ["--no-progress", "--records", str(records), "--run-dir", str(runs)]
+    code, out, err = run_main(argv)
+    assert code == 0, err
+    result = json.loads(out)
+    # only the multi-valued key is a grid axis; the single values are settings of every cell
+    assert [r["cell"] for r in result["results"]] == ["time_steps=2", "time_steps=3"]
+    assert sorted(p.name for p in records.glob("*.json")) == [
+        "time_steps=2.json",
+        "time_steps=3.json",
+    ]
+    table = (records / "results.md").read_text()
+    assert "| time_steps |" in table and table.count("\n") == 4
+    code, out, err = run_main(argv)  # everything recorded: nothing trains again
+    assert code == 0 and err.count("recorded, skipping") == 2, err
+    assert json.loads(out)["results"] == result["results"]
+
+
+def test_sweep_rejects_a_bad_grid_value_before_running(tmp_path) -> None:
+    assert_error(["sweep", "time_steps=4,x", "--records", str(tmp_path)], "time_steps", "int")
+    assert not any(tmp_path.iterdir())

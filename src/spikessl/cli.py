@@ -16,6 +16,8 @@ COMMANDS = {
     "supervised": "baseline: the same network trained on the labelled part alone",
     "knn": "kNN accuracy of a pretrained (or freshly initialised) encoder's latents",
     "pipeline": "pretrain, then kNN and fine-tune, optionally the supervised baseline",
+    "sweep": "a grid of pipeline runs (key=v1,v2 ...), resumable, recorded, tabulated",
+    "neighbors": "PNG grid of test images and their nearest neighbours in latent space (Fig. 5)",
 }
 
 
@@ -35,6 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("run", help="run directory or checkpoint.pt")
     export.add_argument("--out", default=None, help="default: <run>/model.safetensors")
+    compare = sub.add_parser(
+        "compare",
+        help="PNG of per-epoch test accuracy of runs, e.g. SSL + fine-tune vs supervised",
+        description="Plot the per-epoch test accuracy of finetune/supervised runs (or kNN "
+        "accuracy of pretraining runs) in one figure (Figs. 6-7).",
+    )
+    compare.add_argument("runs", nargs="+", help="run directories (their metrics.jsonl)")
+    compare.add_argument("--out", required=True, help="PNG to write")
+    compare.add_argument("--labels", nargs="+", default=None, help="one legend label per run")
+    compare.add_argument("--title", default=None)
     for name, text in COMMANDS.items():
         p = sub.add_parser(name, help=text.replace("%", "%%"), description=text)
         p.add_argument(
@@ -59,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
             help="where to write the run (default: a new folder in out_dir)",
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        if name in ("finetune", "knn"):
+        if name == "neighbors":
+            p.add_argument("--out", default=None, help="PNG (default <pretrained>/neighbors.png)")
+            p.add_argument("--queries", type=int, default=10, help="rows: random test images")
+            p.add_argument("-k", type=int, default=8, help="neighbours per row")
+        if name in ("finetune", "knn", "neighbors"):
             p.add_argument(
                 "--pretrained", default=None, help="pretraining run directory or checkpoint.pt"
             )
@@ -71,7 +87,14 @@ def _parser() -> argparse.ArgumentParser:
                 help="continue an interrupted run from its last checkpoint, with its own "
                 "config; the result equals an uninterrupted run",
             )
-        if name == "pipeline":
+        if name == "sweep":
+            p.add_argument(
+                "--records",
+                default="runs/sweep/records",
+                help="one JSON record per finished cell, plus results.csv and results.md; "
+                "cells recorded here are skipped (commit it to resume on another machine)",
+            )
+        if name in ("pipeline", "sweep"):
             p.add_argument(
                 "--baseline",
                 action="store_true",
@@ -81,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
-    overrides = parse_overrides(args.overrides)
+    # a sweep's grid values (key=v1,v2) are parsed and checked by sweep.expand_grid
+    overrides = {} if args.command == "sweep" else parse_overrides(args.overrides)
     if args.data_dir:  # taken literally, not parsed as YAML
         overrides.setdefault("data", {})["root"] = args.data_dir
     if args.device:
@@ -111,6 +135,106 @@ def _export(args: argparse.Namespace, extra: list[str], parser) -> int:
     return 0
 
 
+RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervised only"}
+
+
+def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
+    """A run's command and its test accuracy by epoch (kNN accuracy for pretraining)."""
+    from pathlib import Path
+
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        raise FileNotFoundError(f"no {path}: pass a spikessl run directory") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is corrupt ({err}); rerun or resume that run") from None
+    try:
+        command = json.loads((Path(run_dir) / "summary.json").read_text())["command"]
+    except (OSError, ValueError, KeyError):
+        command = Path(run_dir).name
+    metric = "knn_accuracy" if command == "pretrain" else "test_accuracy"
+    values = {r["epoch"]: r[metric] for r in rows if metric in r}
+    if not values:
+        raise ValueError(f"{path} has no per-epoch {metric}: is the run finished?")
+    return command, values
+
+
+def _compare(args: argparse.Namespace, extra: list[str], parser) -> int:
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from spikessl import figures
+
+    try:
+        if args.labels is not None and len(args.labels) != len(args.runs):
+            raise ValueError(f"--labels needs one label per run ({len(args.runs)})")
+        series = {}
+        for i, run in enumerate(args.runs):
+            command, values = run_curve(run)
+            label = args.labels[i] if args.labels else RUN_LABELS.get(command, run)
+            series[label] = values
+        title = args.title or "Test accuracy per epoch"
+        path = figures.curves(series, args.out, title)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"spikessl compare: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "command": "compare",
+                "png": str(path),
+                "final": {k: v[max(v)] for k, v in series.items()},
+            }
+        )
+    )
+    return 0
+
+
+def _sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
+    from spikessl import sweep
+    from spikessl.config import to_dict
+
+    # one value: a setting of every cell; several: a grid axis (cells are named after these)
+    axes = [o for o in args.overrides if len(sweep.split_values(o.partition("=")[2])) > 1]
+    fixed = [o for o in args.overrides if o not in axes]
+    base = to_dict(load_config(to_dict(cfg), parse_overrides(fixed)))
+    cells = sweep.expand_grid(base, axes)
+    runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
+    records = sweep.run_sweep(cells, args.records, runs_root, args.baseline, progress)
+    return {
+        "command": "sweep",
+        "cells": len(cells),
+        "records": args.records,
+        "table": os.path.join(args.records, "results.md"),
+        "results": [
+            {
+                k: r.get(k)
+                for k in (
+                    "cell",
+                    "knn_accuracy",
+                    "finetune_test_accuracy",
+                    "supervised_test_accuracy",
+                )
+                if k in r
+            }
+            for r in records
+        ],
+    }
+
+
+def _neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
+    from pathlib import Path
+
+    from spikessl import figures
+
+    pretrained = Path(args.pretrained)
+    out = args.out or (pretrained if pretrained.is_dir() else pretrained.parent) / "neighbors.png"
+    path, agreement = figures.neighbours_figure(
+        checkpoint, cfg, out, n_queries=args.queries, k=args.k, seed=cfg.seed
+    )
+    return {"command": "neighbors", "png": str(path), "top1_label_agreement": agreement}
+
+
 def _resume_checkpoint(args: argparse.Namespace, pipeline) -> dict | None:
     """The unfinished run's checkpoint for --resume, checked to belong to this command."""
     if getattr(args, "resume", None) is None:
@@ -134,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "export":
         return _export(args, extra, parser)  # overrides may also follow the options
+    if args.command == "compare":
+        return _compare(args, extra, parser)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -144,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         resume = _resume_checkpoint(args, pipeline)
         pretrained = getattr(args, "pretrained", None)
-        if args.command == "finetune" and pretrained is None and resume is None:
-            raise ValueError("finetune needs --pretrained RUN_DIR (a pretraining run)")
+        if args.command in ("finetune", "neighbors") and pretrained is None and resume is None:
+            raise ValueError(f"{args.command} needs --pretrained RUN_DIR (a pretraining run)")
         checkpoint = pipeline.load_checkpoint(pretrained) if pretrained else None
         cfg = _config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
@@ -156,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             result = pipeline.finetune(cfg, checkpoint, run_dir, progress, resume)
         elif args.command == "knn":
             result = pipeline.knn(cfg, checkpoint)
+        elif args.command == "neighbors":
+            result = _neighbors(args, cfg, checkpoint)
+        elif args.command == "sweep":
+            result = _sweep(args, cfg, progress)
         else:
             result = run_pipeline(cfg, args.run_dir, args.baseline, progress)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
@@ -164,9 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         distributed.shutdown()
         where = str(stop).rsplit("checkpoint saved in ", 1)[-1]
+        again = f"--resume {where}"
+        if args.command in ("sweep", "reproduce", "pipeline"):
+            again = "the same arguments (finished cells are skipped, this one resumes)"
         print(
-            f"spikessl {args.command}: {stop}. Continue with: spikessl {args.command} "
-            f"--resume {where}",
+            f"spikessl {args.command}: {stop}. Continue with: spikessl {args.command} {again}",
             file=sys.stderr,
         )
         return 128 + int(stop.signum)

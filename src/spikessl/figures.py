@@ -215,13 +215,14 @@ def neighbours_grid(
 
 
 def curves(
-    series: Mapping[str, Sequence[float]],
+    series: Mapping[str, Sequence[float] | Mapping[int, float]],
     out: str | Path,
     title: str,
     xlabel: str = "epoch",
     ylabel: str = "test accuracy (%)",
 ) -> Path:
     """Figs. 6-7: one line per method, ``series[label]`` its values at epochs 1, 2, ...
+    (or a mapping epoch -> value, for metrics measured every few epochs).
 
     The final value is written at the end of each line.
     """
@@ -232,12 +233,15 @@ def curves(
         )
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.subplots()
-    for label, values in series.items():
-        epochs = range(1, len(values) + 1)
-        (line,) = ax.plot(epochs, [float(v) for v in values], marker="o", label=label)
+    for label, points in series.items():
+        if isinstance(points, Mapping):
+            epochs, values = [int(e) for e in points], [float(v) for v in points.values()]
+        else:
+            epochs, values = list(range(1, len(points) + 1)), [float(v) for v in points]
+        (line,) = ax.plot(epochs, values, marker="o", label=label)
         ax.annotate(
-            f"{float(values[-1]):.1f}",
-            (len(values), float(values[-1])),
+            f"{values[-1]:.1f}",
+            (epochs[-1], values[-1]),
             xytext=(5, 0),
             textcoords="offset points",
             va="center",

@@ -1,0 +1,451 @@
+"""Grids of full protocol runs (pretrain -> kNN -> fine-tune [-> supervised]), resumable.
+
+``spikessl sweep --config mnist-quick time_steps=5,10 finetune.lr=1e-3,1e-2`` runs every
+combination of the listed values as one *cell*. A long grid must survive interruption and a
+move to another machine, so:
+
+* every finished cell leaves a small JSON record in a records directory meant to be committed
+  (e.g. ``docs/results/mnist-quick/``), and a rerun skips the cells recorded there;
+* every stage of a cell has its own run directory under ``runs_root``, keyed by a hash of the
+  settings it depends on: a finished stage is reused, an interrupted one resumes from its
+  checkpoint (which equals an uninterrupted run), and cells that differ only in fine-tuning
+  settings share one pretraining run (``pretrain-<key>/``). The supervised baseline ignores
+  pretraining entirely, so it is shared across pretraining-only settings (``supervised-<key>/``).
+
+Records from the whole grid are summarised in ``results.csv`` and ``results.md`` next to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from spikessl.config import Config, load_config, parse_overrides, to_dict
+
+# Settings that do not change a run's results: never part of a key, so a grid recorded on a
+# laptop is still recognised on a GPU machine with another data folder.
+IGNORED = ("device", "out_dir", "eval_batch_size", "checkpoint_every", "data.root")
+
+_OPEN, _CLOSE = "[{(", "]})"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of grid values, with its resolved config."""
+
+    overrides: tuple[tuple[str, str], ...]  # (dotted key, raw value text), in grid order
+    config: Config
+    name: str  # filesystem-safe and readable: "time_steps=10__pretrain.batch_size=256"
+    key: str  # hash of every setting that changes the results
+
+
+def split_values(text: str) -> list[str]:
+    """``"10,30"`` -> ``["10", "30"]``, splitting only at top-level commas.
+
+    Commas inside brackets, braces or quotes belong to one value, so
+    ``"[32,64],[64,128]"`` is two values (two lists).
+    """
+    values, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"grid values {text!r}: {ch!r} closes nothing")
+        elif ch == "," and depth == 0:
+            values.append(text[start:i])
+            start = i + 1
+    if quote or depth:
+        raise ValueError(f"grid values {text!r}: unbalanced quotes or brackets")
+    values = [v.strip() for v in [*values, text[start:]]]
+    if not all(values):
+        raise ValueError(f"grid values {text!r}: an empty value (stray comma?)")
+    return values
+
+
+def expand_grid(base: str | dict, grid: list[str]) -> list[Cell]:
+    """Cells of the cartesian product of ``grid`` (``"key=v1,v2"`` items; first varies slowest).
+
+    ``base`` is a preset name, a YAML path or a config dict (settings shared by every cell,
+    e.g. ``to_dict(load_config(preset, ["device=cuda"]))``). Every cell's config is built and
+    validated here, so a typo in the last value fails before the first cell trains.
+    """
+    axes: dict[str, list[str]] = {}
+    for item in grid:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"grid item {item!r} must look like key=v1,v2, e.g. time_steps=10,30")
+        if key in axes:
+            raise ValueError(f"grid key {key} is given twice; list its values once: {key}=v1,v2")
+        axes[key] = split_values(text)
+    cells = []
+    for combo in itertools.product(*axes.values()):
+        overrides = tuple(zip(axes, combo))
+        name = cell_name(overrides)
+        try:
+            config = load_config(base, parse_overrides([f"{k}={v}" for k, v in overrides]))
+        except ValueError as err:
+            raise ValueError(f"grid cell {name}: {err}") from None
+        cells.append(Cell(overrides, config, name, cell_key(config)))
+    names = [c.name for c in cells]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"grid values give the same cell name twice: {', '.join(twice)}")
+    return cells
+
+
+def cell_name(overrides: tuple[tuple[str, str], ...]) -> str:
+    """``(("encoder.conv_channels", "[32,64]"),)`` -> ``"encoder.conv_channels=32-64"``."""
+    parts = []
+    for key, value in overrides:
+        value = re.sub(r"[\[\]{}()'\"\s]", "", value)
+        parts.append(f"{key}={re.sub(r'[^A-Za-z0-9._+=-]', '-', value)}")
+    name = "__".join(parts) or "base"
+    if len(name) > 150:  # file names stop at 255 bytes; keep it unique with a hash
+        name = f"{name[:140]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _relevant(cfg: Config, drop: tuple[str, ...] = ()) -> dict:
+    """``to_dict(cfg)`` without ``IGNORED`` and ``drop`` (dotted keys or whole sections)."""
+    tree = to_dict(cfg)
+    for dotted in (*IGNORED, *drop):
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return tree
+
+
+def _digest(tree: dict) -> str:
+    canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def cell_key(cfg: Config) -> str:
+    """12 hex digits identifying every setting that changes a cell's results."""
+    return _digest(_relevant(cfg))
+
+
+def pretrain_key(cfg: Config) -> str:
+    """Like ``cell_key`` without the fine-tuning settings: pretraining never reads them."""
+    return _digest(_relevant(cfg, ("finetune",)))
+
+
+def supervised_key(cfg: Config) -> str:
+    """Like ``cell_key`` without the pretraining-only settings the baseline never reads."""
+    # Fine-tuning augmentations reuse the augment section's strengths (not its views).
+    augment = ("augment.views",) if cfg.finetune.augment else ("augment",)
+    unused = ("finetune.encoder_lr_factor", "finetune.linear_probe")  # no pretrained encoder
+    return _digest(_relevant(cfg, ("pretrain", "knn", *augment, *unused)))
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_sweep(
+    cells: list[Cell],
+    records_dir: str | Path,
+    runs_root: str | Path = "runs/sweep",
+    baseline: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = _stderr,
+) -> list[dict]:
+    """Run every unrecorded cell, record it, and tabulate all the grid's records.
+
+    A record whose key differs from its cell's (another preset or config defaults) is an
+    error, raised before anything runs. With ``baseline``, recorded cells that lack the
+    supervised baseline get it added. Returns the grid's records, in grid order.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("sweep runs in one process: start it without torchrun")
+    records_dir, runs_root = Path(records_dir), Path(runs_root)
+    names = [c.name for c in cells]
+    if len(set(names)) < len(names):
+        raise ValueError("run_sweep: two cells have the same name; build them with expand_grid")
+    recorded = {c.name: _recorded(records_dir, c) for c in cells}
+    tables = records_dir / "results.csv", records_dir / "results.md"
+    for i, cell in enumerate(cells, 1):
+        tag = f"sweep [{i}/{len(cells)}] {cell.name}"
+        record = recorded[cell.name]
+        missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
+        if record is not None and not missing_baseline:
+            log(f"{tag}: recorded, skipping")
+            continue
+        log(f"{tag}: {'adding the supervised baseline' if record else 'running'} (key {cell.key})")
+        if record is None:
+            record = _run_cell(cell, runs_root, progress, log)
+        if missing_baseline:
+            record = _add_supervised(record, cell, runs_root, progress, log)
+        records_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(records_dir / f"{cell.name}.json", json.dumps(record, indent=1) + "\n")
+        write_tables(load_records(records_dir, names), *tables)  # progress visible mid-grid
+    records = load_records(records_dir, names)
+    if records:
+        write_tables(records, *tables)
+    return records
+
+
+def _recorded(records_dir: Path, cell: Cell) -> dict | None:
+    path = records_dir / f"{cell.name}.json"
+    if not path.exists():
+        return None
+    record = _read_record(path)
+    if record["key"] != cell.key:
+        raise ValueError(
+            f"{path} was recorded with other settings (key {record['key']}, now {cell.key}): "
+            "the preset, the grid's other values or spikessl's config defaults changed. Use "
+            f"another --records directory, or delete {path} to rerun this cell."
+        )
+    return record
+
+
+def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], None]) -> dict:
+    from spikessl import pipeline  # torch: only when something trains
+
+    cfg = cell.config
+    pre_dir = runs_root / f"pretrain-{pretrain_key(cfg)}"
+    ft_dir = runs_root / cell.key / "finetune"
+    pre = _stage(
+        "pretrain", pre_dir, log, lambda r: pipeline.pretrain(cfg, pre_dir, progress, resume=r)
+    )
+    fin = _stage(
+        "finetune",
+        ft_dir,
+        log,
+        lambda r: pipeline.finetune(
+            cfg,
+            None if r is not None else pipeline.load_checkpoint(pre_dir),
+            ft_dir,
+            progress,
+            resume=r,
+        ),
+    )
+    pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
+    config = to_dict(cfg)
+    config["data"].pop("root", None)  # a local path, not a setting
+    return {
+        "cell": cell.name,
+        "key": cell.key,
+        "grid": dict(cell.overrides),
+        "config": config,
+        "knn_accuracy_at_init": pre["knn_accuracy_at_init"],
+        "knn_accuracy": pre["knn_accuracy"],
+        "pretrain_loss_by_epoch": [round(r["loss"], 5) for r in pre_epochs],
+        "knn_by_epoch": {
+            str(r["epoch"]): r["knn_accuracy"] for r in pre_epochs if "knn_accuracy" in r
+        },
+        "finetune_test_accuracy": fin["test_accuracy"],
+        "finetune_best_test_accuracy": fin["best_test_accuracy"],
+        "finetune_accuracy_by_epoch": [
+            r["test_accuracy"] for r in ft_epochs if "test_accuracy" in r
+        ],
+        "firing_rates": pre["firing_rates"],
+        "wall_seconds": {"pretrain": pre["wall_seconds"], "finetune": fin["wall_seconds"]},
+        "run_dirs": {"pretrain": str(pre_dir), "finetune": str(ft_dir)},
+        "finished": _now(),
+        "environment": _environment(pipeline.resolve_device(cfg.device)),
+    }
+
+
+def _add_supervised(
+    record: dict, cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], None]
+) -> dict:
+    from spikessl import pipeline
+
+    run_dir = runs_root / f"supervised-{supervised_key(cell.config)}"
+    sup = _stage(
+        "supervised",
+        run_dir,
+        log,
+        lambda r: pipeline.finetune(cell.config, None, run_dir, progress, resume=r),
+    )
+    by_epoch = [r["test_accuracy"] for r in _metrics(run_dir) if "test_accuracy" in r]
+    return {
+        **record,
+        "supervised_test_accuracy": sup["test_accuracy"],
+        "supervised_best_test_accuracy": sup["best_test_accuracy"],
+        "supervised_accuracy_by_epoch": by_epoch,
+        "wall_seconds": {**record["wall_seconds"], "supervised": sup["wall_seconds"]},
+        "run_dirs": {**record.get("run_dirs", {}), "supervised": str(run_dir)},
+        "finished": _now(),
+    }
+
+
+def _stage(
+    what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
+) -> dict:
+    """Reuse a finished run, resume an interrupted one, or start ``run(resume=None)`` afresh."""
+    from spikessl import pipeline
+
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+            log(f"  {what}: finished earlier, reusing {run_dir}")
+            return summary
+        except json.JSONDecodeError:  # killed while writing it: the checkpoint rewrites it
+            summary_path.unlink()
+    resume = None
+    if (run_dir / "checkpoint.pt").exists():
+        resume = pipeline.load_checkpoint(run_dir)
+        if "loop" not in resume:
+            raise ValueError(f"{run_dir} has no resumable training state; delete it to rerun")
+        log(f"  {what}: resuming {run_dir} after step {resume['step']}")
+    else:
+        if run_dir.exists():  # killed before its first checkpoint: nothing worth keeping
+            shutil.rmtree(run_dir)
+        log(f"  {what}: {run_dir}")
+    summary = run(resume)
+    if resume is not None:  # the summary timed only the resumed part: add the rest
+        loop = resume["loop"]
+        before = sum(r["seconds"] for r in loop["history"]) + loop["sums"]["seconds"]
+        summary["wall_seconds"] = round(summary["wall_seconds"] + before, 1)
+        summary["resumed"] = True
+        _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    """The per-epoch rows of ``metrics.jsonl``."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _environment(device) -> dict:
+    import torch
+
+    import spikessl
+
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "cpus": os.cpu_count(),
+        "spikessl": getattr(spikessl, "__version__", None),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Temporary file then rename: an interrupted write never leaves half a record."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        record, reason = None, str(err)
+    else:
+        reason = "not a sweep record (no 'cell' and 'key')"
+    if not (isinstance(record, dict) and "cell" in record and "key" in record):
+        raise ValueError(
+            f"sweep record {path} is unreadable ({reason}); delete it to rerun that cell"
+        )
+    return record
+
+
+def load_records(records_dir: str | Path, names: list[str] | None = None) -> list[dict]:
+    """The records in ``records_dir``: all (by file name), or those of ``names`` that exist."""
+    records_dir = Path(records_dir)
+    if names is None:
+        paths = sorted(records_dir.glob("*.json"))
+    else:
+        paths = [p for p in (records_dir / f"{n}.json" for n in names) if p.exists()]
+    return [_read_record(p) for p in paths]
+
+
+def default_columns(records: list[dict]) -> list[str]:
+    """Grid keys, seed, the accuracies and each stage's wall time (minutes)."""
+    columns = list(dict.fromkeys(k for r in records for k in r.get("grid", {})))
+    if "seed" not in columns:
+        columns.append("seed")
+    columns += ["knn_accuracy_at_init", "knn_accuracy", "finetune_test_accuracy"]
+    baseline = any("supervised_test_accuracy" in r for r in records)
+    if baseline:
+        columns.append("supervised_test_accuracy")
+    stages = ["pretrain", "finetune", *(["supervised"] if baseline else [])]
+    return columns + [f"{stage}_minutes" for stage in stages]
+
+
+def _value(record: dict, column: str):
+    """A grid value (raw text), a record field, ``<stage>_minutes`` or a dotted config key."""
+    if column in record.get("grid", {}):
+        return record["grid"][column]
+    stage = column.removesuffix("_minutes")
+    if column.endswith("_minutes") and stage in record.get("wall_seconds", {}):
+        return round(record["wall_seconds"][stage] / 60, 2)
+    if column in record and not isinstance(record[column], (dict, list)):
+        return record[column]
+    node = record.get("config", {})
+    for part in column.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _markdown_cell(column: str, value) -> str:
+    if value is None:
+        return ""
+    if "accuracy" in column and isinstance(value, (int, float)):
+        return f"{value:.2f}%"
+    if column.endswith("_minutes"):
+        return f"{value:.1f}"
+    return str(value).replace("|", "\\|")
+
+
+def write_tables(
+    records: list[dict],
+    csv_path: str | Path,
+    md_path: str | Path,
+    columns: list[str] | None = None,
+) -> None:
+    """One row per record: ``csv_path`` (plain numbers) and ``md_path`` (a GitHub table)."""
+    columns = columns or default_columns(records)
+    rows = [[_value(r, c) for c in columns] for r in records]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    _write_atomic(Path(csv_path), out.getvalue())
+    numeric = [all(isinstance(v, (int, float)) for v in col if v is not None) for col in zip(*rows)]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---:" if n else "---" for n in (numeric or [False] * len(columns))) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_markdown_cell(c, v) for c, v in zip(columns, row)) + " |")
+    _write_atomic(Path(md_path), "\n".join(lines) + "\n")

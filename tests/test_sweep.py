@@ -1,0 +1,401 @@
+"""Sweeps: grid expansion, keys, shared stages, records that survive interruption, tables."""
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+import signal
+
+import pytest
+import torch
+
+from spikessl import pipeline
+from spikessl.config import load_config, to_dict
+from spikessl.sweep import (
+    cell_key,
+    cell_name,
+    expand_grid,
+    load_records,
+    pretrain_key,
+    run_sweep,
+    split_values,
+    supervised_key,
+    write_tables,
+)
+from spikessl.train import Interrupted
+
+# A few seconds per stage on a busy 2-core CPU: 160 unlabelled images (5 steps), 40 labelled.
+TINY = [
+    "time_steps=2",
+    "device=cpu",
+    "data.train_limit=200",
+    "data.test_limit=50",
+    "encoder.conv_channels=[4,8]",
+    "encoder.fc_sizes=[16]",
+    "pretrain.epochs=1",
+    "pretrain.batch_size=32",
+    "finetune.epochs=1",
+    "finetune.batch_size=32",
+    "knn.k=5",
+]
+
+
+def tiny_base(*extra: str) -> dict:
+    return to_dict(load_config("mnist-quick", [*TINY, *extra]))
+
+
+def forbidden(*args, **kwargs):
+    raise AssertionError("nothing should train here")
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("10,30", ["10", "30"]),
+        (" 1e-3 , 1e-2", ["1e-3", "1e-2"]),
+        ("crop-rotate", ["crop-rotate"]),
+        ("[32,64],[64,128]", ["[32,64]", "[64,128]"]),
+        ("[[1,2],[3]],4", ["[[1,2],[3]]", "4"]),
+        ("{a: 1, b: 2},{a: 3}", ["{a: 1, b: 2}", "{a: 3}"]),
+        ("'a,b',\"c,[d\",e", ["'a,b'", '"c,[d"', "e"]),
+    ],
+)
+def test_split_values_splits_top_level_commas_only(text, values):
+    assert split_values(text) == values
+
+
+@pytest.mark.parametrize("text", ["", "1,,2", "1,", "[1,2", "1]", "'a,b"])
+def test_split_values_rejects_empty_and_unbalanced(text):
+    with pytest.raises(ValueError, match="grid values"):
+        split_values(text)
+
+
+def test_expand_grid_is_the_cartesian_product_first_key_slowest():
+    cells = expand_grid(tiny_base(), ["time_steps=2,3", "finetune.lr=1e-3,1e-2,0.1"])
+    assert [c.overrides for c in cells] == [
+        (("time_steps", t), ("finetune.lr", lr))
+        for t in ("2", "3")
+        for lr in ("1e-3", "1e-2", "0.1")
+    ]
+    assert [(c.config.time_steps, c.config.finetune.lr) for c in cells[:4]] == [
+        (2, 1e-3),
+        (2, 1e-2),
+        (2, 0.1),
+        (3, 1e-3),
+    ]
+    assert cells[0].name == "time_steps=2__finetune.lr=1e-3"
+    assert len({c.key for c in cells}) == 6
+    assert cells[0].config.encoder.conv_channels == (4, 8)  # the base is kept
+
+
+def test_list_values_and_safe_names():
+    cells = expand_grid(tiny_base(), ["encoder.conv_channels=[4,8],[8,16]"])
+    assert [c.config.encoder.conv_channels for c in cells] == [(4, 8), (8, 16)]
+    assert [c.name for c in cells] == [
+        "encoder.conv_channels=4-8",
+        "encoder.conv_channels=8-16",
+    ]
+    assert cell_name((("data.root", "/a/b c"),)) == "data.root=-a-bc"
+    assert expand_grid(tiny_base(), [])[0].name == "base"
+    long = cell_name(tuple((f"k{i}", "x" * 30) for i in range(10)))
+    assert len(long) <= 150 and re.fullmatch(r"[A-Za-z0-9._+=-]+", long)
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (
+            ["finetune.lr=1e-3", "time_steps=2,0"],
+            "grid cell finetune.lr=1e-3__time_steps=0: time_steps",
+        ),
+        (["pretrain.lrr=1e-3"], "Did you mean 'lr'"),
+        (["time_steps"], "key=v1,v2"),
+        (["time_steps=2", "time_steps=3"], "given twice"),
+        (["finetune.lr=1e-3,1e-3"], "same cell name"),
+        (["pretrain.batch_size=64,many"], "wrong type"),
+    ],
+)
+def test_invalid_grid_fails_before_anything_runs(monkeypatch, tmp_path, grid, message):
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_sweep(expand_grid(tiny_base(), grid), tmp_path / "records", tmp_path / "runs")
+    assert not (tmp_path / "records").exists() and not (tmp_path / "runs").exists()
+
+
+def test_keys_are_stable_and_ignore_local_settings():
+    base = tiny_base()
+    (cell,) = expand_grid(base, ["time_steps=2"])
+    local = {
+        **base,
+        "device": "auto",
+        "out_dir": "elsewhere",
+        "eval_batch_size": 7,
+        "checkpoint_every": 3,
+        "data": {**base["data"], "root": "/mnt/data"},
+    }
+    assert expand_grid(local, ["time_steps=2"])[0].key == cell.key
+    # independent reference: sha256 of the sorted, compact JSON without the ignored fields
+    tree = to_dict(cell.config)
+    for name in ("device", "out_dir", "eval_batch_size", "checkpoint_every"):
+        del tree[name]
+    del tree["data"]["root"]
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    assert cell.key == hashlib.sha256(text.encode()).hexdigest()[:12]
+    assert expand_grid(base, ["time_steps=3"])[0].key != cell.key
+    assert expand_grid(base, ["seed=1"])[0].key != expand_grid(base, ["seed=0"])[0].key
+
+
+def test_stage_keys_ignore_settings_the_stage_never_reads():
+    def cfg(*items):
+        return load_config(tiny_base(), list(items))
+
+    assert pretrain_key(cfg("finetune.lr=0.1")) == pretrain_key(cfg("finetune.lr=0.2"))
+    assert pretrain_key(cfg("seed=1")) != pretrain_key(cfg("seed=2"))
+    assert pretrain_key(cfg("knn.k=3")) != pretrain_key(cfg("knn.k=4"))
+    assert cell_key(cfg("finetune.lr=0.1")) != cell_key(cfg("finetune.lr=0.2"))
+    same = ("pretrain.temperature=0.2", "pretrain.temperature=0.9", "knn.k=3", "augment.p=0.5")
+    assert len({supervised_key(cfg(s)) for s in same}) == 1
+    assert supervised_key(cfg("finetune.lr=0.1")) != supervised_key(cfg("finetune.lr=0.2"))
+    assert supervised_key(cfg("seed=1")) != supervised_key(cfg("seed=2"))
+    # augmenting the labelled images reuses the augment section's strengths
+    noisy = ("finetune.augment=[noise]",)
+    assert supervised_key(cfg(*noisy, "augment.noise_std=0.1")) != supervised_key(
+        cfg(*noisy, "augment.noise_std=0.3")
+    )
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A real two-cell grid over the fine-tuning lr, then the baseline added on a rerun."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    cells = expand_grid(tiny_base(), ["finetune.lr=1e-3,1e-2"])
+    logs: list[str] = []
+    first = run_sweep(cells, tmp / "records", tmp / "runs", progress=False, log=logs.append)
+    supervised_calls, real_finetune = [], pipeline.finetune
+
+    def supervised_only(cfg, checkpoint, run_dir, progress, resume=None):
+        assert checkpoint is None and resume is None
+        supervised_calls.append(run_dir)
+        return real_finetune(cfg, checkpoint, run_dir, progress, resume=resume)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "pretrain", forbidden)
+        mp.setattr(pipeline, "finetune", supervised_only)
+        second = run_sweep(
+            cells, tmp / "records", tmp / "runs", baseline=True, progress=False, log=logs.append
+        )
+    return {
+        "cells": cells,
+        "first": first,
+        "second": second,
+        "tmp": tmp,
+        "logs": logs,
+        "supervised_calls": supervised_calls,
+    }
+
+
+def test_cells_share_one_pretraining(swept):
+    cells, runs = swept["cells"], swept["tmp"] / "runs"
+    assert sorted(p.name for p in runs.glob("pretrain-*")) == [
+        f"pretrain-{pretrain_key(cells[0].config)}"
+    ]
+    for cell in cells:
+        assert (runs / cell.key / "finetune" / "summary.json").exists()
+    # the baseline depends on the fine-tuning lr: one run per cell, added on the rerun only
+    assert len(list(runs.glob("supervised-*"))) == 2 == len(swept["supervised_calls"])
+    assert all("supervised_test_accuracy" not in r for r in swept["first"])
+    assert all("supervised_test_accuracy" in r for r in swept["second"])
+    knn = {r["knn_accuracy"] for r in swept["second"]}
+    assert len(knn) == 1  # one pretrained encoder behind both cells
+
+
+def test_record_holds_the_results(swept):
+    cells, records = swept["cells"], swept["second"]
+    assert [r["cell"] for r in records] == [c.name for c in cells]
+    assert [r["grid"] for r in records] == [{"finetune.lr": "1e-3"}, {"finetune.lr": "1e-2"}]
+    path = swept["tmp"] / "records" / f"{cells[0].name}.json"
+    assert json.loads(path.read_text()) == records[0]
+    assert path.stat().st_size < 20_000
+    record, cell = records[0], cells[0]
+    assert record["key"] == cell.key
+    assert "root" not in record["config"]["data"]
+    assert record["config"]["finetune"]["lr"] == 1e-3
+    pre_dir = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(cell.config)}"
+    pre = json.loads((pre_dir / "summary.json").read_text())
+    assert record["knn_accuracy"] == pre["knn_accuracy"]
+    assert record["knn_accuracy_at_init"] == pre["knn_accuracy_at_init"]
+    assert record["firing_rates"] == pre["firing_rates"]
+    assert record["knn_by_epoch"] == {"1": pre["knn_accuracy"]}
+    assert record["pretrain_loss_by_epoch"] == [round(pre["final_loss"], 5)]
+    fin = json.loads((swept["tmp"] / "runs" / cell.key / "finetune" / "summary.json").read_text())
+    assert record["finetune_test_accuracy"] == fin["test_accuracy"]
+    assert record["finetune_accuracy_by_epoch"] == [fin["test_accuracy"]]
+    assert record["supervised_accuracy_by_epoch"] == [record["supervised_test_accuracy"]]
+    assert set(record["wall_seconds"]) == {"pretrain", "finetune", "supervised"}
+    assert record["environment"]["device"] == "cpu"
+    assert record["environment"]["torch"] == torch.__version__
+
+
+def test_recorded_cells_are_skipped_and_tables_rewritten(swept, monkeypatch):
+    records_dir = swept["tmp"] / "records"
+    for name in ("results.csv", "results.md"):
+        (records_dir / name).unlink()
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    monkeypatch.setattr(pipeline, "finetune", forbidden)
+    logs: list[str] = []
+    again = run_sweep(
+        swept["cells"], records_dir, swept["tmp"] / "runs", baseline=True, log=logs.append
+    )
+    assert again == swept["second"]
+    assert sum("recorded, skipping" in line for line in logs) == 2
+    assert (records_dir / "results.csv").exists() and (records_dir / "results.md").exists()
+
+
+def test_tables_list_the_grid_in_order(swept):
+    records_dir, records = swept["tmp"] / "records", swept["second"]
+    with open(records_dir / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == [
+        "finetune.lr",
+        "seed",
+        "knn_accuracy_at_init",
+        "knn_accuracy",
+        "finetune_test_accuracy",
+        "supervised_test_accuracy",
+        "pretrain_minutes",
+        "finetune_minutes",
+        "supervised_minutes",
+    ]
+    assert [r["finetune.lr"] for r in rows] == ["1e-3", "1e-2"]
+    for row, record in zip(rows, records):
+        assert float(row["finetune_test_accuracy"]) == record["finetune_test_accuracy"]
+        assert float(row["supervised_test_accuracy"]) == record["supervised_test_accuracy"]
+        assert float(row["pretrain_minutes"]) == round(record["wall_seconds"]["pretrain"] / 60, 2)
+        assert row["seed"] == "0"
+    md = (records_dir / "results.md").read_text().splitlines()
+    assert len(md) == 4 and md[0].startswith("| finetune.lr | seed |")
+    assert f"| {records[1]['finetune_test_accuracy']:.2f}% |" in md[3]
+    assert md[3].startswith("| 1e-2 | 0 |")
+
+
+def test_write_tables_formats_by_hand(tmp_path):
+    records = [
+        {
+            "grid": {"time_steps": "10"},
+            "config": {"seed": 3, "pretrain": {"lr": 0.001}},
+            "knn_accuracy_at_init": 88.5,
+            "knn_accuracy": 98.76,
+            "finetune_test_accuracy": 99.1,
+            "wall_seconds": {"pretrain": 120.0, "finetune": 30.0},
+        },
+        {
+            "grid": {"time_steps": "30"},
+            "config": {"seed": 3, "pretrain": {"lr": 0.001}},
+            "knn_accuracy": 97.0,
+            "wall_seconds": {"pretrain": 90.0, "finetune": 6.0},
+        },
+    ]
+    write_tables(records, tmp_path / "t.csv", tmp_path / "t.md")
+    assert (tmp_path / "t.csv").read_text().splitlines() == [
+        "time_steps,seed,knn_accuracy_at_init,knn_accuracy,finetune_test_accuracy,"
+        "pretrain_minutes,finetune_minutes",
+        "10,3,88.5,98.76,99.1,2.0,0.5",
+        "30,3,,97.0,,1.5,0.1",
+    ]
+    assert (tmp_path / "t.md").read_text().splitlines() == [
+        "| time_steps | seed | knn_accuracy_at_init | knn_accuracy | finetune_test_accuracy | "
+        "pretrain_minutes | finetune_minutes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        "| 10 | 3 | 88.50% | 98.76% | 99.10% | 2.0 | 0.5 |",
+        "| 30 | 3 |  | 97.00% |  | 1.5 | 0.1 |",
+    ]
+    write_tables(records, tmp_path / "c.csv", tmp_path / "c.md", ["pretrain.lr", "knn_accuracy"])
+    assert (tmp_path / "c.csv").read_text().splitlines()[1] == "0.001,98.76"
+
+
+def test_stale_record_is_refused_before_anything_runs(swept, tmp_path, monkeypatch):
+    records_dir = tmp_path / "records"
+    shutil.copytree(swept["tmp"] / "records", records_dir)
+    first, second = swept["cells"]
+    (records_dir / f"{first.name}.json").unlink()  # this cell would run first...
+    stale = json.loads((records_dir / f"{second.name}.json").read_text())
+    stale["key"] = "0123456789ab"  # ...but the second cell's record is from other settings
+    (records_dir / f"{second.name}.json").write_text(json.dumps(stale))
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    with pytest.raises(ValueError, match="another --records directory, or delete"):
+        run_sweep(swept["cells"], records_dir, swept["tmp"] / "runs", log=lambda _: None)
+
+
+def test_corrupt_record_names_the_file(tmp_path):
+    (tmp_path / "cell.json").write_text('{"cell": "cell", "key": ')
+    with pytest.raises(ValueError, match=r"cell\.json is unreadable .*delete it"):
+        load_records(tmp_path)
+    (tmp_path / "cell.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a sweep record"):
+        load_records(tmp_path, ["cell"])
+    assert load_records(tmp_path, ["other"]) == []
+
+
+def test_interrupted_pretraining_resumes_to_the_same_result(swept, tmp_path, monkeypatch):
+    cells = expand_grid(tiny_base(), ["finetune.lr=1e-3"])  # the fixture's first cell
+    assert cells[0].key == swept["cells"][0].key
+    runs, records_dir = tmp_path / "runs", tmp_path / "records"
+    real_nt_xent, steps = pipeline.nt_xent, []
+
+    def stop_at_step_3(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:  # what `kill` does: the loop checkpoints after this step
+            signal.raise_signal(signal.SIGTERM)
+        return real_nt_xent(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "nt_xent", stop_at_step_3)
+    with pytest.raises(Interrupted):
+        run_sweep(cells, records_dir, runs, progress=False, log=lambda _: None)
+    monkeypatch.undo()
+    pre_dir = runs / f"pretrain-{pretrain_key(cells[0].config)}"
+    assert pipeline.load_checkpoint(pre_dir)["step"] == 3
+    assert not (pre_dir / "summary.json").exists() and not records_dir.exists()
+
+    resumed, real_pretrain = [], pipeline.pretrain
+
+    def spy(cfg, run_dir, progress, resume=None):
+        resumed.append(resume is not None)
+        return real_pretrain(cfg, run_dir, progress, resume=resume)
+
+    monkeypatch.setattr(pipeline, "pretrain", spy)
+    logs: list[str] = []
+    (record,) = run_sweep(cells, records_dir, runs, progress=False, log=logs.append)
+    assert resumed == [True] and any("resuming" in line for line in logs)
+    reference = swept["tmp"] / "runs" / pre_dir.name  # the fixture's uninterrupted run
+    a, b = pipeline.load_checkpoint(pre_dir), pipeline.load_checkpoint(reference)
+    for key in b["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    expected, a_knn = swept["second"][0], record["knn_accuracy"]
+    for field in ("knn_accuracy", "pretrain_loss_by_epoch", "finetune_test_accuracy"):
+        assert record[field] == expected[field], field
+    assert json.loads((pre_dir / "summary.json").read_text())["resumed"] is True
+    # killed while writing summary.json: the final checkpoint finishes it again
+    (pre_dir / "summary.json").write_text('{"command": "pre')
+    (records_dir / f"{cells[0].name}.json").unlink()
+    (again,) = run_sweep(cells, records_dir, runs, progress=False, log=lambda _: None)
+    assert again["pretrain_loss_by_epoch"] == record["pretrain_loss_by_epoch"]
+    assert json.loads((pre_dir / "summary.json").read_text())["knn_accuracy"] == a_knn
+
+
+def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, monkeypatch):
+    (cell,) = expand_grid(tiny_base(), [])
+    pre_dir = tmp_path / "runs" / f"pretrain-{pretrain_key(cell.config)}"
+    pre_dir.mkdir(parents=True)
+    (pre_dir / "config.yaml").write_text("seed: 0\n")
+    (pre_dir / "metrics.jsonl").write_text("")
+    seen = []
+
+    def fake_pretrain(cfg, run_dir, progress, resume=None):
+        seen.append((resume, run_dir.exists()))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(pipeline, "pretrain", fake_pretrain)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_sweep([cell], tmp_path / "records", tmp_path / "runs", log=lambda _: None)
+    assert seen == [(None, False)]
