@@ -100,7 +100,73 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also train the supervised-only baseline on the same labels",
             )
+    _reproduce_parser(sub)
     return parser
+
+
+def _reproduce_parser(sub) -> None:
+    from spikessl.reproduce import BUDGETS, DATASETS
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's Tables I-IV and Figs. 5-7 (+ label efficiency): sweeps, then reports",
+        description="Run the paper's grids around its best setting (preset paper-<dataset>), "
+        "resumably, then write tables, figures and a README from the records.",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="applied to every cell on top of the budget, e.g. data.train_limit=400 for a "
+        "smoke test (recorded in the outputs)",
+    )
+    p.add_argument("--dataset", required=True, choices=list(DATASETS))
+    p.add_argument(
+        "--budget",
+        required=True,
+        choices=BUDGETS,
+        help="paper: the preset's epochs; quick: a few epochs per cell, for a first look",
+    )
+    p.add_argument(
+        "--records",
+        default=None,
+        help="records and outputs (default docs/results/<dataset>-<budget>); commit it to "
+        "resume elsewhere",
+    )
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="root of the cells' run directories (default runs/reproduce/<dataset>-<budget>)",
+    )
+    p.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="label-efficiency seeds: the first at every fraction, the others at 1%% and 10%%",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their state")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--data-dir", default=None, help="dataset root (default $SPIKESSL_DATA, else ./data)"
+    )
+    p.add_argument("--device", default=None, help="auto|cpu|cuda|mps")
+
+
+def _reproduce(args: argparse.Namespace, progress: bool) -> dict:
+    from spikessl import reproduce
+
+    seeds = reproduce.parse_seeds(args.seeds)
+    return reproduce.reproduce(
+        args.dataset,
+        args.budget,
+        args.overrides,
+        args.records,
+        args.run_dir,
+        seeds,
+        args.dry_run,
+        progress,
+        args.data_dir,
+        args.device,
+    )
 
 
 def _config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
@@ -273,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("finetune", "neighbors") and pretrained is None and resume is None:
             raise ValueError(f"{args.command} needs --pretrained RUN_DIR (a pretraining run)")
         checkpoint = pipeline.load_checkpoint(pretrained) if pretrained else None
-        cfg = _config(args, resume or checkpoint)
+        cfg = None if args.command == "reproduce" else _config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         run_dir = args.run_dir or (getattr(args, "resume", None))
         if args.command == "pretrain":
@@ -286,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             result = _neighbors(args, cfg, checkpoint)
         elif args.command == "sweep":
             result = _sweep(args, cfg, progress)
+        elif args.command == "reproduce":
+            result = _reproduce(args, progress)
         else:
             result = run_pipeline(cfg, args.run_dir, args.baseline, progress)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:

@@ -1,0 +1,383 @@
+"""``spikessl reproduce``: the plan, tables and label-efficiency math from hand-made records,
+and one tiny end-to-end run through the command line that a second call fully skips."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+
+import pytest
+
+from spikessl import cli, pipeline, reproduce
+from spikessl.config import load_config, parse_overrides
+from spikessl.reproduce import (
+    BEST,
+    base_config,
+    label_efficiency_markdown,
+    label_efficiency_summary,
+    plan,
+    table_rows,
+    tables_markdown,
+    wall_minutes,
+)
+from spikessl.sweep import pretrain_key
+
+# A few seconds per stage on a busy 2-core CPU: 160 unlabelled images, 40 labelled.
+TINY = [
+    "time_steps=2",
+    "device=cpu",
+    "data.train_limit=200",
+    "data.test_limit=50",
+    "encoder.conv_channels=[4,8]",
+    "encoder.fc_sizes=[16]",
+    "pretrain.epochs=1",
+    "pretrain.batch_size=32",
+    "finetune.epochs=1",
+    "finetune.batch_size=32",
+    "knn.k=5",
+]
+
+
+def forbidden(*args, **kwargs):
+    raise AssertionError("nothing should train here")
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """``cli.main(argv)`` -> (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def names(steps) -> list[list[str]]:
+    return [[cell.name for cell in step.cells] for step in steps]
+
+
+# ------------------------------------------------------------------------------------------
+# The plan
+# ------------------------------------------------------------------------------------------
+
+
+def test_plan_is_the_papers_grid_around_the_best_setting() -> None:
+    base = base_config("mnist", "paper")
+    steps = plan(base, [0, 1, 2])
+    fractions = ["0.01", "0.05", "0.1", "1.0"]  # 0.2: the best cell's own fine-tuning
+    assert names(steps) == [
+        ["time_steps=30"],
+        ["time_steps=10", "time_steps=20"],
+        ["pretrain.batch_size=64", "pretrain.batch_size=128"],
+        ["augment.views=crop-rotate", "augment.views=crop-noise"],
+        [f"seed=0__finetune.label_fraction={f}" for f in fractions],
+        [f"seed={s}__finetune.label_fraction={f}" for s in (1, 2) for f in ("0.01", "0.1")],
+    ]
+    assert [s.baseline for s in steps] == [True, False, False, False, True, True]
+    assert [s.what for s in steps] == ["tables"] * 4 + ["label efficiency"] * 2
+    best = steps[0].cells[0]
+    assert best.config == load_config("paper-mnist")  # the paper budget is the preset as is
+    # the first seed's label-efficiency cells fine-tune the best cell's pretrained encoder
+    shared = {pretrain_key(c.config) for c in steps[4].cells}
+    assert shared == {pretrain_key(best.config)}
+    others = {pretrain_key(c.config) for step in steps[1:4] for c in step.cells}
+    assert len(others) == 6 and pretrain_key(best.config) not in others
+    seeds = {c.name.split("__")[0]: pretrain_key(c.config) for c in steps[5].cells}
+    assert len(set(seeds.values())) == 2 and not set(seeds.values()) & shared
+
+
+def test_quick_budget_and_overrides_apply_to_every_cell() -> None:
+    base = base_config("cifar10", "quick", ["time_steps=12", "pretrain.batch_size=64"])
+    quick = load_config("paper-cifar10", parse_overrides(reproduce.QUICK["cifar10"]))
+    steps = plan(base, [3])
+    assert names(steps)[:3] == [
+        ["time_steps=12"],  # the best cell is named after the base's own T
+        ["time_steps=10", "time_steps=20"],
+        ["pretrain.batch_size=128"],  # 64 is the base: the best cell measures it
+    ]
+    assert names(steps)[-1][0] == "seed=3__finetune.label_fraction=0.01"
+    for cell in (c for step in steps for c in step.cells):
+        cfg = cell.config
+        assert (cfg.pretrain.epochs, cfg.finetune.epochs) == (
+            quick.pretrain.epochs,
+            quick.finetune.epochs,
+        )
+        assert cfg.data.name == "cifar10"
+    rows = table_rows("cifar10", base, {})
+    batch = {r["setting"]: r["cell"] for r in rows if r["table"] == "II"}
+    assert batch == {  # 256 is not planned here: its row stays "—"
+        "64": "time_steps=12",
+        "128": "pretrain.batch_size=128",
+        "256": "pretrain.batch_size=256",
+    }
+    time_rows = [r["setting"] for r in rows if r["table"] == "I"]
+    assert time_rows == ["10", "20", "30", "12 (this run's base)"]
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda: base_config("mnist", "quick", ["data.name=cifar10"]), "--dataset"),
+        (lambda: base_config("svhn", "quick"), "--dataset"),
+        (lambda: base_config("mnist", "slow"), "--budget"),
+        (lambda: reproduce.parse_seeds("0,x"), "integers"),
+        (lambda: reproduce.parse_seeds("1,1"), "distinct"),
+    ],
+)
+def test_bad_arguments_raise_value_errors(call, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        call()
+
+
+# ------------------------------------------------------------------------------------------
+# Tables and label efficiency from hand-made records
+# ------------------------------------------------------------------------------------------
+
+
+def test_tables_compare_with_the_paper_and_show_missing_cells_as_dashes() -> None:
+    base = base_config("mnist", "paper")
+    records = {
+        "time_steps=30": {
+            "finetune_test_accuracy": 95.0,
+            "knn_accuracy": 90.5,
+            "supervised_test_accuracy": 93.0,
+        },
+        "time_steps=10": {"finetune_test_accuracy": 80.0, "knn_accuracy": 70.0},
+        "augment.views=crop-noise": {"finetune_test_accuracy": 92.0, "knn_accuracy": 88.0},
+    }
+    rows = {(r["table"], r["setting"]): r for r in table_rows("mnist", base, records)}
+    assert rows["I", "10"] == {
+        "table": "I",
+        "setting": "10",
+        "cell": "time_steps=10",
+        "paper": 78.21,
+        "ours": 80.0,
+        "knn": 70.0,
+        "difference": 1.79,
+    }
+    assert (rows["I", "20"]["paper"], rows["I", "20"]["ours"], rows["I", "20"]["difference"]) == (
+        91.54,
+        None,
+        None,
+    )
+    for key in (("I", "30"), ("II", "256"), ("III", "rotate-noise")):  # all the best cell
+        assert (rows[key]["cell"], rows[key]["ours"], rows[key]["difference"]) == (
+            "time_steps=30",
+            95.0,
+            0.77,
+        )
+    assert rows["III", "crop-noise"]["difference"] == -1.86
+    assert rows["II", "64"]["ours"] is None
+    best = rows["IV", "SSL SNN + fine-tuning (best cell)"]
+    assert (best["paper"], best["ours"], best["knn"]) == (BEST[0], 95.0, 90.5)
+    supervised = rows["IV", "supervised-only SNN, same labels"]
+    assert (supervised["paper"], supervised["ours"], supervised["knn"]) == (None, 93.0, None)
+    assert rows["IV", "[21] spiking self-supervised (cited)"]["paper"] == 93.06
+    assert rows["IV", "[22] SimCLR ANN (cited)"]["paper"] is None
+    assert len(rows) == 13  # 3 + 3 + 3 + 4: no extra "this run's base" rows
+
+    md = tables_markdown("mnist", list(rows.values()))
+    assert "| 10 | 78.21% | 80.00% | 70.00% | +1.79 |" in md
+    assert "| 20 | 91.54% | — | — | — |" in md
+    assert "| crop-noise | 93.86% | 92.00% | 88.00% | -1.86 |" in md
+    assert "| [22] SimCLR ANN (cited) | — | — | — | — |" in md
+    assert md.count("### Table") == 4
+
+    cifar = {(r["table"], r["setting"]): r for r in table_rows("cifar10", base, records)}
+    assert cifar["I", "10"]["paper"] == 51.63 and cifar["I", "10"]["difference"] == 28.37
+    assert cifar["IV", "[22] SimCLR ANN (cited)"]["paper"] == 60.1
+    assert cifar["IV", "[21] spiking self-supervised (cited)"]["paper"] is None
+
+
+def record(fraction: float, seed: int, ssl: float | None, sup: float | None) -> dict:
+    r = {"config": {"seed": seed, "finetune": {"label_fraction": fraction}}}
+    if ssl is not None:
+        r["finetune_test_accuracy"] = ssl
+    if sup is not None:
+        r["supervised_test_accuracy"] = sup
+    return r
+
+
+def test_label_efficiency_summary_math() -> None:
+    records = [
+        record(0.1, 0, 80.0, 79.0),
+        record(0.01, 2, 52.0, 45.0),
+        record(0.01, 0, 50.0, 40.0),
+        record(0.01, 1, 54.0, 41.0),
+        record(0.1, 1, 81.0, 83.0),
+        record(1.0, 0, 97.0, 96.0),
+        record(0.05, 0, 60.0, None),
+    ]
+    summary = {s["fraction"]: s for s in label_efficiency_summary(records)}
+    assert list(summary) == [0.01, 0.05, 0.1, 1.0]
+    one = summary[0.01]
+    ssl, sup = one["methods"]["SSL + fine-tune"], one["methods"]["supervised only"]
+    assert (ssl["n"], ssl["mean"], ssl["min"], ssl["max"]) == (3, 52.0, 50.0, 54.0)
+    assert ssl["seeds"] == [0, 1, 2] and ssl["accuracies"] == [50.0, 54.0, 52.0]
+    assert (sup["n"], sup["mean"], sup["min"], sup["max"]) == (3, 42.0, 40.0, 45.0)
+    # margin 52 - 42 = 10 against a spread of max(54 - 50, 45 - 40) = 5
+    assert (one["margin"], one["spread"], one["verdict"]) == (10.0, 5.0, "margin > spread")
+    ten = summary[0.1]  # 80.5 vs 81: -0.5 within a spread of 4
+    assert (ten["margin"], ten["spread"], ten["verdict"]) == (-0.5, 4.0, "margin within spread")
+    assert summary[1.0]["verdict"] == "one seed: no spread"
+    assert summary[1.0]["margin"] == 1.0
+    assert summary[0.05]["verdict"] == "incomplete" and summary[0.05]["margin"] is None
+
+    md = label_efficiency_markdown(list(summary.values()))
+    assert (
+        "| 1% | 52.00% [50.00, 54.00] (n=3) | 42.00% [40.00, 45.00] (n=3) | +10.00 | 5.00 "
+        "| margin > spread |" in md
+    )
+    assert "| 5% | 60.00% [60.00, 60.00] (n=1) | — | — | — | incomplete |" in md
+    rows = list(csv.DictReader(io.StringIO(reproduce.label_efficiency_csv(list(summary.values())))))
+    assert len(rows) == 8
+    assert rows[1] == {
+        "label_fraction": "0.01",
+        "method": "supervised only",
+        "n": "3",
+        "mean": "42.0",
+        "min": "40.0",
+        "max": "45.0",
+        "seeds": "0 1 2",
+        "accuracies": "40.0 41.0 45.0",
+        "margin": "10.0",
+        "spread": "5.0",
+        "verdict": "margin > spread",
+    }
+
+
+def test_wall_time_counts_shared_runs_once() -> None:
+    records = [
+        {
+            "cell": "a",
+            "wall_seconds": {"pretrain": 600.0, "finetune": 60.0, "supervised": 120.0},
+            "run_dirs": {"pretrain": "p1", "finetune": "a/f", "supervised": "s1"},
+        },
+        {
+            "cell": "b",
+            "wall_seconds": {"pretrain": 600.0, "finetune": 30.0, "supervised": 120.0},
+            "run_dirs": {"pretrain": "p1", "finetune": "b/f", "supervised": "s1"},
+        },
+        {"cell": "c", "wall_seconds": {"pretrain": 300.0, "finetune": 30.0}},
+    ]
+    assert wall_minutes(records) == {
+        "pretrain": (2, 15.0),
+        "finetune": (3, 2.0),
+        "supervised": (1, 2.0),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# The command
+# ------------------------------------------------------------------------------------------
+
+
+def test_dry_run_trains_and_writes_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    monkeypatch.setattr(pipeline, "finetune", forbidden)
+    records = tmp_path / "records"
+    code, out, err = run_main(
+        ["reproduce", "--dataset", "cifar10", "--budget", "paper", "--dry-run"]
+        + ["--records", str(records), "--run-dir", str(tmp_path / "runs")]
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["dry_run"] is True and result["cells"] == 15 and len(result["to_run"]) == 15
+    assert "reproduce [1/15] tables: time_steps=30: to run" in err
+    assert not records.exists() and not (tmp_path / "runs").exists()
+
+
+def test_records_made_with_other_settings_stop_before_training(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "time_steps=10.json").write_text(json.dumps({"cell": "time_steps=10", "key": "x"}))
+    code, out, err = run_main(
+        ["reproduce", "--dataset", "mnist", "--budget", "quick", "--records", str(records)]
+    )
+    assert code == 2 and out == ""
+    assert "spikessl reproduce: error:" in err and "time_steps=10" in err
+
+
+def test_end_to_end_then_every_cell_is_skipped(tmp_path, monkeypatch) -> None:
+    # fewer cells than the real protocol (one table row, one fraction), the same machinery
+    monkeypatch.setattr(
+        reproduce, "TABLES", {("I", "time steps", "time_steps"): {"3": (1.0, 2.0), "30": BEST}}
+    )
+    monkeypatch.setattr(reproduce, "FRACTIONS", (0.01,))
+    monkeypatch.setattr(reproduce, "SEED_FRACTIONS", (0.01,))
+    records, runs = tmp_path / "records", tmp_path / "runs"
+    argv = ["reproduce", "--dataset", "mnist", "--budget", "quick", *TINY, "--seeds", "0,1"]
+    argv += ["--records", str(records), "--run-dir", str(runs), "--no-progress"]
+
+    code, out, err = run_main(argv)
+    assert code == 0, err
+    result = json.loads(out)
+    cells = [
+        "time_steps=2",
+        "time_steps=3",
+        "seed=0__finetune.label_fraction=0.01",
+        "seed=1__finetune.label_fraction=0.01",
+    ]
+    assert (result["budget"], result["cells"], result["recorded"]) == ("quick", 4, 4)
+    assert result["overrides"] == TINY
+    assert result["best"]["cell"] == "time_steps=2"
+    assert 0 <= result["best"]["finetune_test_accuracy"] <= 100
+    assert "supervised_test_accuracy" in json.loads((records / "time_steps=2.json").read_text())
+    assert err.count("pretrain: finished earlier, reusing") == 1  # seed 0 shares the best's
+    assert len(list(runs.glob("pretrain-*"))) == 3
+    outputs = [
+        "tables.md",
+        "tables.csv",
+        "label-efficiency.md",
+        "label-efficiency.csv",
+        "label-efficiency.png",
+        "fig5-neighbors.png",
+        "fig6-mnist-ssl-vs-supervised.png",
+        "README.md",
+        "results.md",
+        "results.csv",
+    ]
+    for name in [*outputs, *(f"{c}.json" for c in cells)]:
+        assert (records / name).is_file(), name
+    assert sorted(result["outputs"]) == sorted(str(records / n) for n in outputs)
+    texts = {n: (records / n).read_text() for n in outputs if not n.endswith(".png")}
+    assert "budget `quick`, overrides `time_steps=2" in texts["tables.md"]
+    assert (
+        "| 3 | 1.00% |" in texts["tables.md"]
+        and "| 30 | 94.23% | — | — | — |" in texts["tables.md"]
+    )
+    assert "| 2 (this run's base) | — |" in texts["tables.md"]
+    assert "| 1% |" in texts["label-efficiency.md"] and "(n=2)" in texts["label-efficiency.md"]
+    readme = texts["README.md"]
+    assert "spikessl reproduce --dataset mnist --budget quick time_steps=2" in readme
+    assert "--seeds 0,1" in readme and "pretrain.epochs=2 finetune.epochs=3" in readme
+    assert "| pretrain | 3 |" in readme and "| supervised | 3 |" in readme
+    assert "device cpu" in readme and "](fig5-neighbors.png)" in readme
+    assert len(texts["results.csv"].splitlines()) == 1 + 4
+
+    # again: every cell recorded, nothing trains, the same tables
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    monkeypatch.setattr(pipeline, "finetune", forbidden)
+    code, out, err = run_main(argv)
+    assert code == 0, err
+    assert err.count("recorded, skipping") == 4
+    for name, text in texts.items():
+        assert (records / name).read_text() == text, name
+
+    # records moved to a machine without the run directories: Fig. 5 is kept, then asked for
+    fig5 = records / "fig5-neighbors.png"
+    for run_dir in runs.glob("pretrain-*"):
+        (run_dir / "checkpoint.pt").unlink()
+    code, out, err = run_main(argv)
+    assert code == 0 and "keeping" in err and fig5.exists()
+    fig5.unlink()
+    code, out, err = run_main(argv)
+    assert code == 0 and "needs the best cell's pretraining run" in err and not fig5.exists()
+    assert (
+        "Fig. 5: nearest neighbours in spike-count latent space: not drawn yet."
+        in (records / "README.md").read_text()
+    )
+
+    code, out, err = run_main([*argv, "--dry-run"])
+    assert code == 0 and json.loads(out)["to_run"] == []
