@@ -122,7 +122,7 @@ def test_paper_mnist_values() -> None:
     assert cfg.augment.views == ("rotate", "noise")  # "rotate-noise" in the YAML
     assert cfg.augment.rotation_degrees == 20.0
     assert type(cfg.augment.rotation_degrees) is float  # YAML int 20 -> float field
-    assert cfg.pretrain.batch_size == 256 and cfg.pretrain.temperature == 0.5
+    assert cfg.pretrain.batch_size == 256 and cfg.pretrain.temperature == 0.1
     assert cfg.pretrain.lr == 1e-3 and type(cfg.pretrain.lr) is float
 
 
