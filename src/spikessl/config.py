@@ -132,7 +132,6 @@ class Config:
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: after each epoch)
     on_nonfinite: str = "stop"  # NaN/inf loss or gradients: "stop" with an error, or "skip"
     precision: str = "fp32"  # "bf16": autocast convolutions/matmuls (membranes stay fp32)
-    precision: str = "fp32"  # "bf16": autocast convolutions/matmuls (membranes stay fp32)
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
