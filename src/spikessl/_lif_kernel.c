@@ -18,9 +18,10 @@
 
 #define BLOCK 1024
 
-/* one step of eq. (6) for n neurons: prev holds U[t-1] in and U[t] out; returns spikes */
-int64_t lif_step(const float *restrict in, float *restrict prev, float *restrict m, int64_t n,
-                 float beta, float thr);
+/* one step of eq. (6) for n neurons: prev holds U[t-1] in and U[t] out; returns spikes.
+ * m (may be NULL) gets a copy of U[t] after all of in is read: m == in is allowed. */
+int64_t lif_step(const float *in, float *restrict prev, float *m, int64_t n, float beta,
+                 float thr);
 
 /* offset of (c, y, x) in one C x H x W image stored NCHW or channels-last (NHWC) */
 static inline int64_t at(int nhwc, int64_t c, int64_t y, int64_t x, int64_t C, int64_t H,
@@ -28,9 +29,21 @@ static inline int64_t at(int nhwc, int64_t c, int64_t y, int64_t x, int64_t C, i
     return nhwc ? (y * W + x) * C + c : (c * H + y) * W + x;
 }
 
+/* one pooled C x OH x OW image from NHWC (src_nhwc) to NCHW, or the other way */
+static void relayout(const float *restrict src, float *restrict dst, int64_t C, int64_t P,
+                     int src_nhwc) {
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t c = 0; c < C; c++) {
+            if (src_nhwc)
+                dst[c * P + p] = src[p * C + c];
+            else
+                dst[p * C + c] = src[c * P + p];
+        }
+}
+
 #ifdef LIF_FORWARD
-int64_t lif_step(const float *restrict in, float *restrict prev, float *restrict m, int64_t n,
-                 float beta, float thr) {
+int64_t lif_step(const float *in, float *restrict prev, float *m, int64_t n, float beta,
+                 float thr) {
     int64_t spikes = 0;
     for (int64_t i = 0; i < n; i++) {
         const float p = prev[i];
@@ -90,23 +103,29 @@ static void pool_image(const float *restrict u, float *restrict o, int64_t C, in
 }
 
 /* LIF followed by max-pooling of its spikes, fused: the full-size spike map is never
- * written. Tensors are [T*B, C, H, W] (constant input: [B, C, H, W]), NCHW or channels-last;
- * each block is one image. mem may be NULL (backward then recomputes the membranes from
- * the input). *count gets the number of spikes, for firing rates. */
-void lif_pool_forward(const float *restrict cur, int64_t T, int64_t B, int64_t C, int64_t H,
-                      int64_t W, int64_t k, int constant, int nhwc, float beta, float thr,
-                      float *restrict mem, float *restrict out, double *count, int nthreads) {
-    const int64_t CHW = C * H * W, COHW = C * (H / k) * (W / k);
+ * written. Tensors are [T*B, C, H, W] (constant input: [B, C, H, W]), NCHW or channels-last
+ * (nhwc); the pooled output is channels-last when out_nhwc. Each block is one image. mem may
+ * be NULL (backward then recomputes the membranes from the input) or, for a non-constant
+ * input, cur itself: each membrane overwrites the input it was computed from. *count gets
+ * the number of spikes, for firing rates. */
+void lif_pool_forward(const float *cur, int64_t T, int64_t B, int64_t C, int64_t H, int64_t W,
+                      int64_t k, int constant, int nhwc, int out_nhwc, float beta, float thr,
+                      float *mem, float *restrict out, double *count, int nthreads) {
+    const int64_t CHW = C * H * W, P = (H / k) * (W / k), COHW = C * P;
     double total = 0.0;
 #pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : total)
     for (int64_t b = 0; b < B; b++) {
         float *restrict prev = calloc(CHW, sizeof(float));
+        float *restrict tmp = nhwc != out_nhwc ? malloc(COHW * sizeof(float)) : 0;
         int64_t spikes = 0;
         for (int64_t t = 0; t < T; t++) {
             const float *in = cur + (constant ? b : t * B + b) * CHW;
             spikes += lif_step(in, prev, mem ? mem + (t * B + b) * CHW : 0, CHW, beta, thr);
-            pool_image(prev, out + (t * B + b) * COHW, C, H, W, k, nhwc, thr);
+            float *o = out + (t * B + b) * COHW;
+            pool_image(prev, tmp ? tmp : o, C, H, W, k, nhwc, thr);
+            if (tmp) relayout(tmp, o, C, P, nhwc);
         }
+        free(tmp);
         free(prev);
         total += (double)spikes;
     }
@@ -118,12 +137,13 @@ void lif_pool_forward(const float *restrict cur, int64_t T, int64_t B, int64_t C
 /* One reverse step of the adjoint for n neurons with membrane m = U[t]:
  *   dL/dU[t] = gs * S'(U[t]) + dL/dU[t+1] * (beta - theta*S'(U[t])*keep)  (+ gm, direct)
  * with S'(U) = k sig(k(U - theta)) (1 - sig(k(U - theta))), keep = 0 for a detached reset.
- * g holds dL/dU[t+1] in and dL/dU[t] out; returns sum dL/dU[t+1] * U[t] (for dL/dbeta). */
-static float adjoint_step(const float *restrict m, const float *restrict gs,
-                          const float *restrict gm, float *restrict g, float *restrict out,
-                          int accumulate, int64_t n, float beta, float thr, float slope,
-                          float keep) {
+ * g holds dL/dU[t+1] in and dL/dU[t] out; returns sum dL/dU[t+1] * U[t] (for dL/dbeta).
+ * out may be m itself (element i is read before it is written). */
+static float adjoint_step(const float *m, const float *restrict gs, const float *restrict gm,
+                          float *restrict g, float *out, int accumulate, int64_t n, float beta,
+                          float thr, float slope, float keep) {
     float beta_part = 0.0f;
+#pragma GCC ivdep
     for (int64_t i = 0; i < n; i++) {
         float x = slope * (m[i] - thr);
         x = x < -80.0f ? -80.0f : (x > 80.0f ? 80.0f : x); /* exp stays finite */
@@ -209,12 +229,14 @@ static void route_image(const float *restrict u, const float *restrict go, float
             }
 }
 
-void lif_pool_backward(const float *restrict mem, const float *restrict cur,
-                       const float *restrict gout, int64_t T, int64_t B, int64_t C, int64_t H,
-                       int64_t W, int64_t k, int constant, int nhwc, int detach_reset, float beta,
-                       float thr, float slope, float *restrict grad_cur, int want_beta,
+/* gout is channels-last when out_nhwc; grad_cur may be mem itself (non-constant input):
+ * the gradient of each step then overwrites the membrane it was computed from. */
+void lif_pool_backward(const float *mem, const float *restrict cur, const float *restrict gout,
+                       int64_t T, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
+                       int constant, int nhwc, int out_nhwc, int detach_reset, float beta,
+                       float thr, float slope, float *grad_cur, int want_beta,
                        double *grad_beta, int nthreads) {
-    const int64_t CHW = C * H * W, COHW = C * (H / k) * (W / k);
+    const int64_t CHW = C * H * W, P = (H / k) * (W / k), COHW = C * P;
     const float keep = detach_reset ? 0.0f : thr;
     double acc = 0.0;
 #pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : acc)
@@ -222,6 +244,7 @@ void lif_pool_backward(const float *restrict mem, const float *restrict cur,
         float *restrict g = calloc(CHW, sizeof(float));
         float *restrict gs = malloc(CHW * sizeof(float));
         float *restrict done = malloc(C * sizeof(float));
+        float *restrict tmp = nhwc != out_nhwc ? malloc(COHW * sizeof(float)) : 0;
         float *restrict trace = 0; /* this image's U[0..T-1] when recomputed */
         if (!mem) {
             trace = malloc(T * CHW * sizeof(float));
@@ -234,13 +257,16 @@ void lif_pool_backward(const float *restrict mem, const float *restrict cur,
         if (constant) memset(grad_cur + b * CHW, 0, CHW * sizeof(float));
         double block_acc = 0.0;
         for (int64_t t = T - 1; t >= 0; t--) {
-            const float *restrict u = trace ? trace + t * CHW : mem + (t * B + b) * CHW;
-            route_image(u, gout + (t * B + b) * COHW, gs, done, C, H, W, k, nhwc, thr);
+            const float *u = trace ? trace + t * CHW : mem + (t * B + b) * CHW;
+            const float *go = gout + (t * B + b) * COHW;
+            if (tmp) relayout(go, tmp, C, P, out_nhwc);
+            route_image(u, tmp ? tmp : go, gs, done, C, H, W, k, nhwc, thr);
             float *out = grad_cur + (constant ? b : t * B + b) * CHW;
             float part = adjoint_step(u, gs, 0, g, out, constant, CHW, beta, thr, slope, keep);
             block_acc += part;
         }
         free(trace);
+        free(tmp);
         free(g);
         free(gs);
         free(done);

@@ -116,6 +116,7 @@ def load() -> ctypes.CDLL | None:
         i64,
         i32,
         i32,
+        i32,
         f32,
         f32,
         ptr,
@@ -134,6 +135,7 @@ def load() -> ctypes.CDLL | None:
         i64,
         i64,
         i64,
+        i32,
         i32,
         i32,
         i32,
@@ -251,20 +253,28 @@ def pool_forward(
     threshold: float,
     k: int,
     keep_membrane: bool,
+    in_place: bool = False,
+    out_format: torch.memory_format | None = None,
 ):
     """LIF + k x k max-pool of its spikes. ``current``: ``[T*B, C, H, W]`` (or constant
-    ``[B, C, H, W]``), NCHW or channels-last. Returns (pooled ``[T*B, C, H//k, W//k]`` in the
-    input's memory format, membrane ``[T*B, C, H, W]`` or None, spike count).
+    ``[B, C, H, W]``), NCHW or channels-last. Returns (pooled ``[T*B, C, H//k, W//k]`` in
+    ``out_format`` (default: the input's memory format), membrane ``[T*B, C, H, W]`` or None,
+    spike count). With ``in_place`` (non-constant input, ``keep_membrane``) the membrane is
+    written over ``current`` and returned as it: no second full-size tensor.
     """
     fmt = memory_format(current)
+    out_format = fmt if out_format is None else out_format
     n, C, H, W = current.shape
     B = n if constant else n // T
-    mem = (
-        torch.empty((T * B, C, H, W), dtype=current.dtype, memory_format=fmt)
-        if keep_membrane
-        else None
-    )
-    out = torch.empty((T * B, C, H // k, W // k), dtype=current.dtype, memory_format=fmt)
+    if in_place and (constant or not keep_membrane):
+        raise ValueError("in_place needs a non-constant input and keep_membrane")
+    if in_place:
+        mem = current
+    elif keep_membrane:
+        mem = torch.empty((T * B, C, H, W), dtype=current.dtype, memory_format=fmt)
+    else:
+        mem = None
+    out = torch.empty((T * B, C, H // k, W // k), dtype=current.dtype, memory_format=out_format)
     count = ctypes.c_double(0.0)
     _lib.lif_pool_forward(
         _ptr(current),
@@ -276,6 +286,7 @@ def pool_forward(
         k,
         int(constant),
         int(fmt == torch.channels_last),
+        int(memory_format(out) == torch.channels_last),
         beta,
         threshold,
         _ptr(mem),
@@ -287,16 +298,37 @@ def pool_forward(
 
 
 def pool_backward(
-    saved, grad_out, T, k, constant, detach_reset, beta, threshold, slope, want_beta, is_membrane
+    saved,
+    grad_out,
+    T,
+    k,
+    constant,
+    detach_reset,
+    beta,
+    threshold,
+    slope,
+    want_beta,
+    is_membrane,
+    in_place=False,
 ):
-    """Gradients from the saved membrane, or (``is_membrane`` False) from the saved input."""
+    """Gradients from the saved membrane, or (``is_membrane`` False) from the saved input.
+
+    With ``in_place`` (a saved membrane of a non-constant input) the gradient is written
+    over the membrane, step by step as each is consumed, and returned in its storage.
+    """
     fmt = memory_format(saved)
     n, C, H, W = saved.shape
     B = n if constant and not is_membrane else n // T
-    grad_out = grad_out.contiguous(memory_format=fmt)
-    grad = torch.empty(
-        (B, C, H, W) if constant else (T * B, C, H, W), dtype=saved.dtype, memory_format=fmt
-    )
+    if memory_format(grad_out) is None:  # the kernel reads NCHW or channels-last
+        grad_out = grad_out.contiguous(memory_format=fmt)
+    if in_place and (constant or not is_membrane):
+        raise ValueError("in_place needs the saved membrane of a non-constant input")
+    if in_place:
+        grad = saved.detach()
+    else:
+        grad = torch.empty(
+            (B, C, H, W) if constant else (T * B, C, H, W), dtype=saved.dtype, memory_format=fmt
+        )
     grad_beta = ctypes.c_double(0.0)
     mem, cur = (saved, None) if is_membrane else (None, saved)
     _lib.lif_pool_backward(
@@ -311,6 +343,7 @@ def pool_backward(
         k,
         int(constant),
         int(fmt == torch.channels_last),
+        int(memory_format(grad_out) == torch.channels_last),
         int(detach_reset),
         beta,
         threshold,

@@ -6,6 +6,11 @@ run in one C kernel (``spikessl._native``): the full-size spike map is never sto
 backward recomputes which afferent won each window from the saved membrane, routing the
 gradient exactly as ``F.max_pool2d`` does (to the first maximum). Elsewhere it is simply
 ``F.max_pool2d(LIF(current))``.
+
+Memory: with ``overwrite`` the kernel writes the membrane over the input current (which the
+caller no longer needs: in the encoder it is a batch norm's output, which its backward does
+not use), and backward writes the input gradient over the membrane as it consumes it, so a
+layer keeps one full-size float tensor from forward to backward instead of three.
 """
 
 from __future__ import annotations
@@ -20,25 +25,34 @@ from spikessl.neurons import LIF, lif_multistep
 
 class _LIFPoolFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, current, beta, threshold, slope, T, constant, detach_reset, k):
+    def forward(ctx, current, beta, threshold, slope, T, constant, detach_reset, k, overwrite, fmt):
         ctx.dtype = current.dtype
+        given = current
         current = current.float()  # bf16/fp16 inputs: the membrane integrates in float32
         b = float(beta.clamp(0.0, 1.0))
         # A constant input is T times smaller than the membrane trace: keep it instead and
         # recompute the membranes in backward (exactly: the same kernel does both).
         keep = not constant
-        pooled, mem, count = _native.pool_forward(current, T, constant, b, threshold, k, keep)
+        # The membrane may replace the input when the caller allows it, or when the input is
+        # float() 's own copy; the gradient then replaces the membrane in backward.
+        in_place = keep and (overwrite or current is not given)
+        pooled, mem, count = _native.pool_forward(
+            current, T, constant, b, threshold, k, keep, in_place, fmt
+        )
         rate = current.new_tensor(count / (T * current.numel() if constant else current.numel()))
         ctx.mark_non_differentiable(rate)
+        if in_place and current is given:
+            # anything else that saved this tensor for backward now fails loudly
+            torch.autograd.graph.increment_version(current)
         ctx.save_for_backward(mem if keep else current, beta)
-        ctx.config = (threshold, slope, T, constant, detach_reset, b, k, keep)
+        ctx.config = (threshold, slope, T, constant, detach_reset, b, k, keep, in_place)
         return pooled.to(ctx.dtype), rate
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_pooled, _grad_rate):
         saved, beta = ctx.saved_tensors
-        threshold, slope, T, constant, detach_reset, b, k, keep = ctx.config
+        threshold, slope, T, constant, detach_reset, b, k, keep, in_place = ctx.config
         want_beta = ctx.needs_input_grad[1]
         grad, grad_beta = _native.pool_backward(
             saved,
@@ -52,10 +66,13 @@ class _LIFPoolFunction(torch.autograd.Function):
             slope,
             want_beta,
             keep,
+            in_place,
         )
+        if in_place:  # the membrane is gone: a second backward (retain_graph) must fail
+            torch.autograd.graph.increment_version(saved)
         if want_beta and not 0.0 <= float(beta) <= 1.0:
             grad_beta = grad_beta * 0.0
-        return grad.to(ctx.dtype), grad_beta, None, None, None, None, None, None
+        return grad.to(ctx.dtype), grad_beta, None, None, None, None, None, None, None, None
 
 
 def lif_maxpool(
@@ -65,17 +82,30 @@ def lif_maxpool(
     T: int,
     constant: bool = False,
     backend: str = "auto",
+    overwrite: bool = False,
+    memory_format: torch.memory_format | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(max_pool(spikes of lif(current)), firing rate of lif)``, time folded into batch.
 
     ``current``: ``[T*B, C, H, W]`` (step t of image b at row ``t*B + b``), or with
     ``constant`` a ``[B, C, H, W]`` input held for T steps. Returns pooled spikes
-    ``[T*B, C, H // pool, W // pool]`` (same memory format as ``current``) and the detached
-    mean firing rate of the unpooled LIF layer.
+    ``[T*B, C, H // pool, W // pool]`` (in ``memory_format``; by default that of ``current``)
+    and the detached mean firing rate of the unpooled LIF layer. ``overwrite``: the fused
+    kernel may reuse ``current``'s memory (its contents are then undefined; pass it only
+    when nothing else reads ``current`` afterwards, e.g. a batch norm's output).
     """
     if backend != "eager" and _native.usable(current, dtypes=_native.FLOATS):
         return _LIFPoolFunction.apply(
-            current, lif.beta, lif.threshold, lif.slope, T, constant, lif.detach_reset, pool
+            current,
+            lif.beta,
+            lif.threshold,
+            lif.slope,
+            T,
+            constant,
+            lif.detach_reset,
+            pool,
+            overwrite,
+            memory_format,
         )
     B = current.shape[0] if constant else current.shape[0] // T
     seq = current if constant else current.unflatten(0, (T, B))
@@ -83,4 +113,6 @@ def lif_maxpool(
         seq, lif.beta, lif.threshold, lif.slope, T if constant else None, lif.detach_reset, backend
     )
     pooled = F.max_pool2d(spikes.flatten(0, 1), pool)  # (T*B, C, H', W')
+    if memory_format is not None:
+        pooled = pooled.contiguous(memory_format=memory_format)
     return pooled, spikes.detach().mean()
