@@ -1,6 +1,7 @@
 """Tests for spikessl.data: parsers, corruption handling, downloads (faked), real data, splits.
 
-No test touches the network: downloads go through ``data._fetch``, which is monkeypatched.
+No test touches the network: downloads go through ``dataset_downloads._fetch``, which is
+monkeypatched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from spikessl import data
+from spikessl import data, dataset_downloads
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -384,7 +385,7 @@ def test_download_offline_raises_file_not_found(tmp_path, monkeypatch):
         urls.append(url)
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data, "_fetch", offline)
+    monkeypatch.setattr(dataset_downloads, "_fetch", offline)
     with pytest.raises(FileNotFoundError, match="download failed: network is unreachable") as err:
         data.load_dataset("mnist", tmp_path, train=False, download=True)
     assert "SPIKESSL_DATA" in str(err.value)
@@ -402,7 +403,7 @@ def test_download_md5_mismatch(tmp_path, monkeypatch):
     def wrong_bytes(url, dest, timeout=30.0):
         Path(dest).write_bytes(b"not the real file")
 
-    monkeypatch.setattr(data, "_fetch", wrong_bytes)
+    monkeypatch.setattr(dataset_downloads, "_fetch", wrong_bytes)
     with pytest.raises(FileNotFoundError, match="MD5 mismatch") as err:
         data.load_dataset("fashion-mnist", tmp_path, download=True)
     assert "SPIKESSL_DATA" in str(err.value)
@@ -423,7 +424,7 @@ def test_download_idx_success(tmp_path, monkeypatch):
         fetched.append(url.rsplit("/", 1)[-1])
         Path(dest).write_bytes(blobs[url.rsplit("/", 1)[-1]])
 
-    monkeypatch.setattr(data, "_fetch", fake_fetch)
+    monkeypatch.setattr(dataset_downloads, "_fetch", fake_fetch)
     root = tmp_path / "root"
     images, labels = data.load_dataset("mnist", root, train=True, download=True)
     np.testing.assert_array_equal(labels.numpy(), written["train"][1])
@@ -449,7 +450,9 @@ def patch_cifar10_download(monkeypatch, archive: bytes) -> None:
     url = info.downloads[0][0]
     replaced = dataclasses.replace(info, downloads=((url, md5_of(archive)),))
     monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS, cifar10=replaced))
-    monkeypatch.setattr(data, "_fetch", lambda url, dest, timeout=30.0: dest.write_bytes(archive))
+    monkeypatch.setattr(
+        dataset_downloads, "_fetch", lambda url, dest, timeout=30.0: dest.write_bytes(archive)
+    )
 
 
 def test_download_cifar_archive_success(tmp_path, monkeypatch):

@@ -1,0 +1,353 @@
+"""The reports of ``spikessl reproduce``: tables, label efficiency, figures and README.
+
+Everything here is drawn from sweep records; ``reproduce`` decides what to show (which cell
+measures which row of the paper's tables, which cells make the label-efficiency curve) and
+hands it over as a ``Contents``, so this module imports nothing of it. A cell not run yet
+shows as "—".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from spikessl import sweep
+
+DASH = "—"
+TABLE_COLUMNS = ["table", "setting", "cell", "paper", "ours", "knn", "difference"]
+METHODS = {
+    "SSL + fine-tune": "finetune_test_accuracy",
+    "supervised only": "supervised_test_accuracy",
+}
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What a records folder reports, as ``reproduce`` planned it."""
+
+    dataset: str  # "mnist" or "cifar10": in the name of Fig. 6 or 7
+    name: str  # the dataset as the paper writes it: "MNIST"
+    budget: str
+    overrides: tuple[str, ...]
+    settings: str  # the README's paragraph on every cell's settings
+    titles: Mapping[str, str]  # table number -> what it varies
+    layout: tuple[dict, ...]  # Tables I-IV's rows, before the records: see ``table_rows``
+    best: sweep.Cell  # the best setting: Table IV, Figs. 5-7
+    cells: tuple[str, ...]  # every planned cell
+    label_cells: tuple[str, ...]  # the label-efficiency curve's cells
+
+
+# --- tables and label efficiency -----------------------------------------------------------
+
+
+def table_rows(layout: Sequence[dict], records: dict[str, dict]) -> list[dict]:
+    """Tables I-IV's ``layout`` filled in from ``records``: ours (test and kNN), ours - paper.
+
+    ``layout``: one dict per row with the row's ``table``, ``setting``, ``paper`` accuracy,
+    the ``cell`` measuring it (None: nothing does) and the record's ``metric`` to compare.
+    """
+    rows = []
+    for r in layout:
+        record = records.get(r["cell"], {}) if r["cell"] else {}
+        ours = record.get(r["metric"])
+        knn = record.get("knn_accuracy") if r["metric"] == METHODS["SSL + fine-tune"] else None
+        diff = None if ours is None or r["paper"] is None else round(ours - r["paper"], 2)
+        row = {k: r[k] for k in ("table", "setting", "cell", "paper")}
+        rows.append(row | {"ours": ours, "knn": knn, "difference": diff})
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2f}%"
+
+
+def tables_markdown(name: str, titles: Mapping[str, str], rows: list[dict]) -> str:
+    """Tables I-IV as GitHub tables under ``###`` headings, "—" where nothing is known.
+
+    ``name``: the dataset as the paper writes it; ``titles``: table number -> what it varies.
+    """
+    parts = []
+    for number, title in titles.items():
+        parts.append(f"### Table {number}: {title} ({name})\n")
+        parts.append("| setting | paper | ours: test accuracy | ours: kNN | ours − paper |")
+        parts.append("|---|---:|---:|---:|---:|")
+        for r in (r for r in rows if r["table"] == number):
+            diff = DASH if r["difference"] is None else f"{r['difference']:+.2f}"
+            cells = (r["setting"], _pct(r["paper"]), _pct(r["ours"]), _pct(r["knn"]), diff)
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+    parts.append(
+        "Test accuracy: SSL pretraining, then fine-tuning on the labelled 20% (final epoch); "
+        "Table IV's supervised row: the same network trained on those labels alone. kNN: the "
+        f"pretrained encoder's spike counts, before fine-tuning. {DASH}: not run yet, or not "
+        "in the paper."
+    )
+    return "\n".join(parts) + "\n"
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
+    return out.getvalue()
+
+
+def label_efficiency_summary(records: list[dict]) -> list[dict]:
+    """Per labelled fraction: each method's per-seed accuracies, mean/min/max, the margin.
+
+    ``margin``: SSL mean minus supervised mean; ``spread``: the larger of the two methods'
+    max - min over seeds; ``verdict`` compares them (needs two seeds of each).
+    """
+    found: dict[float, dict[str, dict[int, float]]] = {}
+    for record in records:
+        config = record["config"]
+        fraction = config["finetune"]["label_fraction"] or config["data"]["labelled_fraction"]
+        seed = config["seed"]
+        methods = found.setdefault(float(fraction), {m: {} for m in METHODS})
+        for method, field in METHODS.items():
+            if record.get(field) is not None:
+                methods[method][int(seed)] = float(record[field])
+    summary = []
+    for fraction, methods in sorted(found.items()):
+        stats = {}
+        for method, by_seed in methods.items():
+            values = [by_seed[s] for s in sorted(by_seed)]
+            stats[method] = {"n": len(values), "seeds": sorted(by_seed), "accuracies": values}
+            if values:
+                mean = round(sum(values) / len(values), 2)
+                stats[method] |= {"mean": mean, "min": min(values), "max": max(values)}
+        ssl, sup = stats.values()
+        margin = spread = None
+        verdict = "incomplete"
+        if ssl["n"] and sup["n"]:
+            margin = round(ssl["mean"] - sup["mean"], 2)
+            spread = round(max(ssl["max"] - ssl["min"], sup["max"] - sup["min"]), 2)
+            if min(ssl["n"], sup["n"]) < 2:
+                verdict = "one seed: no spread"
+            elif abs(margin) <= spread:
+                verdict = "margin within spread"
+            else:
+                verdict = "margin > spread" if margin > 0 else "supervised ahead by > spread"
+        entry = {"fraction": fraction, "methods": stats, "margin": margin, "spread": spread}
+        summary.append(entry | {"verdict": verdict})
+    return summary
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def label_efficiency_markdown(summary: list[dict]) -> str:
+    def cell(s: dict) -> str:
+        return f"{s['mean']:.2f}% [{s['min']:.2f}, {s['max']:.2f}] (n={s['n']})" if s["n"] else DASH
+
+    lines = [
+        "| labels | SSL + fine-tune | supervised only | margin | spread | |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in summary:
+        ssl, sup = (cell(st) for st in s["methods"].values())
+        margin = DASH if s["margin"] is None else f"{s['margin']:+.2f}"
+        spread = DASH if s["spread"] is None else f"{s['spread']:.2f}"
+        cells = (_percent(s["fraction"]), ssl, sup, margin, spread, s["verdict"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (
+        "\n\nTest accuracy, mean over seeds [min, max]. Margin: SSL mean minus supervised mean "
+        "(points); spread: the larger of the two methods' max - min over seeds.\n"
+    )
+
+
+def label_efficiency_csv(summary: list[dict]) -> str:
+    rows = []
+    for s in summary:
+        for method, st in s["methods"].items():
+            listed = {k: " ".join(map(str, st[k])) for k in ("seeds", "accuracies")}
+            rows.append({"label_fraction": s["fraction"], "method": method, **s, **st, **listed})
+    columns = "label_fraction method n mean min max seeds accuracies margin spread verdict"
+    return _csv(rows, columns.split())
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def neighbours_png(record: dict, cell: sweep.Cell, out: Path, log: Callable[[str], None]) -> bool:
+    """Fig. 5 from the best cell's pretraining checkpoint; whether ``out`` exists after."""
+    run_dir = Path(record["run_dirs"]["pretrain"])
+    checkpoint = run_dir / "checkpoint.pt"
+    if not checkpoint.exists():
+        if out.exists():
+            log(f"reproduce: keeping {out}: the pretraining run {run_dir} is not on this machine")
+        else:
+            log(f"reproduce: {out.name} needs the best cell's pretraining run {run_dir}: not here")
+        return out.exists()
+    if out.exists() and out.stat().st_mtime >= checkpoint.stat().st_mtime:
+        return True  # drawn from this very checkpoint: encoding the data again changes nothing
+    from spikessl import figures, pipeline
+
+    try:
+        checkpoint = pipeline.load_checkpoint(run_dir)
+        figures.neighbours_figure(checkpoint, cell.config, out, seed=cell.config.seed)
+    except ValueError as err:  # e.g. fewer test images than rows: the tables still stand
+        log(f"reproduce: no {out.name}: {err}")
+    return out.exists()
+
+
+def curves_png(name: str, record: dict, out: Path) -> bool:
+    """Figs. 6-7: the best cell's test accuracy per epoch, SSL + fine-tune vs supervised."""
+    from spikessl import figures
+
+    series = {
+        "SSL pretrained + fine-tuned": record.get("finetune_accuracy_by_epoch"),
+        "supervised only": record.get("supervised_accuracy_by_epoch"),
+    }
+    series = {label: values for label, values in series.items() if values}
+    if not series:
+        return False
+    cfg = record["config"]
+    try:  # the count is in the fine-tuning run's summary; records keep only the fraction
+        summary = json.loads((Path(record["run_dirs"]["finetune"]) / "summary.json").read_text())
+        labels = f"{summary['labelled_images']} labelled images"
+    except (OSError, KeyError, ValueError):
+        labels = f"{_percent(cfg['data']['labelled_fraction'])} of the training labels"
+    title = f"{name}: SSL + fine-tune vs supervised only"
+    title += f"\n(T={cfg['time_steps']}, {labels})"
+    figures.curves(series, out, title)
+    return True
+
+
+def label_efficiency_png(name: str, summary: list[dict], out: Path) -> bool:
+    from spikessl import figures
+
+    if not any(st["n"] for s in summary for st in s["methods"].values()):
+        return False
+    series = {m: [s["methods"][m]["accuracies"] for s in summary] for m in METHODS}
+    title = f"{name}: test accuracy against the labelled fraction"
+    figures.label_efficiency([s["fraction"] for s in summary], series, out, title)
+    return True
+
+
+# --- README --------------------------------------------------------------------------------
+
+
+def wall_minutes(records: list[dict]) -> dict[str, tuple[int, float]]:
+    """Per stage: (runs, minutes), each run directory counted once (cells share them)."""
+    seconds = {}
+    for r in records:
+        for stage, value in r.get("wall_seconds", {}).items():
+            seconds[stage, r.get("run_dirs", {}).get(stage, f"{r['cell']}/{stage}")] = value
+    totals: dict[str, tuple[int, float]] = {}
+    for (stage, _), value in seconds.items():
+        n, minutes = totals.get(stage, (0, 0.0))
+        totals[stage] = (n + 1, minutes + value / 60)
+    return totals
+
+
+def readme(title: str, command: str, settings: str, records: list[dict], sections: dict) -> str:
+    """The records folder's README: how to regenerate it, cost, environment, results."""
+    environments: dict[str, int] = {}
+    for r in records:
+        env = ", ".join(f"{k} {v}" for k, v in r.get("environment", {}).items() if v is not None)
+        environments[env or "not recorded"] = environments.get(env or "not recorded", 0) + 1
+    minutes = wall_minutes(records)
+    lines = [
+        f"# {title}",
+        "",
+        "Regenerate (recorded cells are skipped, an interrupted one resumes):",
+        "",
+        f"    {command}",
+        "",
+        settings,
+        "",
+        "## Wall time",
+        "",
+        "Summed over the records; a run shared by several cells counts once.",
+        "",
+        "| stage | runs | minutes |",
+        "|---|---:|---:|",
+        *(f"| {s} | {n} | {m:.1f} |" for s, (n, m) in minutes.items()),
+        f"| total | {sum(n for n, _ in minutes.values())} | "
+        f"{sum(m for _, m in minutes.values()):.1f} |",
+        "",
+        "## Environment",
+        "",
+        *(f"- {env}: {n} cell(s)" for env, n in environments.items()),
+    ]
+    for heading, text in sections.items():
+        lines += ["", f"## {heading}", "", text.rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+# --- the records folder --------------------------------------------------------------------
+
+
+def write_outputs(
+    contents: Contents, records_dir: Path, command: str, log: Callable[[str], None]
+) -> dict:
+    """Tables, figures and README from the records of ``contents.cells`` in ``records_dir``."""
+    name, budget, cells, best_cell = contents.name, contents.budget, contents.cells, contents.best
+    found = sweep.load_records(records_dir, list(cells))
+    if found:  # each run_sweep call tabulated only its own grid
+        sweep.write_tables(found, records_dir / "results.csv", records_dir / "results.md")
+    records = {r["cell"]: r for r in found}
+    rows = table_rows(contents.layout, records)
+    efficiency = label_efficiency_summary(
+        [records[n] for n in contents.label_cells if n in records]
+    )
+    extra = f", overrides `{' '.join(contents.overrides)}`" if contents.overrides else ""
+    heading = f"# {name}, budget `{budget}`{extra}\n\n"
+    texts = {
+        "tables.md": heading + tables_markdown(name, contents.titles, rows),
+        "tables.csv": _csv(rows, TABLE_COLUMNS),
+        "label-efficiency.md": heading + label_efficiency_markdown(efficiency),
+        "label-efficiency.csv": label_efficiency_csv(efficiency),
+    }
+    records_dir.mkdir(parents=True, exist_ok=True)
+    for file, text in texts.items():
+        (records_dir / file).write_text(text)
+
+    best = records.get(best_cell.name)
+    fig = "6" if contents.dataset == "mnist" else "7"
+    draw = {  # caption -> (file, how to draw it: whether it exists after)
+        "Fig. 5: nearest neighbours in spike-count latent space": (
+            "fig5-neighbors.png",
+            lambda out: best is not None and neighbours_png(best, best_cell, out, log),
+        ),
+        f"Fig. {fig}: SSL + fine-tune vs supervised only": (
+            f"fig{fig}-{contents.dataset}-ssl-vs-supervised.png",
+            lambda out: best is not None and curves_png(name, best, out),
+        ),
+        "Label efficiency": (
+            "label-efficiency.png",
+            lambda out: label_efficiency_png(name, efficiency, out),
+        ),
+    }
+    pngs = {
+        caption: file if make(records_dir / file) else None
+        for caption, (file, make) in draw.items()
+    }
+    settings = (
+        f"{contents.settings} {len(found)} of {len(cells)} cells recorded (one JSON each "
+        "here, all in results.md)."
+    )
+    figures = "\n\n".join(f"![{c}]({p})" if p else f"{c}: not drawn yet." for c, p in pngs.items())
+    sections = {
+        "Tables": tables_markdown(name, contents.titles, rows),
+        "Figures": figures,
+        "Label efficiency": label_efficiency_markdown(efficiency),
+    }
+    title = f"{name}: the paper's Tables I-IV and Figs. 5-7, budget `{budget}`"
+    (records_dir / "README.md").write_text(readme(title, command, settings, found, sections))
+    written = [*texts, *(p for p in pngs.values() if p), "README.md"]
+    written += ["results.csv", "results.md"] if found else []
+    keys = ("finetune_test_accuracy", "knn_accuracy", "supervised_test_accuracy")
+    return {
+        "cells": len(cells),
+        "recorded": len(found),
+        "best": {"cell": best_cell.name, **{k: (best or {}).get(k) for k in keys}},
+        "outputs": [str(records_dir / file) for file in written],
+    }

@@ -1,0 +1,152 @@
+"""``spikessl.report``: Tables I-IV, the label-efficiency math and the README's wall time,
+from hand-made records (the files it writes: ``test_reproduce.py``'s end-to-end run)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from spikessl.report import (
+    label_efficiency_csv,
+    label_efficiency_markdown,
+    label_efficiency_summary,
+    table_rows,
+    tables_markdown,
+    wall_minutes,
+)
+from spikessl.reproduce import BEST, base_config, paper_rows, table_titles
+
+
+def test_tables_compare_with_the_paper_and_show_missing_cells_as_dashes() -> None:
+    base = base_config("mnist", "paper")
+    records = {
+        "time_steps=30": {
+            "finetune_test_accuracy": 95.0,
+            "knn_accuracy": 90.5,
+            "supervised_test_accuracy": 93.0,
+        },
+        "time_steps=10": {"finetune_test_accuracy": 80.0, "knn_accuracy": 70.0},
+        "augment.views=crop-noise": {"finetune_test_accuracy": 92.0, "knn_accuracy": 88.0},
+    }
+    layout = paper_rows("mnist", base)
+    rows = {(r["table"], r["setting"]): r for r in table_rows(layout, records)}
+    assert rows["I", "10"] == {
+        "table": "I",
+        "setting": "10",
+        "cell": "time_steps=10",
+        "paper": 78.21,
+        "ours": 80.0,
+        "knn": 70.0,
+        "difference": 1.79,
+    }
+    assert (rows["I", "20"]["paper"], rows["I", "20"]["ours"], rows["I", "20"]["difference"]) == (
+        91.54,
+        None,
+        None,
+    )
+    for key in (("I", "30"), ("II", "256"), ("III", "rotate-noise")):  # all the best cell
+        assert (rows[key]["cell"], rows[key]["ours"], rows[key]["difference"]) == (
+            "time_steps=30",
+            95.0,
+            0.77,
+        )
+    assert rows["III", "crop-noise"]["difference"] == -1.86
+    assert rows["II", "64"]["ours"] is None
+    best = rows["IV", "SSL SNN + fine-tuning (best cell)"]
+    assert (best["paper"], best["ours"], best["knn"]) == (BEST[0], 95.0, 90.5)
+    supervised = rows["IV", "supervised-only SNN, same labels"]
+    assert (supervised["paper"], supervised["ours"], supervised["knn"]) == (None, 93.0, None)
+    assert rows["IV", "[21] spiking self-supervised (cited)"]["paper"] == 93.06
+    assert rows["IV", "[22] SimCLR ANN (cited)"]["paper"] is None
+    assert len(rows) == 13  # 3 + 3 + 3 + 4: no extra "this run's base" rows
+
+    md = tables_markdown("MNIST", table_titles(), list(rows.values()))
+    assert "| 10 | 78.21% | 80.00% | 70.00% | +1.79 |" in md
+    assert "| 20 | 91.54% | — | — | — |" in md
+    assert "| crop-noise | 93.86% | 92.00% | 88.00% | -1.86 |" in md
+    assert "| [22] SimCLR ANN (cited) | — | — | — | — |" in md
+    assert md.count("### Table") == 4
+
+    cifar = table_rows(paper_rows("cifar10", base), records)
+    cifar = {(r["table"], r["setting"]): r for r in cifar}
+    assert cifar["I", "10"]["paper"] == 51.63 and cifar["I", "10"]["difference"] == 28.37
+    assert cifar["IV", "[22] SimCLR ANN (cited)"]["paper"] == 60.1
+    assert cifar["IV", "[21] spiking self-supervised (cited)"]["paper"] is None
+
+
+def record(fraction: float, seed: int, ssl: float | None, sup: float | None) -> dict:
+    r = {"config": {"seed": seed, "finetune": {"label_fraction": fraction}}}
+    if ssl is not None:
+        r["finetune_test_accuracy"] = ssl
+    if sup is not None:
+        r["supervised_test_accuracy"] = sup
+    return r
+
+
+def test_label_efficiency_summary_math() -> None:
+    records = [
+        record(0.1, 0, 80.0, 79.0),
+        record(0.01, 2, 52.0, 45.0),
+        record(0.01, 0, 50.0, 40.0),
+        record(0.01, 1, 54.0, 41.0),
+        record(0.1, 1, 81.0, 83.0),
+        record(1.0, 0, 97.0, 96.0),
+        record(0.05, 0, 60.0, None),
+    ]
+    summary = {s["fraction"]: s for s in label_efficiency_summary(records)}
+    assert list(summary) == [0.01, 0.05, 0.1, 1.0]
+    one = summary[0.01]
+    ssl, sup = one["methods"]["SSL + fine-tune"], one["methods"]["supervised only"]
+    assert (ssl["n"], ssl["mean"], ssl["min"], ssl["max"]) == (3, 52.0, 50.0, 54.0)
+    assert ssl["seeds"] == [0, 1, 2] and ssl["accuracies"] == [50.0, 54.0, 52.0]
+    assert (sup["n"], sup["mean"], sup["min"], sup["max"]) == (3, 42.0, 40.0, 45.0)
+    # margin 52 - 42 = 10 against a spread of max(54 - 50, 45 - 40) = 5
+    assert (one["margin"], one["spread"], one["verdict"]) == (10.0, 5.0, "margin > spread")
+    ten = summary[0.1]  # 80.5 vs 81: -0.5 within a spread of 4
+    assert (ten["margin"], ten["spread"], ten["verdict"]) == (-0.5, 4.0, "margin within spread")
+    assert summary[1.0]["verdict"] == "one seed: no spread"
+    assert summary[1.0]["margin"] == 1.0
+    assert summary[0.05]["verdict"] == "incomplete" and summary[0.05]["margin"] is None
+
+    md = label_efficiency_markdown(list(summary.values()))
+    assert (
+        "| 1% | 52.00% [50.00, 54.00] (n=3) | 42.00% [40.00, 45.00] (n=3) | +10.00 | 5.00 "
+        "| margin > spread |" in md
+    )
+    assert "| 5% | 60.00% [60.00, 60.00] (n=1) | — | — | — | incomplete |" in md
+    rows = list(csv.DictReader(io.StringIO(label_efficiency_csv(list(summary.values())))))
+    assert len(rows) == 8
+    assert rows[1] == {
+        "label_fraction": "0.01",
+        "method": "supervised only",
+        "n": "3",
+        "mean": "42.0",
+        "min": "40.0",
+        "max": "45.0",
+        "seeds": "0 1 2",
+        "accuracies": "40.0 41.0 45.0",
+        "margin": "10.0",
+        "spread": "5.0",
+        "verdict": "margin > spread",
+    }
+
+
+def test_wall_time_counts_shared_runs_once() -> None:
+    records = [
+        {
+            "cell": "a",
+            "wall_seconds": {"pretrain": 600.0, "finetune": 60.0, "supervised": 120.0},
+            "run_dirs": {"pretrain": "p1", "finetune": "a/f", "supervised": "s1"},
+        },
+        {
+            "cell": "b",
+            "wall_seconds": {"pretrain": 600.0, "finetune": 30.0, "supervised": 120.0},
+            "run_dirs": {"pretrain": "p1", "finetune": "b/f", "supervised": "s1"},
+        },
+        {"cell": "c", "wall_seconds": {"pretrain": 300.0, "finetune": 30.0}},
+    ]
+    assert wall_minutes(records) == {
+        "pretrain": (2, 15.0),
+        "finetune": (3, 2.0),
+        "supervised": (1, 2.0),
+    }
