@@ -18,6 +18,7 @@ from spikessl.sweep import (
     expand_grid,
     load_records,
     pretrain_key,
+    record_matches,
     run_sweep,
     split_values,
     supervised_key,
@@ -321,10 +322,23 @@ def test_stale_record_is_refused_before_anything_runs(swept, tmp_path, monkeypat
     (records_dir / f"{first.name}.json").unlink()  # this cell would run first...
     stale = json.loads((records_dir / f"{second.name}.json").read_text())
     stale["key"] = "0123456789ab"  # ...but the second cell's record is from other settings
+    stale["config"]["pretrain"]["lr"] = 0.5
     (records_dir / f"{second.name}.json").write_text(json.dumps(stale))
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
     with pytest.raises(ValueError, match="another --records directory, or delete"):
         run_sweep(swept["cells"], records_dir, swept["tmp"] / "runs", log=lambda _: None)
+
+
+def test_record_from_before_a_new_config_field_still_counts():
+    (cell,) = expand_grid(tiny_base(), ["time_steps=2"])
+    record = {"key": "0123456789ab", "config": json.loads(json.dumps(to_dict(cell.config)))}
+    del record["config"]["finetune"]["count_scale"]  # a field spikessl did not have yet
+    assert record_matches(record, cell)
+    (scaled,) = expand_grid(tiny_base("finetune.count_scale=0.5"), ["time_steps=2"])
+    assert not record_matches(record, scaled)  # the new field away from its default
+    record["config"]["pretrain"]["lr"] = 0.5
+    assert not record_matches(record, cell)  # an old setting changed
+    assert record_matches({"key": cell.key}, cell)
 
 
 def test_corrupt_record_names_the_file(tmp_path):

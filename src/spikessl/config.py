@@ -91,9 +91,13 @@ class FinetuneConfig:
     # fraction of the whole training set whose labels are used; 0: the labelled part.
     # Below data.labelled_fraction: a stratified subset of the labelled part; 1: every label.
     label_fraction: float = 0.0
+    # cross-entropy on count_scale * spike counts: the counts' range grows with T, and with it
+    # the logits' scale (1: counts as they are)
+    count_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_optim(self, "finetune")
+        _check(self.count_scale > 0, "finetune.count_scale", self.count_scale, "> 0, e.g. 0.33")
         _check(
             0.0 <= self.label_fraction <= 1.0,
             "finetune.label_fraction",

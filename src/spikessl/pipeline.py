@@ -395,7 +395,7 @@ def finetune(
             encoder.eval()  # a linear probe must not move the batch-norm statistics
         with precision(cfg, x.device):
             counts, rates = net(data.normalize(x), T)
-        return F.cross_entropy(counts, labels), rates
+        return F.cross_entropy(counts * ft.count_scale, labels), rates
 
     run_dir = new_run_dir(cfg, command, run_dir, world, resume is not None)
     task = Task(

@@ -147,7 +147,7 @@ def cell_states(steps: list[Step], records_dir: Path) -> dict[str, str]:
             found = sweep.load_records(records_dir, [cell.name])
             if not found:
                 states[cell.name] = "to run"
-            elif found[0]["key"] != cell.key:
+            elif not sweep.record_matches(found[0], cell):
                 states[cell.name] = "conflict"
             elif step.baseline and "supervised_test_accuracy" not in found[0]:
                 states[cell.name] = "needs the supervised baseline"

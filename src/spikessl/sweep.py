@@ -206,12 +206,38 @@ def run_sweep(
     return records
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def record_matches(record: dict, cell: Cell) -> bool:
+    """Whether ``record`` measured ``cell``: the same key, or the same settings except for
+    config fields added to spikessl since, which the cell leaves at their defaults."""
+    if record["key"] == cell.key:
+        return True
+    if not isinstance(record.get("config"), dict):
+        return False
+    old = _flat(json.loads(json.dumps(record["config"])))
+    new = _flat(json.loads(json.dumps(_relevant(cell.config))))
+    default = _flat(json.loads(json.dumps(to_dict(Config()))))
+    old = {k: v for k, v in old.items() if k not in IGNORED}
+    return all(k in new and new[k] == v for k, v in old.items()) and all(
+        k in old or (k in default and default[k] == v) for k, v in new.items()
+    )
+
+
 def _recorded(records_dir: Path, cell: Cell) -> dict | None:
     path = records_dir / f"{cell.name}.json"
     if not path.exists():
         return None
     record = _read_record(path)
-    if record["key"] != cell.key:
+    if not record_matches(record, cell):
         raise ValueError(
             f"{path} was recorded with other settings (key {record['key']}, now {cell.key}): "
             "the preset, the grid's other values or spikessl's config defaults changed. Use "
