@@ -160,3 +160,25 @@ def test_label_fraction_picks_a_stratified_subset_of_the_labelled_part(tmp_path)
 def test_label_fraction_between_the_part_and_everything_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="label_fraction"):
         small_config(tmp_path, finetune={"label_fraction": 0.5})
+
+
+def test_logit_scale_turns_counts_into_scaled_rates(tmp_path, monkeypatch):
+    seen = []
+    real = pipeline.F.cross_entropy
+    monkeypatch.setattr(
+        pipeline.F,
+        "cross_entropy",
+        lambda logits, y: seen.append(logits.detach()) or real(logits, y),
+    )
+    for scale in (0.0, 10.0):
+        cfg = small_config(
+            tmp_path / str(scale),
+            data={"train_limit": 200, "test_limit": 50},
+            finetune={"epochs": 1, "batch_size": 40, "logit_scale": scale},
+        )
+        pipeline.finetune(cfg, None, tmp_path / f"sup{scale}", progress=False)
+    raw, scaled = seen[0], seen[len(seen) // 2]
+    T = cfg.time_steps
+    assert raw.min() >= 0 and torch.equal(raw, raw.round()) and raw.max() > 1  # counts
+    # the same seed gives the same first batch and weights: only the scale differs
+    torch.testing.assert_close(scaled, raw * 10.0 / T)

@@ -332,9 +332,9 @@ def test_stale_record_is_refused_before_anything_runs(swept, tmp_path, monkeypat
 def test_record_from_before_a_new_config_field_still_counts():
     (cell,) = expand_grid(tiny_base(), ["time_steps=2"])
     record = {"key": "0123456789ab", "config": json.loads(json.dumps(to_dict(cell.config)))}
-    del record["config"]["finetune"]["count_scale"]  # a field spikessl did not have yet
+    del record["config"]["finetune"]["logit_scale"]  # a field spikessl did not have yet
     assert record_matches(record, cell)
-    (scaled,) = expand_grid(tiny_base("finetune.count_scale=0.5"), ["time_steps=2"])
+    (scaled,) = expand_grid(tiny_base("finetune.logit_scale=10"), ["time_steps=2"])
     assert not record_matches(record, scaled)  # the new field away from its default
     record["config"]["pretrain"]["lr"] = 0.5
     assert not record_matches(record, cell)  # an old setting changed

@@ -91,13 +91,18 @@ class FinetuneConfig:
     # fraction of the whole training set whose labels are used; 0: the labelled part.
     # Below data.labelled_fraction: a stratified subset of the labelled part; 1: every label.
     label_fraction: float = 0.0
-    # cross-entropy on count_scale * spike counts: the counts' range grows with T, and with it
-    # the logits' scale (1: counts as they are)
-    count_scale: float = 1.0
+    # cross-entropy logits: 0 = the output spike counts as they are (the paper); > 0 = the
+    # spike rates (counts / T) times this, so the logits' range no longer grows with T
+    logit_scale: float = 0.0
 
     def __post_init__(self) -> None:
         _check_optim(self, "finetune")
-        _check(self.count_scale > 0, "finetune.count_scale", self.count_scale, "> 0, e.g. 0.33")
+        _check(
+            self.logit_scale >= 0,
+            "finetune.logit_scale",
+            self.logit_scale,
+            ">= 0 (0: raw spike counts; 10: rates times 10)",
+        )
         _check(
             0.0 <= self.label_fraction <= 1.0,
             "finetune.label_fraction",

@@ -395,7 +395,8 @@ def finetune(
             encoder.eval()  # a linear probe must not move the batch-norm statistics
         with precision(cfg, x.device):
             counts, rates = net(data.normalize(x), T)
-        return F.cross_entropy(counts * ft.count_scale, labels), rates
+        logits = counts * (ft.logit_scale / T) if ft.logit_scale else counts
+        return F.cross_entropy(logits, labels), rates
 
     run_dir = new_run_dir(cfg, command, run_dir, world, resume is not None)
     task = Task(
