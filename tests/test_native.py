@@ -170,7 +170,7 @@ def test_memory_format_sets_the_pooled_layout_only(overwrite):
 def test_eager_path_honours_memory_format_and_ignores_overwrite(overwrite, memory_format):
     native, rate_n, g_n, _ = conv_bn_pool(False, memory_format)
     eager, rate_e, g_e, (before, current) = conv_bn_pool(overwrite, memory_format, "eager")
-    if memory_format is not None:  # (None: see the xfail below)
+    if memory_format is not None:  # (None: the current's layout, tested below)
         assert eager.is_contiguous(memory_format=memory_format)
         assert not eager.is_contiguous(memory_format=CL if memory_format == NCHW else NCHW)
     assert torch.equal(eager, native)
@@ -180,11 +180,6 @@ def test_eager_path_honours_memory_format_and_ignores_overwrite(overwrite, memor
     assert torch.equal(current, before)  # overwrite is only a permission: eager never writes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lif_maxpool's docstring: memory_format defaults to that of current; the eager "
-    "path returns max_pool2d's NCHW for a channels-last current when memory_format=None",
-)
 def test_eager_path_default_layout_is_the_inputs():
     eager, *_ = conv_bn_pool(False, None, "eager")
     assert eager.is_contiguous(memory_format=CL) and not eager.is_contiguous()

@@ -113,6 +113,9 @@ def lif_maxpool(
         seq, lif.beta, lif.threshold, lif.slope, T if constant else None, lif.detach_reset, backend
     )
     pooled = F.max_pool2d(spikes.flatten(0, 1), pool)  # (T*B, C, H', W')
+    if memory_format is None and current.dim() == 4:
+        channels_last = current.is_contiguous(memory_format=torch.channels_last)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if memory_format is not None:
         pooled = pooled.contiguous(memory_format=memory_format)
     return pooled, spikes.detach().mean()
