@@ -139,6 +139,22 @@ def test_dry_run_trains_and_writes_nothing(tmp_path, monkeypatch) -> None:
     assert not records.exists() and not (tmp_path / "runs").exists()
 
 
+def test_report_only_tabulates_what_is_recorded_and_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    monkeypatch.setattr(pipeline, "finetune", forbidden)
+    records = tmp_path / "records"
+    code, out, err = run_main(
+        ["reproduce", "--dataset", "mnist", "--budget", "paper", "--report-only"]
+        + ["--records", str(records), "--run-dir", str(tmp_path / "runs")]
+    )
+    assert code == 0, err
+    assert json.loads(out)["recorded"] == 0
+    tables = (records / "tables.md").read_text()
+    assert "| 10 | 78.21% | — | — | — |" in tables  # the paper's number, none of ours yet
+    assert "0 of 15 cells recorded" in (records / "README.md").read_text()
+    assert not (tmp_path / "runs").exists()
+
+
 def test_records_made_with_other_settings_stop_before_training(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
     records = tmp_path / "records"

@@ -144,6 +144,11 @@ def _reproduce_parser(sub) -> None:
         help="label-efficiency seeds: the first at every fraction, the others at 1%% and 10%%",
     )
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the tables, figures and README from the cells recorded so far; run nothing",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--data-dir", default=None, help="dataset root (default $SPIKESSL_DATA, else ./data)"
@@ -166,6 +171,7 @@ def _reproduce(args: argparse.Namespace, progress: bool) -> dict:
         progress,
         args.data_dir,
         args.device,
+        report_only=args.report_only,
     )
 
 

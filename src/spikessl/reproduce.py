@@ -250,8 +250,13 @@ def reproduce(
     data_dir: str | None = None,
     device: str | None = None,
     log: Callable[[str], None] = _stderr,
+    report_only: bool = False,
 ) -> dict:
-    """Run every unrecorded cell (or, with ``dry_run``, list them), then write the outputs."""
+    """Run every unrecorded cell (or, with ``dry_run``, list them), then write the outputs.
+
+    ``report_only``: write the tables, figures and README from the records there are (a
+    grid finished in part), running nothing.
+    """
     base = base_config(dataset, budget, overrides, data_dir, device)
     records_dir = Path(records or f"docs/results/{dataset}-{budget}")
     runs_root = Path(runs or f"runs/reproduce/{dataset}-{budget}")
@@ -271,7 +276,7 @@ def reproduce(
             f"{records_dir} holds records of {', '.join(conflicts)} made with other settings: "
             "use another --records directory, or delete those records to rerun them"
         )
-    for step in steps:
+    for step in [] if report_only else steps:
         sweep.run_sweep(list(step.cells), records_dir, runs_root, step.baseline, progress, log)
     command = command_line(dataset, budget, overrides, seeds, records, runs)
     shown = report_contents(dataset, budget, overrides, base, steps)
