@@ -368,13 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         distributed.shutdown()
         where = str(stop).rsplit("checkpoint saved in ", 1)[-1]
-        again = f"--resume {where}"
-        if args.command in ("sweep", "reproduce", "pipeline"):
-            again = "the same arguments (finished cells are skipped, this one resumes)"
-        print(
-            f"spikessl {args.command}: {stop}. Continue with: spikessl {args.command} {again}",
-            file=sys.stderr,
-        )
+        stage = str(stop).split(":", 1)[0]  # the interrupted stage: pretrain, finetune, ...
+        again = f"spikessl {stage} --resume {where}"
+        if args.command in ("sweep", "reproduce"):
+            again = f"spikessl {args.command} with the same arguments (finished cells are "
+            again += "skipped, this one resumes)"
+        print(f"spikessl {args.command}: {stop}. Continue with: {again}", file=sys.stderr)
         return 128 + int(stop.signum)
     distributed.shutdown()
     if not result:  # a torchrun worker other than rank 0: rank 0 reports
