@@ -8,8 +8,6 @@ shows as "—".
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -89,14 +87,6 @@ def tables_markdown(name: str, titles: Mapping[str, str], rows: list[dict]) -> s
     return "\n".join(parts) + "\n"
 
 
-def _csv(rows: list[dict], columns: list[str]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
-    return out.getvalue()
-
-
 def label_efficiency_summary(records: list[dict]) -> list[dict]:
     """Per labelled fraction: each method's per-seed accuracies, mean/min/max, the margin.
 
@@ -169,7 +159,7 @@ def label_efficiency_csv(summary: list[dict]) -> str:
             listed = {k: " ".join(map(str, st[k])) for k in ("seeds", "accuracies")}
             rows.append({"label_fraction": s["fraction"], "method": method, **s, **st, **listed})
     columns = "label_fraction method n mean min max seeds accuracies margin spread verdict"
-    return _csv(rows, columns.split())
+    return sweep.csv_text(rows, columns.split())
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -302,7 +292,7 @@ def write_outputs(
     heading = f"# {name}, budget `{budget}`{extra}\n\n"
     texts = {
         "tables.md": heading + tables_markdown(name, contents.titles, rows),
-        "tables.csv": _csv(rows, TABLE_COLUMNS),
+        "tables.csv": sweep.csv_text(rows, TABLE_COLUMNS),
         "label-efficiency.md": heading + label_efficiency_markdown(efficiency),
         "label-efficiency.csv": label_efficiency_csv(efficiency),
     }

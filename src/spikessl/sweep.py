@@ -453,6 +453,15 @@ def _markdown_cell(column: str, value) -> str:
     return str(value).replace("|", "\\|")
 
 
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    """``rows`` as CSV text with a header; missing and None values are empty fields."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
+    return out.getvalue()
+
+
 def write_tables(
     records: list[dict],
     csv_path: str | Path,
@@ -462,11 +471,7 @@ def write_tables(
     """One row per record: ``csv_path`` (plain numbers) and ``md_path`` (a GitHub table)."""
     columns = columns or default_columns(records)
     rows = [[_value(r, c) for c in columns] for r in records]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([["" if v is None else v for v in row] for row in rows])
-    _write_atomic(Path(csv_path), out.getvalue())
+    _write_atomic(Path(csv_path), csv_text([dict(zip(columns, row)) for row in rows], columns))
     numeric = [all(isinstance(v, (int, float)) for v in col if v is not None) for col in zip(*rows)]
     lines = [
         "| " + " | ".join(columns) + " |",
