@@ -588,3 +588,10 @@ def test_subset_per_class(imbalanced_labels):
         data.subset_per_class(labels, 3)
     with pytest.raises(ValueError, match="n_per_class"):
         data.subset_per_class(labels, 0)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_catalog_train_size_is_the_real_training_split(name):
+    # SPIKESSL_DATA points at ../shared/datasets (conftest): the real files
+    _, labels = data.load_dataset(name, download=False)
+    assert len(labels) == data.get_info(name).train_size

@@ -182,3 +182,25 @@ def test_logit_scale_turns_counts_into_scaled_rates(tmp_path, monkeypatch):
     assert raw.min() >= 0 and torch.equal(raw, raw.round()) and raw.max() > 1  # counts
     # the same seed gives the same first batch and weights: only the scale differs
     torch.testing.assert_close(scaled, raw * 10.0 / T)
+
+
+def test_min_steps_repeats_epochs_of_a_small_label_set(tmp_path):
+    # 5% of 200 images = 10 images, 3 steps of 4 per epoch: 20 steps need 7 epochs
+    cfg = small_config(
+        tmp_path,
+        data={"train_limit": 200, "test_limit": 50},
+        finetune={"epochs": 2, "batch_size": 4, "label_fraction": 0.05, "min_steps": 20},
+    )
+    summary = pipeline.finetune(cfg, None, tmp_path / "sup", progress=False)
+    assert (summary["epochs"], summary["steps"], summary["labelled_images"]) == (7, 21, 10)
+    lines = (tmp_path / "sup" / "metrics.jsonl").read_text().splitlines()
+    tested = [json.loads(line)["epoch"] for line in lines if "test_accuracy" in line]
+    assert len(lines) == 7 and tested == [4, 7]  # tested about finetune.epochs times
+    # enough steps already: min_steps changes nothing
+    assert pipeline.finetune_epochs(cfg.finetune, 1000) == 2
+    assert pipeline.finetune_epochs(cfg.finetune, 10, processes=2) == 10
+
+
+def test_negative_min_steps_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="finetune.min_steps"):
+        small_config(tmp_path, finetune={"min_steps": -1})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -74,6 +75,13 @@ def test_plan_is_the_papers_grid_around_the_best_setting() -> None:
     assert len(others) == 6 and pretrain_key(best.config) not in others
     seeds = {c.name.split("__")[0]: pretrain_key(c.config) for c in steps[5].cells}
     assert len(set(seeds.values())) == 2 and not set(seeds.values()) & shared
+    # a subset of the labelled part (12,000 images, 94 batches of 128) gets its 20 epochs' steps
+    for cell in [*steps[4].cells, *steps[5].cells]:
+        subset = cell.config.finetune.label_fraction < 0.2
+        assert cell.config.finetune.min_steps == (94 * 20 if subset else 0)
+        assert replace(cell.config.finetune, min_steps=0) == replace(
+            best.config.finetune, label_fraction=cell.config.finetune.label_fraction
+        )
 
 
 def test_quick_budget_and_overrides_apply_to_every_cell() -> None:

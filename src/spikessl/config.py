@@ -94,9 +94,18 @@ class FinetuneConfig:
     # cross-entropy logits: 0 = the output spike counts as they are (the paper); > 0 = the
     # spike rates (counts / T) times this, so the logits' range no longer grows with T
     logit_scale: float = 0.0
+    # at least this many optimiser steps: a small label set repeats more epochs (still tested
+    # about `epochs` times), so 1% of the labels is not judged after a handful of steps
+    min_steps: int = 0
 
     def __post_init__(self) -> None:
         _check_optim(self, "finetune")
+        _check(
+            self.min_steps >= 0,
+            "finetune.min_steps",
+            self.min_steps,
+            ">= 0 (0: exactly `epochs` epochs, however few steps that is)",
+        )
         _check(
             self.logit_scale >= 0,
             "finetune.logit_scale",

@@ -32,6 +32,7 @@ class DatasetInfo:
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     downloads: tuple[tuple[str, str], ...]
+    train_size: int  # images in the official training split
     label_key: bytes = b"labels"  # CIFAR pickles only
 
     def files(self, train: bool = True) -> tuple[str, ...]:
@@ -55,6 +56,7 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
     {
         "mnist": DatasetInfo(
             name="mnist",
+            train_size=60000,
             num_classes=10,
             channels=1,
             image_size=28,
@@ -76,6 +78,7 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
         ),
         "fashion-mnist": DatasetInfo(
             name="fashion-mnist",
+            train_size=60000,
             num_classes=10,
             channels=1,
             image_size=28,
@@ -97,6 +100,7 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
         ),
         "cifar10": DatasetInfo(
             name="cifar10",
+            train_size=50000,
             num_classes=10,
             channels=3,
             image_size=32,
@@ -110,6 +114,7 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
         ),
         "cifar100": DatasetInfo(
             name="cifar100",
+            train_size=50000,
             num_classes=100,
             channels=3,
             image_size=32,

@@ -8,6 +8,7 @@ loop and writes a run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoin
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from spikessl import distributed
 from spikessl.augment import build_augment, two_views
-from spikessl.config import Config, dump_yaml, from_dict, to_dict
+from spikessl.config import Config, FinetuneConfig, dump_yaml, from_dict, to_dict
 from spikessl.data import get_info, load_dataset, stratified_split, subset_per_class
 from spikessl.distributed import World
 from spikessl.encoders import EncoderConfig, ProjectionHead, SpikingClassifier, SpikingEncoder
@@ -408,12 +409,14 @@ def finetune(
     )
     labelled = labelled_indices(data, cfg)
     x, y = data.train_images[labelled], data.train_labels[labelled]
+    epochs = finetune_epochs(ft, len(x), world.size)
+    task.evaluate_every = math.ceil(epochs / ft.epochs)  # about ft.epochs test points
     t0 = time.perf_counter()
     history = fit(
         task,
         x,
         y,
-        _loop(cfg, ft, drop_last=False, progress=progress),
+        replace(_loop(cfg, ft, drop_last=False, progress=progress), epochs=epochs),
         run_dir,
         {"config": to_dict(cfg), "command": command},
         world,
@@ -426,13 +429,23 @@ def finetune(
         {
             "command": command,
             "test_accuracy": history[-1]["test_accuracy"],
-            "best_test_accuracy": max(h["test_accuracy"] for h in history),
-            "epochs": ft.epochs,
+            "best_test_accuracy": max(h["test_accuracy"] for h in history if "test_accuracy" in h),
+            "epochs": epochs,
+            "steps": epochs * math.ceil(len(x) / (ft.batch_size * world.size)),
             "labelled_images": len(x),
             "firing_rates": history[-1]["firing_rates"],
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
     )
+
+
+def finetune_epochs(ft: FinetuneConfig, images: int, processes: int = 1) -> int:
+    """``ft.epochs``, or more where ``images`` labelled images give under ``ft.min_steps`` steps.
+
+    ``ft.batch_size`` is per process, as in ``train.fit``.
+    """
+    per_epoch = math.ceil(images / (ft.batch_size * processes))
+    return max(ft.epochs, math.ceil(ft.min_steps / per_epoch))
 
 
 def labelled_indices(data: Data, cfg: Config) -> Tensor:

@@ -19,6 +19,7 @@ as "—".
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from spikessl import report, sweep
 from spikessl.config import load_config, parse_overrides, to_dict
+from spikessl.dataset_catalog import DATASETS as DATASET_INFO
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 BUDGETS = ("quick", "paper")
@@ -130,13 +132,29 @@ def plan(base: dict, seeds: Sequence[int]) -> list[Step]:
     own = base["data"]["labelled_fraction"]
     first = tuple(f for f in FRACTIONS if not (f == own and seeds[0] == base["seed"]))
     grids = [(seeds[:1], first), (seeds[1:], SEED_FRACTIONS)]
+    # a subset of the labelled part trains for as many steps as the whole part: 1% of the
+    # labels is not judged after a twentieth of the updates (and the baseline gets the same)
+    ft = base["finetune"]
+    few = base | {"finetune": ft | {"min_steps": max(ft["min_steps"], labelled_steps(base))}}
     for group, fractions in (g for g in grids if g[0]):
-        grid = [
-            f"seed={','.join(map(str, group))}",
-            f"finetune.label_fraction={','.join(map(str, fractions))}",
-        ]
-        steps.append(Step("label efficiency", tuple(sweep.expand_grid(base, grid)), True))
+        cells = []
+        for subset, cell_base in ((True, few), (False, base)):
+            chosen = [f for f in fractions if (f < own) == subset]
+            grid = [
+                f"seed={','.join(map(str, group))}",
+                f"finetune.label_fraction={','.join(map(str, chosen))}",
+            ]
+            cells += sweep.expand_grid(cell_base, grid) if chosen else []
+        cells.sort(key=lambda c: int(dict(c.overrides)["seed"]))  # seed by seed, fractions rising
+        steps.append(Step("label efficiency", tuple(cells), True))
     return steps
+
+
+def labelled_steps(base: dict) -> int:
+    """Fine-tuning steps on the whole labelled part: ``finetune.epochs`` of its batches."""
+    data, ft = base["data"], base["finetune"]
+    images = data["train_limit"] or DATASET_INFO[data["name"]].train_size
+    return math.ceil(round(images * data["labelled_fraction"]) / ft["batch_size"]) * ft["epochs"]
 
 
 def cell_states(steps: list[Step], records_dir: Path) -> dict[str, str]:
