@@ -8,6 +8,7 @@ from matplotlib.image import imread
 from torch import nn
 
 from spikessl import figures, pipeline
+from spikessl.checkpoints import load_checkpoint, pretrained_encoder
 from spikessl.config import load_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -195,7 +196,7 @@ def tiny_pretrained(tmp_path_factory):
         },
     )
     pipeline.pretrain(cfg, tmp / "pretrain", progress=False)
-    return cfg, pipeline.load_checkpoint(tmp / "pretrain"), tmp
+    return cfg, load_checkpoint(tmp / "pretrain"), tmp
 
 
 def test_neighbours_figure_end_to_end(tiny_pretrained):
@@ -205,7 +206,7 @@ def test_neighbours_figure_end_to_end(tiny_pretrained):
     assert agreement == round(agreement, 2)
     # naive 1-NN agreement; ties among integer spike counts may go either way
     data = pipeline.load_data(cfg, torch.device("cpu"))
-    encoder = pipeline.pretrained_encoder(checkpoint, cfg).eval()
+    encoder = pretrained_encoder(checkpoint, cfg).eval()
     with torch.no_grad():
         bank = encoder(data.prepare(data.train_images[data.labelled]), cfg.time_steps)
         test = encoder(data.prepare(data.test_images), cfg.time_steps)

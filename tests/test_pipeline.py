@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from spikessl import pipeline
+from spikessl.checkpoints import load_checkpoint
 from spikessl.config import load_config
 
 
@@ -55,7 +56,7 @@ def test_pretrained_latents_are_informative(pretrained):
 
 def test_finetune_reaches_nontrivial_accuracy(pretrained):
     cfg, _, tmp = pretrained
-    checkpoint = pipeline.load_checkpoint(tmp / "pretrain")
+    checkpoint = load_checkpoint(tmp / "pretrain")
     summary = pipeline.finetune(cfg, checkpoint, tmp / "finetune", progress=False)
     assert summary["test_accuracy"] > 80.0, summary
     assert summary["labelled_images"] == 600  # 20% of the 3,000-image subset
@@ -81,7 +82,7 @@ def test_seed_fixes_the_whole_run(tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         cfg = small_config(tmp_path, seed=seed, **tiny)
         pipeline.pretrain(cfg, tmp_path / name, progress=False)
-        runs.append(pipeline.load_checkpoint(tmp_path / name)["model"])
+        runs.append(load_checkpoint(tmp_path / name)["model"])
     for key in runs[0]:
         assert torch.equal(runs[0][key], runs[1][key]), key
     assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0] if k.endswith("weight"))
@@ -89,7 +90,7 @@ def test_seed_fixes_the_whole_run(tmp_path):
 
 def test_finetune_rejects_a_checkpoint_of_another_architecture(tmp_path, pretrained):
     _, _, tmp = pretrained
-    checkpoint = pipeline.load_checkpoint(tmp / "pretrain")
+    checkpoint = load_checkpoint(tmp / "pretrain")
     cfg = small_config(tmp_path, encoder={"fc_sizes": [64]})
     with pytest.raises(ValueError, match="fc_sizes"):
         pipeline.finetune(cfg, checkpoint, tmp_path / "ft", progress=False)
@@ -97,50 +98,13 @@ def test_finetune_rejects_a_checkpoint_of_another_architecture(tmp_path, pretrai
 
 def test_linear_probe_leaves_the_encoder_untouched(tmp_path, pretrained):
     _, _, tmp = pretrained
-    checkpoint = pipeline.load_checkpoint(tmp / "pretrain")
+    checkpoint = load_checkpoint(tmp / "pretrain")
     cfg = small_config(tmp_path, finetune={"linear_probe": True, "epochs": 1})
     pipeline.finetune(cfg, checkpoint, tmp_path / "probe", progress=False)
-    after = pipeline.load_checkpoint(tmp_path / "probe")["model"]
+    after = load_checkpoint(tmp_path / "probe")["model"]
     for key, value in checkpoint["model"].items():
         if key.startswith("encoder."):
             assert torch.equal(after[key], value), key
-
-
-def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
-    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
-        pipeline.load_checkpoint(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        pipeline.load_checkpoint(tmp_path / "missing")
-
-
-def test_checkpoint_of_another_version_lists_the_mismatch(pretrained):
-    cfg, _, tmp = pretrained
-    checkpoint = pipeline.load_checkpoint(tmp / "pretrain")
-    model = dict(checkpoint["model"])
-    model["encoder.convs.0.bias"] = torch.zeros(12)  # e.g. written before biases were dropped
-    model["encoder.fcs.0.weight"] = torch.zeros(128, 99)
-    with pytest.raises(ValueError, match=r"unexpected encoder\.convs\.0\.bias|convs\.0\.bias"):
-        pipeline.pretrained_encoder({**checkpoint, "model": model}, cfg)
-    with pytest.raises(ValueError, match=r"fcs\.0\.weight: shape \(128, 99\)"):
-        pipeline.pretrained_encoder({**checkpoint, "model": model}, cfg)
-
-
-def test_export_safetensors_round_trip(pretrained, capsys):
-    from safetensors import safe_open
-
-    from spikessl.cli import main
-
-    _, _, tmp = pretrained
-    assert main(["export", str(tmp / "pretrain"), "--out", str(tmp / "m.safetensors")]) == 0
-    checkpoint = pipeline.load_checkpoint(tmp / "pretrain")
-    with safe_open(str(tmp / "m.safetensors"), "pt") as fh:
-        assert set(fh.keys()) == set(checkpoint["model"])
-        for key in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
-            assert torch.equal(fh.get_tensor(key), checkpoint["model"][key])
-        assert json.loads(fh.metadata()["spikessl_config"]) == checkpoint["config"]
-    assert main(["export", str(tmp / "nowhere")]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
 
 
 def test_label_fraction_picks_a_stratified_subset_of_the_labelled_part(tmp_path):

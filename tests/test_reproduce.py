@@ -9,26 +9,12 @@ import json
 from dataclasses import replace
 
 import pytest
+from tiny import TINY
 
 from spikessl import cli, pipeline, reproduce
 from spikessl.config import load_config, parse_overrides
 from spikessl.reproduce import BEST, base_config, paper_rows, plan
 from spikessl.sweep import pretrain_key
-
-# A few seconds per stage on a busy 2-core CPU: 160 unlabelled images, 40 labelled.
-TINY = [
-    "time_steps=2",
-    "device=cpu",
-    "data.train_limit=200",
-    "data.test_limit=50",
-    "encoder.conv_channels=[4,8]",
-    "encoder.fc_sizes=[16]",
-    "pretrain.epochs=1",
-    "pretrain.batch_size=32",
-    "finetune.epochs=1",
-    "finetune.batch_size=32",
-    "knn.k=5",
-]
 
 
 def forbidden(*args, **kwargs):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from spikessl import pipeline
+from spikessl.checkpoints import load_checkpoint
 from spikessl.cli import main
 from spikessl.config import load_config
 
@@ -60,8 +61,8 @@ def reference(tmp_path_factory):
 
 
 def assert_same_run(run_dir, reference) -> None:
-    a = pipeline.load_checkpoint(run_dir)
-    b = pipeline.load_checkpoint(reference)
+    a = load_checkpoint(run_dir)
+    b = load_checkpoint(reference)
     assert a["step"] == b["step"] == 3 * (800 // 32)
     for key in b["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

@@ -9,37 +9,22 @@ import signal
 
 import pytest
 import torch
+from tiny import TINY
 
 from spikessl import pipeline
+from spikessl.checkpoints import load_checkpoint
 from spikessl.config import load_config, to_dict
 from spikessl.sweep import (
     cell_key,
     cell_name,
     expand_grid,
-    load_records,
     pretrain_key,
     record_matches,
     run_sweep,
     split_values,
     supervised_key,
-    write_tables,
 )
 from spikessl.train import Interrupted
-
-# A few seconds per stage on a busy 2-core CPU: 160 unlabelled images (5 steps), 40 labelled.
-TINY = [
-    "time_steps=2",
-    "device=cpu",
-    "data.train_limit=200",
-    "data.test_limit=50",
-    "encoder.conv_channels=[4,8]",
-    "encoder.fc_sizes=[16]",
-    "pretrain.epochs=1",
-    "pretrain.batch_size=32",
-    "finetune.epochs=1",
-    "finetune.batch_size=32",
-    "knn.k=5",
-]
 
 
 def tiny_base(*extra: str) -> dict:
@@ -280,41 +265,6 @@ def test_tables_list_the_grid_in_order(swept):
     assert md[3].startswith("| 1e-2 | 0 |")
 
 
-def test_write_tables_formats_by_hand(tmp_path):
-    records = [
-        {
-            "grid": {"time_steps": "10"},
-            "config": {"seed": 3, "pretrain": {"lr": 0.001}},
-            "knn_accuracy_at_init": 88.5,
-            "knn_accuracy": 98.76,
-            "finetune_test_accuracy": 99.1,
-            "wall_seconds": {"pretrain": 120.0, "finetune": 30.0},
-        },
-        {
-            "grid": {"time_steps": "30"},
-            "config": {"seed": 3, "pretrain": {"lr": 0.001}},
-            "knn_accuracy": 97.0,
-            "wall_seconds": {"pretrain": 90.0, "finetune": 6.0},
-        },
-    ]
-    write_tables(records, tmp_path / "t.csv", tmp_path / "t.md")
-    assert (tmp_path / "t.csv").read_text().splitlines() == [
-        "time_steps,seed,knn_accuracy_at_init,knn_accuracy,finetune_test_accuracy,"
-        "pretrain_minutes,finetune_minutes",
-        "10,3,88.5,98.76,99.1,2.0,0.5",
-        "30,3,,97.0,,1.5,0.1",
-    ]
-    assert (tmp_path / "t.md").read_text().splitlines() == [
-        "| time_steps | seed | knn_accuracy_at_init | knn_accuracy | finetune_test_accuracy | "
-        "pretrain_minutes | finetune_minutes |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        "| 10 | 3 | 88.50% | 98.76% | 99.10% | 2.0 | 0.5 |",
-        "| 30 | 3 |  | 97.00% |  | 1.5 | 0.1 |",
-    ]
-    write_tables(records, tmp_path / "c.csv", tmp_path / "c.md", ["pretrain.lr", "knn_accuracy"])
-    assert (tmp_path / "c.csv").read_text().splitlines()[1] == "0.001,98.76"
-
-
 def test_stale_record_is_refused_before_anything_runs(swept, tmp_path, monkeypatch):
     records_dir = tmp_path / "records"
     shutil.copytree(swept["tmp"] / "records", records_dir)
@@ -341,16 +291,6 @@ def test_record_from_before_a_new_config_field_still_counts():
     assert record_matches({"key": cell.key}, cell)
 
 
-def test_corrupt_record_names_the_file(tmp_path):
-    (tmp_path / "cell.json").write_text('{"cell": "cell", "key": ')
-    with pytest.raises(ValueError, match=r"cell\.json is unreadable .*delete it"):
-        load_records(tmp_path)
-    (tmp_path / "cell.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="not a sweep record"):
-        load_records(tmp_path, ["cell"])
-    assert load_records(tmp_path, ["other"]) == []
-
-
 def test_interrupted_pretraining_resumes_to_the_same_result(swept, tmp_path, monkeypatch):
     cells = expand_grid(tiny_base(), ["finetune.lr=1e-3"])  # the fixture's first cell
     assert cells[0].key == swept["cells"][0].key
@@ -368,7 +308,7 @@ def test_interrupted_pretraining_resumes_to_the_same_result(swept, tmp_path, mon
         run_sweep(cells, records_dir, runs, progress=False, log=lambda _: None)
     monkeypatch.undo()
     pre_dir = runs / f"pretrain-{pretrain_key(cells[0].config)}"
-    assert pipeline.load_checkpoint(pre_dir)["step"] == 3
+    assert load_checkpoint(pre_dir)["step"] == 3
     assert not (pre_dir / "summary.json").exists() and not records_dir.exists()
 
     resumed, real_pretrain = [], pipeline.pretrain
@@ -382,7 +322,7 @@ def test_interrupted_pretraining_resumes_to_the_same_result(swept, tmp_path, mon
     (record,) = run_sweep(cells, records_dir, runs, progress=False, log=logs.append)
     assert resumed == [True] and any("resuming" in line for line in logs)
     reference = swept["tmp"] / "runs" / pre_dir.name  # the fixture's uninterrupted run
-    a, b = pipeline.load_checkpoint(pre_dir), pipeline.load_checkpoint(reference)
+    a, b = load_checkpoint(pre_dir), load_checkpoint(reference)
     for key in b["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     expected, a_knn = swept["second"][0], record["knn_accuracy"]

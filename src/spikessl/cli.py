@@ -193,13 +193,13 @@ def _export(args: argparse.Namespace, extra: list[str], parser) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from pathlib import Path
 
-    from spikessl import pipeline
+    from spikessl import checkpoints
 
     try:
-        checkpoint = pipeline.load_checkpoint(args.run)
+        checkpoint = checkpoints.load_checkpoint(args.run)
         run = Path(args.run)
         out = args.out or (run if run.is_dir() else run.parent) / "model.safetensors"
-        path = pipeline.export_safetensors(checkpoint, out)
+        path = checkpoints.export_safetensors(checkpoint, out)
     except (ValueError, FileNotFoundError) as err:
         print(f"spikessl export: error: {err}", file=sys.stderr)
         return 2
@@ -307,7 +307,7 @@ def _neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
     return {"command": "neighbors", "png": str(path), "top1_label_agreement": agreement}
 
 
-def _resume_checkpoint(args: argparse.Namespace, pipeline) -> dict | None:
+def _resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
     """The unfinished run's checkpoint for --resume, checked to belong to this command."""
     if getattr(args, "resume", None) is None:
         return None
@@ -316,7 +316,7 @@ def _resume_checkpoint(args: argparse.Namespace, pipeline) -> dict | None:
             "--resume continues with the run's own config: drop --config and "
             "key=value overrides (they would make the result differ)"
         )
-    checkpoint = pipeline.load_checkpoint(args.resume)
+    checkpoint = checkpoints.load_checkpoint(args.resume)
     if "loop" not in checkpoint:
         raise ValueError(f"{args.resume} has no resumable training state")
     command = checkpoint.get("command", "pretrain")
@@ -336,15 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *extra]
-    from spikessl import distributed, pipeline  # after parsing: --help stays instant
+    from spikessl import checkpoints, distributed, pipeline  # after parsing: --help stays instant
     from spikessl.train import Interrupted
 
     try:
-        resume = _resume_checkpoint(args, pipeline)
+        resume = _resume_checkpoint(args, checkpoints)
         pretrained = getattr(args, "pretrained", None)
         if args.command in ("finetune", "neighbors") and pretrained is None and resume is None:
             raise ValueError(f"{args.command} needs --pretrained RUN_DIR (a pretraining run)")
-        checkpoint = pipeline.load_checkpoint(pretrained) if pretrained else None
+        checkpoint = checkpoints.load_checkpoint(pretrained) if pretrained else None
         cfg = None if args.command == "reproduce" else _config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         run_dir = args.run_dir or (getattr(args, "resume", None))
@@ -394,12 +394,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: bool) -> dict:
     """Pretrain -> kNN -> fine-tune (-> supervised baseline): the paper's protocol."""
-    from spikessl import pipeline
+    from spikessl import checkpoints, pipeline
 
     t0 = time.perf_counter()
     root = run_dir or str(pipeline.default_run_dir(cfg, "pipeline"))
     pre = pipeline.pretrain(cfg, os.path.join(root, "pretrain"), progress)
-    ckpt = pipeline.load_checkpoint(pre["run_dir"])
+    ckpt = checkpoints.load_checkpoint(pre["run_dir"])
     fin = pipeline.finetune(cfg, ckpt, os.path.join(root, "finetune"), progress)
     result = {
         "dataset": cfg.data.name,

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
 from spikessl import pipeline
+from spikessl.checkpoints import pretrained_encoder
 from spikessl.config import Config
 from spikessl.evaluate import batched_outputs
 
@@ -332,7 +333,7 @@ def neighbours_figure(
         raise ValueError(f"need n_queries >= 1 and k >= 1, got n_queries={n_queries}, k={k}")
     device = pipeline.resolve_device(cfg.device)
     data = pipeline.load_data(cfg, device)
-    encoder = pipeline.pretrained_encoder(checkpoint, cfg).to(device)
+    encoder = pretrained_encoder(checkpoint, cfg).to(device)
     bank_x, bank_y = data.train_images[data.labelled], data.train_labels[data.labelled]
     n_test = data.test_images.shape[0]
     if n_queries > n_test or k > bank_x.shape[0]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikessl import sweep
+from spikessl.records import csv_text, load_records, write_tables
 
 DASH = "—"
 TABLE_COLUMNS = ["table", "setting", "cell", "paper", "ours", "knn", "difference"]
@@ -159,7 +160,7 @@ def label_efficiency_csv(summary: list[dict]) -> str:
             listed = {k: " ".join(map(str, st[k])) for k in ("seeds", "accuracies")}
             rows.append({"label_fraction": s["fraction"], "method": method, **s, **st, **listed})
     columns = "label_fraction method n mean min max seeds accuracies margin spread verdict"
-    return sweep.csv_text(rows, columns.split())
+    return csv_text(rows, columns.split())
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -177,10 +178,10 @@ def neighbours_png(record: dict, cell: sweep.Cell, out: Path, log: Callable[[str
         return out.exists()
     if out.exists() and out.stat().st_mtime >= checkpoint.stat().st_mtime:
         return True  # drawn from this very checkpoint: encoding the data again changes nothing
-    from spikessl import figures, pipeline
+    from spikessl import checkpoints, figures
 
     try:
-        checkpoint = pipeline.load_checkpoint(run_dir)
+        checkpoint = checkpoints.load_checkpoint(run_dir)
         figures.neighbours_figure(checkpoint, cell.config, out, seed=cell.config.seed)
     except ValueError as err:  # e.g. fewer test images than rows: the tables still stand
         log(f"reproduce: no {out.name}: {err}")
@@ -280,9 +281,9 @@ def write_outputs(
 ) -> dict:
     """Tables, figures and README from the records of ``contents.cells`` in ``records_dir``."""
     name, budget, cells, best_cell = contents.name, contents.budget, contents.cells, contents.best
-    found = sweep.load_records(records_dir, list(cells))
+    found = load_records(records_dir, list(cells))
     if found:  # each run_sweep call tabulated only its own grid
-        sweep.write_tables(found, records_dir / "results.csv", records_dir / "results.md")
+        write_tables(found, records_dir / "results.csv", records_dir / "results.md")
     records = {r["cell"]: r for r in found}
     rows = table_rows(contents.layout, records)
     efficiency = label_efficiency_summary(
@@ -292,7 +293,7 @@ def write_outputs(
     heading = f"# {name}, budget `{budget}`{extra}\n\n"
     texts = {
         "tables.md": heading + tables_markdown(name, contents.titles, rows),
-        "tables.csv": sweep.csv_text(rows, TABLE_COLUMNS),
+        "tables.csv": csv_text(rows, TABLE_COLUMNS),
         "label-efficiency.md": heading + label_efficiency_markdown(efficiency),
         "label-efficiency.csv": label_efficiency_csv(efficiency),
     }

@@ -29,6 +29,7 @@ from pathlib import Path
 from spikessl import report, sweep
 from spikessl.config import load_config, parse_overrides, to_dict
 from spikessl.dataset_catalog import DATASETS as DATASET_INFO
+from spikessl.records import load_records
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 BUDGETS = ("quick", "paper")
@@ -162,7 +163,7 @@ def cell_states(steps: list[Step], records_dir: Path) -> dict[str, str]:
     states = {}
     for step in steps:
         for cell in step.cells:
-            found = sweep.load_records(records_dir, [cell.name])
+            found = load_records(records_dir, [cell.name])
             if not found:
                 states[cell.name] = "to run"
             elif not sweep.record_matches(found[0], cell):

@@ -12,14 +12,13 @@ move to another machine, so:
   settings share one pretraining run (``pretrain-<key>/``). The supervised baseline ignores
   pretraining entirely, so it is shared across pretraining-only settings (``supervised-<key>/``).
 
-Records from the whole grid are summarised in ``results.csv`` and ``results.md`` next to them.
+Records from the whole grid are summarised in ``results.csv`` and ``results.md`` next to them
+(``spikessl.records``).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -33,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from spikessl.config import Config, load_config, parse_overrides, to_dict
+from spikessl.records import load_records, read_record, write_atomic, write_tables
 
 # Settings that do not change a run's results: never part of a key, so a grid recorded on a
 # laptop is still recognised on a GPU machine with another data folder.
@@ -198,7 +198,7 @@ def run_sweep(
         if missing_baseline:
             record = _add_supervised(record, cell, runs_root, progress, log)
         records_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(records_dir / f"{cell.name}.json", json.dumps(record, indent=1) + "\n")
+        write_atomic(records_dir / f"{cell.name}.json", json.dumps(record, indent=1) + "\n")
         write_tables(load_records(records_dir, names), *tables)  # progress visible mid-grid
     records = load_records(records_dir, names)
     if records:
@@ -236,7 +236,7 @@ def _recorded(records_dir: Path, cell: Cell) -> dict | None:
     path = records_dir / f"{cell.name}.json"
     if not path.exists():
         return None
-    record = _read_record(path)
+    record = read_record(path)
     if not record_matches(record, cell):
         raise ValueError(
             f"{path} was recorded with other settings (key {record['key']}, now {cell.key}): "
@@ -247,7 +247,7 @@ def _recorded(records_dir: Path, cell: Cell) -> dict | None:
 
 
 def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], None]) -> dict:
-    from spikessl import pipeline  # torch: only when something trains
+    from spikessl import checkpoints, pipeline  # torch: only when something trains
 
     cfg = cell.config
     pre_dir = runs_root / f"pretrain-{pretrain_key(cfg)}"
@@ -261,7 +261,7 @@ def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], 
         log,
         lambda r: pipeline.finetune(
             cfg,
-            None if r is not None else pipeline.load_checkpoint(pre_dir),
+            None if r is not None else checkpoints.load_checkpoint(pre_dir),
             ft_dir,
             progress,
             resume=r,
@@ -322,7 +322,7 @@ def _stage(
     what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
 ) -> dict:
     """Reuse a finished run, resume an interrupted one, or start ``run(resume=None)`` afresh."""
-    from spikessl import pipeline
+    from spikessl.checkpoints import load_checkpoint
 
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
@@ -334,7 +334,7 @@ def _stage(
             summary_path.unlink()
     resume = None
     if (run_dir / "checkpoint.pt").exists():
-        resume = pipeline.load_checkpoint(run_dir)
+        resume = load_checkpoint(run_dir)
         if "loop" not in resume:
             raise ValueError(f"{run_dir} has no resumable training state; delete it to rerun")
         log(f"  {what}: resuming {run_dir} after step {resume['step']}")
@@ -348,7 +348,7 @@ def _stage(
         before = sum(r["seconds"] for r in loop["history"]) + loop["sums"]["seconds"]
         summary["wall_seconds"] = round(summary["wall_seconds"] + before, 1)
         summary["resumed"] = True
-        _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -377,106 +377,3 @@ def _environment(device) -> dict:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Temporary file then rename: an interrupted write never leaves half a record."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _read_record(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        record, reason = None, str(err)
-    else:
-        reason = "not a sweep record (no 'cell' and 'key')"
-    if not (isinstance(record, dict) and "cell" in record and "key" in record):
-        raise ValueError(
-            f"sweep record {path} is unreadable ({reason}); delete it to rerun that cell"
-        )
-    return record
-
-
-def load_records(records_dir: str | Path, names: list[str] | None = None) -> list[dict]:
-    """The records in ``records_dir``: all (by file name), or those of ``names`` that exist."""
-    records_dir = Path(records_dir)
-    if names is None:
-        paths = sorted(records_dir.glob("*.json"))
-    else:
-        paths = [p for p in (records_dir / f"{n}.json" for n in names) if p.exists()]
-    return [_read_record(p) for p in paths]
-
-
-def default_columns(records: list[dict]) -> list[str]:
-    """Grid keys, seed, the accuracies and each stage's wall time (minutes)."""
-    columns = list(dict.fromkeys(k for r in records for k in r.get("grid", {})))
-    if "seed" not in columns:
-        columns.append("seed")
-    columns += ["knn_accuracy_at_init", "knn_accuracy", "finetune_test_accuracy"]
-    baseline = any("supervised_test_accuracy" in r for r in records)
-    if baseline:
-        columns.append("supervised_test_accuracy")
-    stages = ["pretrain", "finetune", *(["supervised"] if baseline else [])]
-    return columns + [f"{stage}_minutes" for stage in stages]
-
-
-def _value(record: dict, column: str):
-    """A grid value (raw text), a record field, ``<stage>_minutes`` or a dotted config key."""
-    if column in record.get("grid", {}):
-        return record["grid"][column]
-    stage = column.removesuffix("_minutes")
-    if column.endswith("_minutes") and stage in record.get("wall_seconds", {}):
-        return round(record["wall_seconds"][stage] / 60, 2)
-    if column in record and not isinstance(record[column], (dict, list)):
-        return record[column]
-    node = record.get("config", {})
-    for part in column.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _markdown_cell(column: str, value) -> str:
-    if value is None:
-        return ""
-    if "accuracy" in column and isinstance(value, (int, float)):
-        return f"{value:.2f}%"
-    if column.endswith("_minutes"):
-        return f"{value:.1f}"
-    return str(value).replace("|", "\\|")
-
-
-def csv_text(rows: list[dict], columns: list[str]) -> str:
-    """``rows`` as CSV text with a header; missing and None values are empty fields."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
-    return out.getvalue()
-
-
-def write_tables(
-    records: list[dict],
-    csv_path: str | Path,
-    md_path: str | Path,
-    columns: list[str] | None = None,
-) -> None:
-    """One row per record: ``csv_path`` (plain numbers) and ``md_path`` (a GitHub table)."""
-    columns = columns or default_columns(records)
-    rows = [[_value(r, c) for c in columns] for r in records]
-    _write_atomic(Path(csv_path), csv_text([dict(zip(columns, row)) for row in rows], columns))
-    numeric = [all(isinstance(v, (int, float)) for v in col if v is not None) for col in zip(*rows)]
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join("---:" if n else "---" for n in (numeric or [False] * len(columns))) + "|",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(_markdown_cell(c, v) for c, v in zip(columns, row)) + " |")
-    _write_atomic(Path(md_path), "\n".join(lines) + "\n")

@@ -1,0 +1,95 @@
+"""Checkpoint files: reading them safely, exporting weights, loading a pretrained encoder.
+
+A checkpoint is the dict ``train.fit`` saves as ``checkpoint.pt``: ``model`` (a state dict),
+``config`` (the resolved config as a dict), ``command``, and the optimizer and loop state that
+``--resume`` continues from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spikessl.config import Config, from_dict, to_dict
+from spikessl.encoders import EncoderConfig, SpikingEncoder
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file or a run directory holding ``checkpoint.pt`` (never runs code)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: pass a run directory or a .pt file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated, or a pickle that wants to run code
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"cannot read checkpoint {path}: not a readable spikessl checkpoint ({first_line})"
+        ) from None
+    if not (
+        isinstance(checkpoint, dict)
+        and isinstance(checkpoint.get("model"), dict)
+        and isinstance(checkpoint.get("config"), dict)
+    ):
+        raise ValueError(
+            f"{path} is not a spikessl checkpoint: expected a dict with 'model' and 'config' "
+            "(written by spikessl pretrain/finetune)"
+        )
+    return checkpoint
+
+
+def export_safetensors(checkpoint: dict, path: str | Path) -> Path:
+    """The checkpoint's model weights as a safetensors file (config in its metadata)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.contiguous() for k, v in checkpoint["model"].items()}
+    meta = {
+        "format": "pt",
+        "spikessl_config": json.dumps(checkpoint["config"]),
+        "command": str(checkpoint.get("command", "")),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:
+    """The encoder of a pretraining checkpoint, checked against ``cfg.encoder``."""
+    saved = from_dict(EncoderConfig, checkpoint["config"]["encoder"], "encoder")
+    if saved != cfg.encoder:
+        diff = [
+            f"{k}: checkpoint {getattr(saved, k)!r} vs config {getattr(cfg.encoder, k)!r}"
+            for k in to_dict(saved)
+            if getattr(saved, k) != getattr(cfg.encoder, k)
+        ]
+        raise ValueError("the checkpoint's encoder differs from the config's: " + "; ".join(diff))
+    encoder = SpikingEncoder(saved)
+    state = {
+        k[len("encoder.") :]: v for k, v in checkpoint["model"].items() if k.startswith("encoder.")
+    }
+    load_weights(encoder, state, "the checkpoint's encoder")
+    return encoder
+
+
+def load_weights(module: nn.Module, state: dict, what: str) -> None:
+    """``load_state_dict`` with a ValueError that lists every mismatch, not a traceback."""
+    own = module.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [
+        f"{k}: shape {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        raise ValueError(
+            f"{what} does not fit this spikessl network (another architecture or "
+            f"version?): " + "; ".join(problems[:12])
+        )
+    module.load_state_dict(state)

@@ -1,0 +1,118 @@
+"""Sweep records on disk: one JSON file per finished cell, read back and tabulated.
+
+A record is written atomically (``write_atomic``), so an interrupted sweep never leaves half of
+one; ``load_records`` reads a records directory back, and ``write_tables`` summarises its records
+as ``results.csv`` (plain numbers) and ``results.md`` (a GitHub table).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Temporary file then rename: an interrupted write never leaves half a record."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_record(path: Path) -> dict:
+    """One record file, or a ValueError that names it and how to rerun its cell."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        record, reason = None, str(err)
+    else:
+        reason = "not a sweep record (no 'cell' and 'key')"
+    if not (isinstance(record, dict) and "cell" in record and "key" in record):
+        raise ValueError(
+            f"sweep record {path} is unreadable ({reason}); delete it to rerun that cell"
+        )
+    return record
+
+
+def load_records(records_dir: str | Path, names: list[str] | None = None) -> list[dict]:
+    """The records in ``records_dir``: all (by file name), or those of ``names`` that exist."""
+    records_dir = Path(records_dir)
+    if names is None:
+        paths = sorted(records_dir.glob("*.json"))
+    else:
+        paths = [p for p in (records_dir / f"{n}.json" for n in names) if p.exists()]
+    return [read_record(p) for p in paths]
+
+
+def default_columns(records: list[dict]) -> list[str]:
+    """Grid keys, seed, the accuracies and each stage's wall time (minutes)."""
+    columns = list(dict.fromkeys(k for r in records for k in r.get("grid", {})))
+    if "seed" not in columns:
+        columns.append("seed")
+    columns += ["knn_accuracy_at_init", "knn_accuracy", "finetune_test_accuracy"]
+    baseline = any("supervised_test_accuracy" in r for r in records)
+    if baseline:
+        columns.append("supervised_test_accuracy")
+    stages = ["pretrain", "finetune", *(["supervised"] if baseline else [])]
+    return columns + [f"{stage}_minutes" for stage in stages]
+
+
+def _value(record: dict, column: str):
+    """A grid value (raw text), a record field, ``<stage>_minutes`` or a dotted config key."""
+    if column in record.get("grid", {}):
+        return record["grid"][column]
+    stage = column.removesuffix("_minutes")
+    if column.endswith("_minutes") and stage in record.get("wall_seconds", {}):
+        return round(record["wall_seconds"][stage] / 60, 2)
+    if column in record and not isinstance(record[column], (dict, list)):
+        return record[column]
+    node = record.get("config", {})
+    for part in column.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _markdown_cell(column: str, value) -> str:
+    if value is None:
+        return ""
+    if "accuracy" in column and isinstance(value, (int, float)):
+        return f"{value:.2f}%"
+    if column.endswith("_minutes"):
+        return f"{value:.1f}"
+    return str(value).replace("|", "\\|")
+
+
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    """``rows`` as CSV text with a header; missing and None values are empty fields."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in rows)
+    return out.getvalue()
+
+
+def write_tables(
+    records: list[dict],
+    csv_path: str | Path,
+    md_path: str | Path,
+    columns: list[str] | None = None,
+) -> None:
+    """One row per record: ``csv_path`` (plain numbers) and ``md_path`` (a GitHub table)."""
+    columns = columns or default_columns(records)
+    rows = [[_value(r, c) for c in columns] for r in records]
+    write_atomic(Path(csv_path), csv_text([dict(zip(columns, row)) for row in rows], columns))
+    numeric = [all(isinstance(v, (int, float)) for v in col if v is not None) for col in zip(*rows)]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---:" if n else "---" for n in (numeric or [False] * len(columns))) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_markdown_cell(c, v) for c, v in zip(columns, row)) + " |")
+    write_atomic(Path(md_path), "\n".join(lines) + "\n")

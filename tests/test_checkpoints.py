@@ -1,0 +1,56 @@
+"""Checkpoints: clear errors for unreadable or mismatched files, a lossless safetensors export."""
+
+import json
+
+import pytest
+import torch
+from tiny import TINY
+
+from spikessl import pipeline
+from spikessl.checkpoints import load_checkpoint, pretrained_encoder
+from spikessl.config import load_config
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pretrained")
+    cfg = load_config("mnist-quick", [*TINY, f"out_dir={tmp}"])
+    pipeline.pretrain(cfg, tmp / "pretrain", progress=False)
+    return cfg, tmp
+
+
+def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_checkpoint_of_another_version_lists_the_mismatch(pretrained):
+    cfg, tmp = pretrained
+    checkpoint = load_checkpoint(tmp / "pretrain")
+    model = dict(checkpoint["model"])
+    model["encoder.convs.0.bias"] = torch.zeros(12)  # e.g. written before biases were dropped
+    model["encoder.fcs.0.weight"] = torch.zeros(128, 99)
+    with pytest.raises(ValueError, match=r"unexpected encoder\.convs\.0\.bias|convs\.0\.bias"):
+        pretrained_encoder({**checkpoint, "model": model}, cfg)
+    with pytest.raises(ValueError, match=r"fcs\.0\.weight: shape \(128, 99\)"):
+        pretrained_encoder({**checkpoint, "model": model}, cfg)
+
+
+def test_export_safetensors_round_trip(pretrained, capsys):
+    from safetensors import safe_open
+
+    from spikessl.cli import main
+
+    _, tmp = pretrained
+    assert main(["export", str(tmp / "pretrain"), "--out", str(tmp / "m.safetensors")]) == 0
+    checkpoint = load_checkpoint(tmp / "pretrain")
+    with safe_open(str(tmp / "m.safetensors"), "pt") as fh:
+        assert set(fh.keys()) == set(checkpoint["model"])
+        for key in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
+            assert torch.equal(fh.get_tensor(key), checkpoint["model"][key])
+        assert json.loads(fh.metadata()["spikessl_config"]) == checkpoint["config"]
+    assert main(["export", str(tmp / "nowhere")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

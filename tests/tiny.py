@@ -1,0 +1,16 @@
+"""Overrides for the smallest real run, shared by the sweep and reproduce tests."""
+
+# A few seconds per stage on a busy 2-core CPU: 160 unlabelled images (5 steps), 40 labelled.
+TINY = [
+    "time_steps=2",
+    "device=cpu",
+    "data.train_limit=200",
+    "data.test_limit=50",
+    "encoder.conv_channels=[4,8]",
+    "encoder.fc_sizes=[16]",
+    "pretrain.epochs=1",
+    "pretrain.batch_size=32",
+    "finetune.epochs=1",
+    "finetune.batch_size=32",
+    "knn.k=5",
+]
