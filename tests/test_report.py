@@ -74,8 +74,10 @@ def test_tables_compare_with_the_paper_and_show_missing_cells_as_dashes() -> Non
     assert cifar["IV", "[21] spiking self-supervised (cited)"]["paper"] is None
 
 
-def record(fraction: float, seed: int, ssl: float | None, sup: float | None) -> dict:
+def record(fraction: float, seed: int, ssl: float | None, sup: float | None, steps=None) -> dict:
     r = {"config": {"seed": seed, "finetune": {"label_fraction": fraction}}}
+    if steps is not None:
+        r["finetune_steps"] = steps
     if ssl is not None:
         r["finetune_test_accuracy"] = ssl
     if sup is not None:
@@ -86,9 +88,9 @@ def record(fraction: float, seed: int, ssl: float | None, sup: float | None) -> 
 def test_label_efficiency_summary_math() -> None:
     records = [
         record(0.1, 0, 80.0, 79.0),
-        record(0.01, 2, 52.0, 45.0),
-        record(0.01, 0, 50.0, 40.0),
-        record(0.01, 1, 54.0, 41.0),
+        record(0.01, 2, 52.0, 45.0, steps=282),
+        record(0.01, 0, 50.0, 40.0, steps=282),
+        record(0.01, 1, 54.0, 41.0, steps=282),
         record(0.1, 1, 81.0, 83.0),
         record(1.0, 0, 97.0, 96.0),
         record(0.05, 0, 60.0, None),
@@ -110,10 +112,10 @@ def test_label_efficiency_summary_math() -> None:
 
     md = label_efficiency_markdown(list(summary.values()))
     assert (
-        "| 1% | 52.00% [50.00, 54.00] (n=3) | 42.00% [40.00, 45.00] (n=3) | +10.00 | 5.00 "
+        "| 1% | 282 | 52.00% [50.00, 54.00] (n=3) | 42.00% [40.00, 45.00] (n=3) | +10.00 | 5.00 "
         "| margin > spread |" in md
     )
-    assert "| 5% | 60.00% [60.00, 60.00] (n=1) | — | — | — | incomplete |" in md
+    assert "| 5% | — | 60.00% [60.00, 60.00] (n=1) | — | — | — | incomplete |" in md
     rows = list(csv.DictReader(io.StringIO(label_efficiency_csv(list(summary.values())))))
     assert len(rows) == 8
     assert rows[1] == {
@@ -128,6 +130,7 @@ def test_label_efficiency_summary_math() -> None:
         "margin": "10.0",
         "spread": "5.0",
         "verdict": "margin > spread",
+        "steps": "282",
     }
 
 

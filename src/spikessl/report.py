@@ -95,9 +95,12 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
     max - min over seeds; ``verdict`` compares them (needs two seeds of each).
     """
     found: dict[float, dict[str, dict[int, float]]] = {}
+    steps: dict[float, int] = {}  # fine-tuning optimiser steps (records since min_steps)
     for record in records:
         config = record["config"]
         fraction = config["finetune"]["label_fraction"] or config["data"]["labelled_fraction"]
+        if record.get("finetune_steps"):
+            steps[float(fraction)] = record["finetune_steps"]
         seed = config["seed"]
         methods = found.setdefault(float(fraction), {m: {} for m in METHODS})
         for method, field in METHODS.items():
@@ -125,6 +128,7 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
             else:
                 verdict = "margin > spread" if margin > 0 else "supervised ahead by > spread"
         entry = {"fraction": fraction, "methods": stats, "margin": margin, "spread": spread}
+        entry["steps"] = steps.get(fraction)
         summary.append(entry | {"verdict": verdict})
     return summary
 
@@ -138,18 +142,21 @@ def label_efficiency_markdown(summary: list[dict]) -> str:
         return f"{s['mean']:.2f}% [{s['min']:.2f}, {s['max']:.2f}] (n={s['n']})" if s["n"] else DASH
 
     lines = [
-        "| labels | SSL + fine-tune | supervised only | margin | spread | |",
-        "|---:|---:|---:|---:|---:|---|",
+        "| labels | steps | SSL + fine-tune | supervised only | margin | spread | |",
+        "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in summary:
         ssl, sup = (cell(st) for st in s["methods"].values())
         margin = DASH if s["margin"] is None else f"{s['margin']:+.2f}"
         spread = DASH if s["spread"] is None else f"{s['spread']:.2f}"
-        cells = (_percent(s["fraction"]), ssl, sup, margin, spread, s["verdict"])
+        steps = DASH if s["steps"] is None else str(s["steps"])
+        cells = (_percent(s["fraction"]), steps, ssl, sup, margin, spread, s["verdict"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + (
         "\n\nTest accuracy, mean over seeds [min, max]. Margin: SSL mean minus supervised mean "
-        "(points); spread: the larger of the two methods' max - min over seeds.\n"
+        "(points); spread: the larger of the two methods' max - min over seeds. Steps: "
+        "fine-tuning optimiser steps, the same for both methods (fractions below the labelled "
+        "part train for as many steps as the labelled part, `finetune.min_steps`).\n"
     )
 
 
@@ -159,7 +166,7 @@ def label_efficiency_csv(summary: list[dict]) -> str:
         for method, st in s["methods"].items():
             listed = {k: " ".join(map(str, st[k])) for k in ("seeds", "accuracies")}
             rows.append({"label_fraction": s["fraction"], "method": method, **s, **st, **listed})
-    columns = "label_fraction method n mean min max seeds accuracies margin spread verdict"
+    columns = "label_fraction method n mean min max seeds accuracies margin spread verdict steps"
     return csv_text(rows, columns.split())
 
 

@@ -283,6 +283,7 @@ def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], 
         },
         "finetune_test_accuracy": fin["test_accuracy"],
         "finetune_best_test_accuracy": fin["best_test_accuracy"],
+        "finetune_steps": fin.get("steps"),
         "finetune_accuracy_by_epoch": [
             r["test_accuracy"] for r in ft_epochs if "test_accuracy" in r
         ],
@@ -311,6 +312,7 @@ def _add_supervised(
         **record,
         "supervised_test_accuracy": sup["test_accuracy"],
         "supervised_best_test_accuracy": sup["best_test_accuracy"],
+        "supervised_steps": sup.get("steps"),
         "supervised_accuracy_by_epoch": by_epoch,
         "wall_seconds": {**record["wall_seconds"], "supervised": sup["wall_seconds"]},
         "run_dirs": {**record.get("run_dirs", {}), "supervised": str(run_dir)},
