@@ -151,6 +151,10 @@ def plan(base: dict, seeds: Sequence[int]) -> list[Step]:
     return steps
 
 
+def _share(base: dict) -> str:
+    return f"{100 * base['data']['labelled_fraction']:g}%"
+
+
 def labelled_steps(base: dict) -> int:
     """Fine-tuning steps on the whole labelled part: ``finetune.epochs`` of its batches."""
     data, ft = base["data"], base["finetune"]
@@ -219,7 +223,8 @@ def report_contents(
         f"overrides: {' '.join(overrides) or 'none'}. Best setting: T={base['time_steps']}, "
         f"pretraining batch {pre['batch_size']}, views {'+'.join(base['augment']['views'])}; "
         f"{pre['epochs']} pretraining and {ft['epochs']} fine-tuning epochs (batch "
-        f"{ft['batch_size']})."
+        f"{ft['batch_size']}); label fractions below {_share(base)} fine-tune for "
+        f"{labelled_steps(base)} steps, as many as the labelled part."
     )
     label_cells = [c.name for s in steps if s.what == "label efficiency" for c in s.cells]
     return report.Contents(
