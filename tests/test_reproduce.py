@@ -118,13 +118,18 @@ def test_bad_arguments_raise_value_errors(call, needle: str) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_dry_run_trains_and_writes_nothing(tmp_path, monkeypatch) -> None:
+def reproduce_untrained(tmp_path, monkeypatch, *args: str):
+    """``spikessl reproduce ARGS`` with training forbidden: (code, out, err, records dir)."""
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
     monkeypatch.setattr(pipeline, "finetune", forbidden)
     records = tmp_path / "records"
-    code, out, err = run_main(
-        ["reproduce", "--dataset", "cifar10", "--budget", "paper", "--dry-run"]
-        + ["--records", str(records), "--run-dir", str(tmp_path / "runs")]
+    where = ["--records", str(records), "--run-dir", str(tmp_path / "runs")]
+    return (*run_main(["reproduce", *args, *where]), records)
+
+
+def test_dry_run_trains_and_writes_nothing(tmp_path, monkeypatch) -> None:
+    code, out, err, records = reproduce_untrained(
+        tmp_path, monkeypatch, "--dataset", "cifar10", "--budget", "paper", "--dry-run"
     )
     assert code == 0, err
     result = json.loads(out)
@@ -134,12 +139,8 @@ def test_dry_run_trains_and_writes_nothing(tmp_path, monkeypatch) -> None:
 
 
 def test_report_only_tabulates_what_is_recorded_and_trains_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "pretrain", forbidden)
-    monkeypatch.setattr(pipeline, "finetune", forbidden)
-    records = tmp_path / "records"
-    code, out, err = run_main(
-        ["reproduce", "--dataset", "mnist", "--budget", "paper", "--report-only"]
-        + ["--records", str(records), "--run-dir", str(tmp_path / "runs")]
+    code, out, err, records = reproduce_untrained(
+        tmp_path, monkeypatch, "--dataset", "mnist", "--budget", "paper", "--report-only"
     )
     assert code == 0, err
     assert json.loads(out)["recorded"] == 0

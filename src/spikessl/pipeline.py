@@ -354,7 +354,7 @@ def finetune(
             "test_accuracy": history[-1]["test_accuracy"],
             "best_test_accuracy": max(h["test_accuracy"] for h in history if "test_accuracy" in h),
             "epochs": epochs,
-            "steps": epochs * math.ceil(len(x) / (ft.batch_size * world.size)),
+            "steps": history[-1]["step"],
             "labelled_images": len(x),
             "firing_rates": history[-1]["firing_rates"],
             "wall_seconds": round(time.perf_counter() - t0, 1),

@@ -128,8 +128,7 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
             else:
                 verdict = "margin > spread" if margin > 0 else "supervised ahead by > spread"
         entry = {"fraction": fraction, "methods": stats, "margin": margin, "spread": spread}
-        entry["steps"] = steps.get(fraction)
-        summary.append(entry | {"verdict": verdict})
+        summary.append(entry | {"steps": steps.get(fraction), "verdict": verdict})
     return summary
 
 
