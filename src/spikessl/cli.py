@@ -1,14 +1,16 @@
-"""Command line: ``spikessl pretrain|finetune|supervised|knn|pipeline --config X key=value``."""
+"""Command line: ``spikessl pretrain|finetune|supervised|knn|pipeline --config X key=value``.
+
+The argument parser and the dispatch to the subcommands' handlers in ``spikessl.commands``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 
-from spikessl.config import Config, load_config, parse_overrides, preset_names
+from spikessl import commands
+from spikessl.config import preset_names
 
 COMMANDS = {
     "pretrain": "SimCLR pretraining on the unlabelled part (80%), then kNN accuracy",
@@ -156,182 +158,13 @@ def _reproduce_parser(sub) -> None:
     p.add_argument("--device", default=None, help="auto|cpu|cuda|mps")
 
 
-def _reproduce(args: argparse.Namespace, progress: bool) -> dict:
-    from spikessl import reproduce
-
-    seeds = reproduce.parse_seeds(args.seeds)
-    return reproduce.reproduce(
-        args.dataset,
-        args.budget,
-        args.overrides,
-        args.records,
-        args.run_dir,
-        seeds,
-        args.dry_run,
-        progress,
-        args.data_dir,
-        args.device,
-        report_only=args.report_only,
-    )
-
-
-def _config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
-    # a sweep's grid values (key=v1,v2) are parsed and checked by sweep.expand_grid
-    overrides = {} if args.command == "sweep" else parse_overrides(args.overrides)
-    if args.data_dir:  # taken literally, not parsed as YAML
-        overrides.setdefault("data", {})["root"] = args.data_dir
-    if args.device:
-        overrides["device"] = args.device
-    if args.config is None and checkpoint is not None:
-        # Fine-tuning defaults to the pretraining run's own settings: same split, same net.
-        return load_config(checkpoint["config"], overrides)
-    return load_config(args.config or "paper-mnist", overrides)
-
-
-def _export(args: argparse.Namespace, extra: list[str], parser) -> int:
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from pathlib import Path
-
-    from spikessl import checkpoints
-
-    try:
-        checkpoint = checkpoints.load_checkpoint(args.run)
-        run = Path(args.run)
-        out = args.out or (run if run.is_dir() else run.parent) / "model.safetensors"
-        path = checkpoints.export_safetensors(checkpoint, out)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"spikessl export: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"command": "export", "safetensors": str(path)}))
-    return 0
-
-
-RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervised only"}
-
-
-def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
-    """A run's command and its test accuracy by epoch (kNN accuracy for pretraining)."""
-    from pathlib import Path
-
-    path = Path(run_dir) / "metrics.jsonl"
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except OSError:
-        raise FileNotFoundError(f"no {path}: pass a spikessl run directory") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is corrupt ({err}); rerun or resume that run") from None
-    try:
-        command = json.loads((Path(run_dir) / "summary.json").read_text())["command"]
-    except (OSError, ValueError, KeyError):
-        command = Path(run_dir).name
-    metric = "knn_accuracy" if command == "pretrain" else "test_accuracy"
-    values = {r["epoch"]: r[metric] for r in rows if metric in r}
-    if not values:
-        raise ValueError(f"{path} has no per-epoch {metric}: is the run finished?")
-    return command, values
-
-
-def _compare(args: argparse.Namespace, extra: list[str], parser) -> int:
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from spikessl import figures
-
-    try:
-        if args.labels is not None and len(args.labels) != len(args.runs):
-            raise ValueError(f"--labels needs one label per run ({len(args.runs)})")
-        series = {}
-        for i, run in enumerate(args.runs):
-            command, values = run_curve(run)
-            label = args.labels[i] if args.labels else RUN_LABELS.get(command, run)
-            series[label] = values
-        title = args.title or "Test accuracy per epoch"
-        path = figures.curves(series, args.out, title)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"spikessl compare: error: {err}", file=sys.stderr)
-        return 2
-    print(
-        json.dumps(
-            {
-                "command": "compare",
-                "png": str(path),
-                "final": {k: v[max(v)] for k, v in series.items()},
-            }
-        )
-    )
-    return 0
-
-
-def _sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
-    from spikessl import sweep
-    from spikessl.config import to_dict
-
-    # one value: a setting of every cell; several: a grid axis (cells are named after these)
-    axes = [o for o in args.overrides if len(sweep.split_values(o.partition("=")[2])) > 1]
-    fixed = [o for o in args.overrides if o not in axes]
-    base = to_dict(load_config(to_dict(cfg), parse_overrides(fixed)))
-    cells = sweep.expand_grid(base, axes)
-    runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
-    records = sweep.run_sweep(cells, args.records, runs_root, args.baseline, progress)
-    return {
-        "command": "sweep",
-        "cells": len(cells),
-        "records": args.records,
-        "table": os.path.join(args.records, "results.md"),
-        "results": [
-            {
-                k: r.get(k)
-                for k in (
-                    "cell",
-                    "knn_accuracy",
-                    "finetune_test_accuracy",
-                    "supervised_test_accuracy",
-                )
-                if k in r
-            }
-            for r in records
-        ],
-    }
-
-
-def _neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
-    from pathlib import Path
-
-    from spikessl import figures
-
-    pretrained = Path(args.pretrained)
-    out = args.out or (pretrained if pretrained.is_dir() else pretrained.parent) / "neighbors.png"
-    path, agreement = figures.neighbours_figure(
-        checkpoint, cfg, out, n_queries=args.queries, k=args.k, seed=cfg.seed
-    )
-    return {"command": "neighbors", "png": str(path), "top1_label_agreement": agreement}
-
-
-def _resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
-    """The unfinished run's checkpoint for --resume, checked to belong to this command."""
-    if getattr(args, "resume", None) is None:
-        return None
-    if args.overrides or args.config:
-        raise ValueError(
-            "--resume continues with the run's own config: drop --config and "
-            "key=value overrides (they would make the result differ)"
-        )
-    checkpoint = checkpoints.load_checkpoint(args.resume)
-    if "loop" not in checkpoint:
-        raise ValueError(f"{args.resume} has no resumable training state")
-    command = checkpoint.get("command", "pretrain")
-    if command != args.command:
-        raise ValueError(f"{args.resume} is a {command} run: use spikessl {command} --resume")
-    return checkpoint
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "export":
-        return _export(args, extra, parser)  # overrides may also follow the options
+        return commands.export(args, extra, parser)  # overrides may also follow the options
     if args.command == "compare":
-        return _compare(args, extra, parser)
+        return commands.compare(args, extra, parser)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -340,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     from spikessl.train import Interrupted
 
     try:
-        resume = _resume_checkpoint(args, checkpoints)
+        resume = commands.resume_checkpoint(args, checkpoints)
         pretrained = getattr(args, "pretrained", None)
         if args.command in ("finetune", "neighbors") and pretrained is None and resume is None:
             raise ValueError(f"{args.command} needs --pretrained RUN_DIR (a pretraining run)")
         checkpoint = checkpoints.load_checkpoint(pretrained) if pretrained else None
-        cfg = None if args.command == "reproduce" else _config(args, resume or checkpoint)
+        cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         run_dir = args.run_dir or (getattr(args, "resume", None))
         if args.command == "pretrain":
@@ -355,13 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "knn":
             result = pipeline.knn(cfg, checkpoint)
         elif args.command == "neighbors":
-            result = _neighbors(args, cfg, checkpoint)
+            result = commands.neighbors(args, cfg, checkpoint)
         elif args.command == "sweep":
-            result = _sweep(args, cfg, progress)
+            result = commands.sweep(args, cfg, progress)
         elif args.command == "reproduce":
-            result = _reproduce(args, progress)
+            result = commands.reproduce(args, progress)
         else:
-            result = run_pipeline(cfg, args.run_dir, args.baseline, progress)
+            result = commands.run_pipeline(cfg, args.run_dir, args.baseline, progress)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
         print(f"spikessl {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -390,30 +223,6 @@ def main(argv: list[str] | None = None) -> int:
             line += f", supervised-only {result['supervised_test_accuracy']:.2f}%"
         print(line, file=sys.stderr)
     return 0
-
-
-def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: bool) -> dict:
-    """Pretrain -> kNN -> fine-tune (-> supervised baseline): the paper's protocol."""
-    from spikessl import checkpoints, pipeline
-
-    t0 = time.perf_counter()
-    root = run_dir or str(pipeline.default_run_dir(cfg, "pipeline"))
-    pre = pipeline.pretrain(cfg, os.path.join(root, "pretrain"), progress)
-    ckpt = checkpoints.load_checkpoint(pre["run_dir"])
-    fin = pipeline.finetune(cfg, ckpt, os.path.join(root, "finetune"), progress)
-    result = {
-        "dataset": cfg.data.name,
-        "time_steps": cfg.time_steps,
-        "knn_accuracy_at_init": pre["knn_accuracy_at_init"],
-        "knn_accuracy": pre["knn_accuracy"],
-        "finetune_test_accuracy": fin["test_accuracy"],
-    }
-    if baseline:
-        sup = pipeline.finetune(cfg, None, os.path.join(root, "supervised"), progress)
-        result["supervised_test_accuracy"] = sup["test_accuracy"]
-    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    result["run_dir"] = root
-    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,208 @@
+"""Handlers of the ``spikessl`` subcommands: what each command does with its parsed arguments.
+
+``spikessl.cli`` builds the parser and dispatches here. The heavier modules (checkpoints,
+pipeline, figures, sweep, reproduce) are imported inside the handlers, only when one runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from spikessl.config import Config, load_config, parse_overrides
+
+
+def reproduce(args: argparse.Namespace, progress: bool) -> dict:
+    from spikessl import reproduce as protocol
+
+    seeds = protocol.parse_seeds(args.seeds)
+    return protocol.reproduce(
+        args.dataset,
+        args.budget,
+        args.overrides,
+        args.records,
+        args.run_dir,
+        seeds,
+        args.dry_run,
+        progress,
+        args.data_dir,
+        args.device,
+        report_only=args.report_only,
+    )
+
+
+def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
+    # a sweep's grid values (key=v1,v2) are parsed and checked by sweep.expand_grid
+    overrides = {} if args.command == "sweep" else parse_overrides(args.overrides)
+    if args.data_dir:  # taken literally, not parsed as YAML
+        overrides.setdefault("data", {})["root"] = args.data_dir
+    if args.device:
+        overrides["device"] = args.device
+    if args.config is None and checkpoint is not None:
+        # Fine-tuning defaults to the pretraining run's own settings: same split, same net.
+        return load_config(checkpoint["config"], overrides)
+    return load_config(args.config or "paper-mnist", overrides)
+
+
+def export(args: argparse.Namespace, extra: list[str], parser) -> int:
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from pathlib import Path
+
+    from spikessl import checkpoints
+
+    try:
+        checkpoint = checkpoints.load_checkpoint(args.run)
+        run = Path(args.run)
+        out = args.out or (run if run.is_dir() else run.parent) / "model.safetensors"
+        path = checkpoints.export_safetensors(checkpoint, out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"spikessl export: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"command": "export", "safetensors": str(path)}))
+    return 0
+
+
+RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervised only"}
+
+
+def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
+    """A run's command and its test accuracy by epoch (kNN accuracy for pretraining)."""
+    from pathlib import Path
+
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        raise FileNotFoundError(f"no {path}: pass a spikessl run directory") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is corrupt ({err}); rerun or resume that run") from None
+    try:
+        command = json.loads((Path(run_dir) / "summary.json").read_text())["command"]
+    except (OSError, ValueError, KeyError):
+        command = Path(run_dir).name
+    metric = "knn_accuracy" if command == "pretrain" else "test_accuracy"
+    values = {r["epoch"]: r[metric] for r in rows if metric in r}
+    if not values:
+        raise ValueError(f"{path} has no per-epoch {metric}: is the run finished?")
+    return command, values
+
+
+def compare(args: argparse.Namespace, extra: list[str], parser) -> int:
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from spikessl import figures
+
+    try:
+        if args.labels is not None and len(args.labels) != len(args.runs):
+            raise ValueError(f"--labels needs one label per run ({len(args.runs)})")
+        series = {}
+        for i, run in enumerate(args.runs):
+            command, values = run_curve(run)
+            label = args.labels[i] if args.labels else RUN_LABELS.get(command, run)
+            series[label] = values
+        title = args.title or "Test accuracy per epoch"
+        path = figures.curves(series, args.out, title)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"spikessl compare: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "command": "compare",
+                "png": str(path),
+                "final": {k: v[max(v)] for k, v in series.items()},
+            }
+        )
+    )
+    return 0
+
+
+def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
+    from spikessl import sweep as grid
+    from spikessl.config import to_dict
+
+    # one value: a setting of every cell; several: a grid axis (cells are named after these)
+    axes = [o for o in args.overrides if len(grid.split_values(o.partition("=")[2])) > 1]
+    fixed = [o for o in args.overrides if o not in axes]
+    base = to_dict(load_config(to_dict(cfg), parse_overrides(fixed)))
+    cells = grid.expand_grid(base, axes)
+    runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
+    records = grid.run_sweep(cells, args.records, runs_root, args.baseline, progress)
+    return {
+        "command": "sweep",
+        "cells": len(cells),
+        "records": args.records,
+        "table": os.path.join(args.records, "results.md"),
+        "results": [
+            {
+                k: r.get(k)
+                for k in (
+                    "cell",
+                    "knn_accuracy",
+                    "finetune_test_accuracy",
+                    "supervised_test_accuracy",
+                )
+                if k in r
+            }
+            for r in records
+        ],
+    }
+
+
+def neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
+    from pathlib import Path
+
+    from spikessl import figures
+
+    pretrained = Path(args.pretrained)
+    out = args.out or (pretrained if pretrained.is_dir() else pretrained.parent) / "neighbors.png"
+    path, agreement = figures.neighbours_figure(
+        checkpoint, cfg, out, n_queries=args.queries, k=args.k, seed=cfg.seed
+    )
+    return {"command": "neighbors", "png": str(path), "top1_label_agreement": agreement}
+
+
+def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
+    """The unfinished run's checkpoint for --resume, checked to belong to this command."""
+    if getattr(args, "resume", None) is None:
+        return None
+    if args.overrides or args.config:
+        raise ValueError(
+            "--resume continues with the run's own config: drop --config and "
+            "key=value overrides (they would make the result differ)"
+        )
+    checkpoint = checkpoints.load_checkpoint(args.resume)
+    if "loop" not in checkpoint:
+        raise ValueError(f"{args.resume} has no resumable training state")
+    command = checkpoint.get("command", "pretrain")
+    if command != args.command:
+        raise ValueError(f"{args.resume} is a {command} run: use spikessl {command} --resume")
+    return checkpoint
+
+
+def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: bool) -> dict:
+    """Pretrain -> kNN -> fine-tune (-> supervised baseline): the paper's protocol."""
+    from spikessl import checkpoints, pipeline
+
+    t0 = time.perf_counter()
+    root = run_dir or str(pipeline.default_run_dir(cfg, "pipeline"))
+    pre = pipeline.pretrain(cfg, os.path.join(root, "pretrain"), progress)
+    ckpt = checkpoints.load_checkpoint(pre["run_dir"])
+    fin = pipeline.finetune(cfg, ckpt, os.path.join(root, "finetune"), progress)
+    result = {
+        "dataset": cfg.data.name,
+        "time_steps": cfg.time_steps,
+        "knn_accuracy_at_init": pre["knn_accuracy_at_init"],
+        "knn_accuracy": pre["knn_accuracy"],
+        "finetune_test_accuracy": fin["test_accuracy"],
+    }
+    if baseline:
+        sup = pipeline.finetune(cfg, None, os.path.join(root, "supervised"), progress)
+        result["supervised_test_accuracy"] = sup["test_accuracy"]
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    result["run_dir"] = root
+    return result
