@@ -138,6 +138,51 @@ def test_dry_run_trains_and_writes_nothing(tmp_path, monkeypatch) -> None:
     assert not records.exists() and not (tmp_path / "runs").exists()
 
 
+def test_only_selects_cells_by_shell_pattern_and_names_the_choices_when_none_match() -> None:
+    steps = plan(base_config("mnist", "paper"), [0, 1, 2])
+    picked = reproduce.select(steps, ["time_steps=10", "seed=0__*0.1"])
+    assert picked == {"time_steps=10", "seed=0__finetune.label_fraction=0.1"}
+    assert len(reproduce.select(steps, [])) == 15
+    with pytest.raises(ValueError, match=r"--only time_step=10 matches no cell.*time_steps=20"):
+        reproduce.select(steps, ["time_steps=10", "time_step=10"])
+
+
+def test_only_runs_just_the_chosen_cells_in_plan_order(tmp_path, monkeypatch) -> None:
+    ran = []
+    monkeypatch.setattr(
+        reproduce.sweep, "run_sweep", lambda cells, *a, **k: ran.extend(c.name for c in cells)
+    )
+    code, out, err, _ = reproduce_untrained(
+        tmp_path,
+        monkeypatch,
+        "--dataset",
+        "mnist",
+        "--budget",
+        "paper",
+        "--only",
+        "seed=1__*,time_steps=10",
+    )
+    assert code == 0, err
+    assert ran == [
+        "time_steps=10",
+        "seed=1__finetune.label_fraction=0.01",
+        "seed=1__finetune.label_fraction=0.1",
+    ]
+    code, out, err, _ = reproduce_untrained(
+        tmp_path,
+        monkeypatch,
+        "--dataset",
+        "mnist",
+        "--budget",
+        "paper",
+        "--dry-run",
+        "--only",
+        "time_steps=20",
+    )
+    assert json.loads(out)["to_run"] == ["time_steps=20"]
+    assert "time_steps=10: to run, not in --only" in err
+
+
 def test_report_only_tabulates_what_is_recorded_and_trains_nothing(tmp_path, monkeypatch):
     code, out, err, records = reproduce_untrained(
         tmp_path, monkeypatch, "--dataset", "mnist", "--budget", "paper", "--report-only"

@@ -145,6 +145,12 @@ def _reproduce_parser(sub) -> None:
         default="0,1,2",
         help="label-efficiency seeds: the first at every fraction, the others at 1%% and 10%%",
     )
+    p.add_argument(
+        "--only",
+        default="",
+        help="run only the cells whose names match these comma-separated shell patterns "
+        "(e.g. time_steps=10,'seed=0__*'), to finish a long grid in the order you choose",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state")
     p.add_argument(
         "--report-only",

@@ -31,6 +31,7 @@ def reproduce(args: argparse.Namespace, progress: bool) -> dict:
         args.data_dir,
         args.device,
         report_only=args.report_only,
+        only=[p for p in args.only.split(",") if p],
     )
 
 

@@ -19,6 +19,7 @@ as "—".
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import shlex
 import sys
@@ -151,6 +152,20 @@ def plan(base: dict, seeds: Sequence[int]) -> list[Step]:
     return steps
 
 
+def select(steps: list[Step], only: Sequence[str]) -> set[str]:
+    """Names of the planned cells matching any of the ``only`` patterns (all if none)."""
+    names = [cell.name for step in steps for cell in step.cells]
+    if not only:
+        return set(names)
+    unmatched = [p for p in only if not fnmatch.filter(names, p)]
+    if unmatched:
+        raise ValueError(
+            f"--only {','.join(unmatched)} matches no cell of this plan; its cells are: "
+            f"{', '.join(names)} (shell patterns such as 'seed=0__*' work too)"
+        )
+    return {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in only)}
+
+
 def _share(base: dict) -> str:
     return f"{100 * base['data']['labelled_fraction']:g}%"
 
@@ -275,24 +290,29 @@ def reproduce(
     device: str | None = None,
     log: Callable[[str], None] = _stderr,
     report_only: bool = False,
+    only: Sequence[str] = (),
 ) -> dict:
     """Run every unrecorded cell (or, with ``dry_run``, list them), then write the outputs.
 
     ``report_only``: write the tables, figures and README from the records there are (a
-    grid finished in part), running nothing.
+    grid finished in part), running nothing. ``only``: run just the cells whose names match
+    one of these shell patterns (``time_steps=10``, ``seed=0__*``); the outputs still
+    cover every recorded cell.
     """
     base = base_config(dataset, budget, overrides, data_dir, device)
     records_dir = Path(records or f"docs/results/{dataset}-{budget}")
     runs_root = Path(runs or f"runs/reproduce/{dataset}-{budget}")
     steps = plan(base, seeds)
+    chosen = select(steps, only)
     states = cell_states(steps, records_dir)
     result = {"command": "reproduce", "dataset": dataset, "budget": budget}
     result |= {"overrides": list(overrides), "records": str(records_dir)}
     if dry_run:
         cells = [(step.what, cell.name) for step in steps for cell in step.cells]
         for i, (what, name) in enumerate(cells, 1):
-            log(f"reproduce [{i}/{len(cells)}] {what}: {name}: {states[name]}")
-        todo = [name for name, state in states.items() if state != "recorded"]
+            state = states[name] if name in chosen else f"{states[name]}, not in --only"
+            log(f"reproduce [{i}/{len(cells)}] {what}: {name}: {state}")
+        todo = [n for n, state in states.items() if state != "recorded" and n in chosen]
         return result | {"dry_run": True, "cells": len(cells), "to_run": todo}
     conflicts = [name for name, state in states.items() if state == "conflict"]
     if conflicts:
@@ -301,7 +321,9 @@ def reproduce(
             "use another --records directory, or delete those records to rerun them"
         )
     for step in [] if report_only else steps:
-        sweep.run_sweep(list(step.cells), records_dir, runs_root, step.baseline, progress, log)
+        cells = [c for c in step.cells if c.name in chosen]
+        if cells:
+            sweep.run_sweep(cells, records_dir, runs_root, step.baseline, progress, log)
     command = command_line(dataset, budget, overrides, seeds, records, runs)
     shown = report_contents(dataset, budget, overrides, base, steps)
     return result | report.write_outputs(shown, records_dir, command, log)
