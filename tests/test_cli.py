@@ -307,6 +307,7 @@ def test_knn_on_pretrained(runs: dict) -> None:
     result = result_json(out)
     assert result["command"] == "knn" and result["pretrained"] is True and result["k"] == 5
     assert_accuracy(result["knn_accuracy"])
+    assert_accuracy(result["pixel_knn_accuracy"])
     # the same encoder on the same images: exactly what pretraining reported at its end
     pre = json.loads((runs["root"] / "pre" / "summary.json").read_text())
     assert result["knn_accuracy"] == pytest.approx(pre["knn_accuracy"])

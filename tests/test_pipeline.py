@@ -168,3 +168,19 @@ def test_min_steps_repeats_epochs_of_a_small_label_set(tmp_path):
 def test_negative_min_steps_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="finetune.min_steps"):
         small_config(tmp_path, finetune={"min_steps": -1})
+
+
+def test_knn_reports_the_pixel_baseline_of_a_brute_force_nearest_neighbour(tmp_path):
+    cfg = small_config(tmp_path, knn={"k": 1}, data={"train_limit": 500, "test_limit": 200})
+    result = pipeline.knn(cfg, None)
+    data = pipeline.load_data(cfg, torch.device("cpu"))
+    # k=1: the label of the labelled image with the largest cosine similarity, in float64
+    bank = data.prepare(data.train_images[data.labelled]).flatten(1).double().numpy()
+    query = data.prepare(data.test_images).flatten(1).double().numpy()
+    bank /= (bank**2).sum(1, keepdims=True) ** 0.5
+    query /= (query**2).sum(1, keepdims=True) ** 0.5
+    nearest = (query @ bank.T).argmax(1)
+    labels = data.train_labels[data.labelled].numpy()[nearest]
+    expected = 100 * (labels == data.test_labels.numpy()).mean()
+    assert result["pixel_knn_accuracy"] == pytest.approx(expected, abs=0.01)
+    assert 60 < result["pixel_knn_accuracy"] < 100  # pixels are a real baseline on MNIST

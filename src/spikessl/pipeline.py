@@ -384,12 +384,21 @@ def labelled_indices(data: Data, cfg: Config) -> Tensor:
 
 
 def knn(cfg: Config, checkpoint: dict | None) -> dict:
-    """kNN accuracy of a pretrained encoder's latents (or of a fresh one, without)."""
+    """kNN accuracy of a pretrained encoder's latents (or of a fresh one, without), and of
+    the input pixels with the same bank, queries and k: what a latent has to beat."""
     device, _, data = _start(cfg)
     encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
     return {
         "command": "knn",
         "knn_accuracy": knn_accuracy(encoder.to(device), data, cfg),
+        "pixel_knn_accuracy": knn_accuracy(Pixels(), data, cfg),
         "k": cfg.knn.k,
         "pretrained": checkpoint is not None,
     }
+
+
+class Pixels(nn.Module):
+    """``forward(images, T) -> images [B, C*H*W]``: the input itself as a kNN latent."""
+
+    def forward(self, images: Tensor, _T: int) -> Tensor:
+        return images.flatten(1)
