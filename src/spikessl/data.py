@@ -7,28 +7,37 @@ torchvision, so that the loader stays small, fast and easy to audit. The pieces:
 * ``spikessl.dataset_formats``: IDX and CIFAR-pickle readers, validated by structure;
 * ``spikessl.dataset_downloads``: finding the files, MD5-checked downloads of missing ones.
 
-This module looks a dataset up, loads a split and splits labels; it re-exports the names
-above that callers use (``DATASETS``, ``DatasetInfo``, ``read_idx``).
+This module looks a dataset up, loads a split, splits labels and puts a run's data on the
+device (``Data``, ``load_data``); it re-exports the names above that callers use
+(``DATASETS``, ``DatasetInfo``, ``read_idx``).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from spikessl.dataset_catalog import DATASETS, DatasetInfo
 from spikessl.dataset_downloads import DOWNLOAD_TIMEOUT_S as DOWNLOAD_TIMEOUT_S
 from spikessl.dataset_downloads import ensure_files
 from spikessl.dataset_formats import load_cifar, load_idx, read_idx
 
+if TYPE_CHECKING:  # spikessl.config imports this module
+    from spikessl.config import Config
+
 __all__ = [
     "DATASETS",
+    "Data",
     "DatasetInfo",
     "default_data_root",
     "get_info",
+    "load_data",
     "load_dataset",
     "read_idx",
     "stratified_split",
@@ -137,3 +146,61 @@ def subset_per_class(labels: torch.Tensor, n_per_class: int, seed: int = 0) -> t
             )
         chosen.append(rng.permutation(members)[:n_per_class])
     return _as_index_tensor(np.concatenate(chosen))
+
+
+# --------------------------------------------------------------------------------------------
+# A run's data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    """Whole dataset in memory as uint8 on the device, plus the paper's 80/20 split."""
+
+    train_images: Tensor  # (N, C, H, W) uint8
+    train_labels: Tensor  # (N,) int64
+    test_images: Tensor
+    test_labels: Tensor
+    unlabelled: Tensor  # indices into train_*, labels never used
+    labelled: Tensor  # disjoint from unlabelled
+    num_classes: int
+    mean: Tensor  # (1, C, 1, 1)
+    std: Tensor
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Float images in [0, 1] -> standardised input currents."""
+        return (x - self.mean) / self.std
+
+    def prepare(self, images: Tensor) -> Tensor:
+        return self.normalize(images.float() / 255.0)
+
+
+def load_data(cfg: Config, device: torch.device) -> Data:
+    info = get_info(cfg.data.name)
+    if (cfg.encoder.in_channels, cfg.encoder.image_size) != (info.channels, info.image_size):
+        raise ValueError(
+            f"encoder expects {cfg.encoder.in_channels}x{cfg.encoder.image_size}px images but "
+            f"{cfg.data.name} has {info.channels}x{info.image_size}: set encoder.in_channels="
+            f"{info.channels} encoder.image_size={info.image_size} or use its preset"
+        )
+    x_tr, y_tr = load_dataset(cfg.data.name, cfg.data.root, train=True)
+    x_te, y_te = load_dataset(cfg.data.name, cfg.data.root, train=False)
+    if cfg.data.train_limit:
+        keep = subset_per_class(y_tr, max(cfg.data.train_limit // info.num_classes, 1), cfg.seed)
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+    if cfg.data.test_limit:
+        keep = subset_per_class(y_te, max(cfg.data.test_limit // info.num_classes, 1), cfg.seed)
+        x_te, y_te = x_te[keep], y_te[keep]
+    unlabelled, labelled = stratified_split(y_tr, cfg.data.labelled_fraction, cfg.seed)
+    shape = (1, info.channels, 1, 1)
+    return Data(
+        x_tr.to(device),
+        y_tr.to(device),
+        x_te.to(device),
+        y_te.to(device),
+        unlabelled.to(device),
+        labelled.to(device),
+        info.num_classes,
+        torch.tensor(info.mean, device=device).view(shape),
+        torch.tensor(info.std, device=device).view(shape),
+    )

@@ -1,4 +1,4 @@
-"""Evaluation: spike-count latents, weighted kNN on them, classifier accuracy.
+"""Evaluation: spike-count latents, weighted kNN, accuracy; a run's kNN/test accuracy, ``Pixels``.
 
 The kNN is the one of Wu et al. (2018) used across the SSL literature (lightly, DINO):
 cosine similarity, the k most similar training latents vote for their label with weight
@@ -8,10 +8,16 @@ exp(sim / t). It runs in chunks of queries so memory stays bounded for any datas
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # annotations only: no import cycles through config or pipeline
+    from spikessl.config import Config
+    from spikessl.data import Data
+    from spikessl.encoders import SpikingClassifier, SpikingEncoder
 
 
 @torch.no_grad()
@@ -70,3 +76,40 @@ def knn_predict(
 def accuracy(predictions: Tensor, labels: Tensor) -> float:
     """Percentage of correct predictions."""
     return 100.0 * (predictions.cpu() == labels.cpu()).double().mean().item()
+
+
+def precision(cfg: Config, device: torch.device):
+    """bf16 autocast (convolutions and matmuls in bfloat16; membranes stay float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
+    """Weighted kNN: labelled-part latents as the bank, test latents as queries."""
+    T, bs = cfg.time_steps, cfg.eval_batch_size
+    with precision(cfg, data.test_images.device):
+        bank = batched_outputs(encoder, data.train_images[data.labelled], T, data.prepare, bs)
+        queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
+    preds = knn_predict(
+        bank,
+        data.train_labels[data.labelled],
+        queries,
+        data.num_classes,
+        cfg.knn.k,
+        cfg.knn.temperature,
+    )
+    return round(accuracy(preds, data.test_labels), 2)
+
+
+def test_accuracy(model: SpikingClassifier, data: Data, cfg: Config) -> float:
+    with precision(cfg, data.test_images.device):
+        counts = batched_outputs(
+            model, data.test_images, cfg.time_steps, data.prepare, cfg.eval_batch_size
+        )
+    return round(accuracy(counts.argmax(1), data.test_labels), 2)
+
+
+class Pixels(nn.Module):
+    """``forward(images, T) -> images [B, C*H*W]``: the input itself as a kNN latent."""
+
+    def forward(self, images: Tensor, _T: int) -> Tensor:
+        return images.flatten(1)

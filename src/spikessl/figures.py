@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from spikessl import pipeline
 from spikessl.checkpoints import pretrained_encoder
 from spikessl.config import Config
-from spikessl.evaluate import batched_outputs
+from spikessl.data import load_data
+from spikessl.evaluate import batched_outputs, precision
 
 DPI = 120
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -332,7 +333,7 @@ def neighbours_figure(
     if n_queries < 1 or k < 1:
         raise ValueError(f"need n_queries >= 1 and k >= 1, got n_queries={n_queries}, k={k}")
     device = pipeline.resolve_device(cfg.device)
-    data = pipeline.load_data(cfg, device)
+    data = load_data(cfg, device)
     encoder = pretrained_encoder(checkpoint, cfg).to(device)
     bank_x, bank_y = data.train_images[data.labelled], data.train_labels[data.labelled]
     n_test = data.test_images.shape[0]
@@ -342,7 +343,7 @@ def neighbours_figure(
             f"{bank_x.shape[0]} labelled training images: lower them or raise data.*_limit"
         )
     T, bs = cfg.time_steps, cfg.eval_batch_size
-    with pipeline.precision(cfg, device):  # the encoder only: similarities stay float32
+    with precision(cfg, device):  # the encoder only: similarities stay float32
         bank = batched_outputs(encoder, bank_x, T, data.prepare, bs)
         queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
     idx, _ = topk_cosine(queries, bank, k)  # (n_test, k)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,10 +21,10 @@ from spikessl import distributed
 from spikessl.augment import build_augment, two_views
 from spikessl.checkpoints import pretrained_encoder
 from spikessl.config import Config, FinetuneConfig, dump_yaml, to_dict
-from spikessl.data import get_info, load_dataset, stratified_split, subset_per_class
+from spikessl.data import Data, load_data, stratified_split
 from spikessl.distributed import World
 from spikessl.encoders import ProjectionHead, SpikingClassifier, SpikingEncoder
-from spikessl.evaluate import accuracy, batched_outputs, knn_predict
+from spikessl.evaluate import Pixels, knn_accuracy, precision, test_accuracy
 from spikessl.losses import nt_xent
 from spikessl.train import LoopSettings, Task, fit
 
@@ -38,59 +38,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
     return torch.device(name)
-
-
-@dataclass
-class Data:
-    """Whole dataset in memory as uint8 on the device, plus the paper's 80/20 split."""
-
-    train_images: Tensor  # (N, C, H, W) uint8
-    train_labels: Tensor  # (N,) int64
-    test_images: Tensor
-    test_labels: Tensor
-    unlabelled: Tensor  # indices into train_*, labels never used
-    labelled: Tensor  # disjoint from unlabelled
-    num_classes: int
-    mean: Tensor  # (1, C, 1, 1)
-    std: Tensor
-
-    def normalize(self, x: Tensor) -> Tensor:
-        """Float images in [0, 1] -> standardised input currents."""
-        return (x - self.mean) / self.std
-
-    def prepare(self, images: Tensor) -> Tensor:
-        return self.normalize(images.float() / 255.0)
-
-
-def load_data(cfg: Config, device: torch.device) -> Data:
-    info = get_info(cfg.data.name)
-    if (cfg.encoder.in_channels, cfg.encoder.image_size) != (info.channels, info.image_size):
-        raise ValueError(
-            f"encoder expects {cfg.encoder.in_channels}x{cfg.encoder.image_size}px images but "
-            f"{cfg.data.name} has {info.channels}x{info.image_size}: set encoder.in_channels="
-            f"{info.channels} encoder.image_size={info.image_size} or use its preset"
-        )
-    x_tr, y_tr = load_dataset(cfg.data.name, cfg.data.root, train=True)
-    x_te, y_te = load_dataset(cfg.data.name, cfg.data.root, train=False)
-    if cfg.data.train_limit:
-        keep = subset_per_class(y_tr, max(cfg.data.train_limit // info.num_classes, 1), cfg.seed)
-        x_tr, y_tr = x_tr[keep], y_tr[keep]
-    if cfg.data.test_limit:
-        keep = subset_per_class(y_te, max(cfg.data.test_limit // info.num_classes, 1), cfg.seed)
-        x_te, y_te = x_te[keep], y_te[keep]
-    unlabelled, labelled = stratified_split(y_tr, cfg.data.labelled_fraction, cfg.seed)
-    shape = (1, info.channels, 1, 1)
-    return Data(
-        x_tr.to(device),
-        y_tr.to(device),
-        x_te.to(device),
-        y_te.to(device),
-        unlabelled.to(device),
-        labelled.to(device),
-        info.num_classes,
-        torch.tensor(info.mean, device=device).view(shape),
-        torch.tensor(info.std, device=device).view(shape),
-    )
 
 
 class SimCLR(nn.Module):
@@ -139,36 +86,6 @@ def _finish(run_dir: Path, summary: dict) -> dict:
     summary["run_dir"] = str(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def precision(cfg: Config, device: torch.device):
-    """bf16 autocast (convolutions and matmuls in bfloat16; membranes stay float32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-
-
-def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
-    """Weighted kNN: labelled-part latents as the bank, test latents as queries."""
-    T, bs = cfg.time_steps, cfg.eval_batch_size
-    with precision(cfg, data.test_images.device):
-        bank = batched_outputs(encoder, data.train_images[data.labelled], T, data.prepare, bs)
-        queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
-    preds = knn_predict(
-        bank,
-        data.train_labels[data.labelled],
-        queries,
-        data.num_classes,
-        cfg.knn.k,
-        cfg.knn.temperature,
-    )
-    return round(accuracy(preds, data.test_labels), 2)
-
-
-def test_accuracy(model: SpikingClassifier, data: Data, cfg: Config) -> float:
-    with precision(cfg, data.test_images.device):
-        counts = batched_outputs(
-            model, data.test_images, cfg.time_steps, data.prepare, cfg.eval_batch_size
-        )
-    return round(accuracy(counts.argmax(1), data.test_labels), 2)
 
 
 def _start(cfg: Config) -> tuple[torch.device, World, Data]:
@@ -395,10 +312,3 @@ def knn(cfg: Config, checkpoint: dict | None) -> dict:
         "k": cfg.knn.k,
         "pretrained": checkpoint is not None,
     }
-
-
-class Pixels(nn.Module):
-    """``forward(images, T) -> images [B, C*H*W]``: the input itself as a kNN latent."""
-
-    def forward(self, images: Tensor, _T: int) -> Tensor:
-        return images.flatten(1)
