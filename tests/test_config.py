@@ -320,6 +320,7 @@ def test_section_given_a_scalar_then_a_subkey() -> None:
         (["pretrain.temperature=0"], ["pretrain.temperature"]),
         (["pretrain.temperature=-0.5"], ["pretrain.temperature"]),
         (["pretrain.projection_dim=-1"], ["pretrain.projection_dim"]),
+        (["pretrain.center=true", "pretrain.projection_dim=64"], ["pretrain.center", "MLP"]),
         (["pretrain.schedule=linear"], ["pretrain.schedule"]),
         (["finetune.schedule=step"], ["finetune.schedule"]),
         (["finetune.batch_size=0"], ["finetune.batch_size"]),

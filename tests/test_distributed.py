@@ -132,3 +132,12 @@ def test_torchrun_cli_smoke(tmp_path):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1  # rank 0 alone writes
     assert out.stdout.count('"command": "pretrain"') == 1  # and reports
+
+
+def test_convert_batchnorm_keeps_a_batch_norm_without_parameters():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3, affine=False))
+    x = torch.randn(8, 4)
+    expected = model(x)
+    distributed.convert_batchnorm(model)
+    assert isinstance(model[1], distributed.GlobalBatchNorm) and not model[1].affine
+    torch.testing.assert_close(model(x), expected)

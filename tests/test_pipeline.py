@@ -184,3 +184,18 @@ def test_knn_reports_the_pixel_baseline_of_a_brute_force_nearest_neighbour(tmp_p
     expected = 100 * (labels == data.test_labels.numpy()).mean()
     assert result["pixel_knn_accuracy"] == pytest.approx(expected, abs=0.01)
     assert 60 < result["pixel_knn_accuracy"] < 100  # pixels are a real baseline on MNIST
+
+
+def test_center_feeds_nt_xent_standardised_counts_and_keeps_the_encoder_raw():
+    torch.manual_seed(0)
+    cfg = load_config("mnist-quick", {"time_steps": 4, "pretrain": {"center": True}})
+    model = pipeline.SimCLR(pipeline.SpikingEncoder(cfg.encoder), 0, cfg.pretrain.center)
+    assert not list(model.projector.parameters())  # nothing learned: only batch statistics
+    images = torch.rand(16, 1, 28, 28) * 3
+    counts = model.encoder(images, 4)  # what kNN and fine-tuning read: raw spike counts
+    assert (counts >= 0).all() and counts.sum() > 0
+    z = model.projector(counts)
+    alive = counts.std(0) > 0
+    expected = (counts - counts.mean(0)) / (counts.var(0, unbiased=False) + 1e-5).sqrt()
+    torch.testing.assert_close(z[:, alive], expected[:, alive], atol=1e-4, rtol=1e-4)
+    assert (z < 0).any()  # cosine similarities can now be negative

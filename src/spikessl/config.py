@@ -65,6 +65,9 @@ class PretrainConfig:
     schedule: str = "cosine"
     temperature: float = 0.5  # tau of eq. (1)
     projection_dim: int = 0  # 0: NT-Xent on the spike counts as in the paper; >0: MLP head
+    # centre (and scale) each count over the batch before NT-Xent: batch norm without learned
+    # parameters, so cosine similarities can be negative; kNN and fine-tuning see raw counts
+    center: bool = False
 
     def __post_init__(self) -> None:
         _check_optim(self, "pretrain")
@@ -76,6 +79,12 @@ class PretrainConfig:
         )
         _check(self.temperature > 0, "pretrain.temperature", self.temperature, "> 0, e.g. 0.5")
         _check(self.projection_dim >= 0, "pretrain.projection_dim", self.projection_dim, ">= 0")
+        _check(
+            not (self.center and self.projection_dim),
+            "pretrain.center",
+            self.center,
+            "false with pretrain.projection_dim > 0: choose the MLP head or centring",
+        )
 
 
 @dataclass(frozen=True)

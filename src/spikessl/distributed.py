@@ -168,7 +168,8 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
                 child.track_running_stats,
             )
             new.load_state_dict(child.state_dict())
-            setattr(module, name, new.to(child.weight.device if child.affine else "cpu"))
+            state = [*child.parameters(), *child.buffers()]  # affine=False has no weight
+            setattr(module, name, new.to(state[0].device if state else "cpu"))
         else:
             convert_batchnorm(child)
     return module

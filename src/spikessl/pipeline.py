@@ -43,11 +43,13 @@ def resolve_device(name: str) -> torch.device:
 class SimCLR(nn.Module):
     """Encoder plus optional projection head; ``forward`` gives the latents fed to NT-Xent."""
 
-    def __init__(self, encoder: SpikingEncoder, projection_dim: int = 0) -> None:
+    def __init__(self, encoder: SpikingEncoder, projection_dim: int = 0, center: bool = False):
         super().__init__()
         self.encoder = encoder
         d = encoder.latent_dim
         self.projector = ProjectionHead(d, d, projection_dim) if projection_dim else nn.Identity()
+        if center:  # per-count batch statistics, no parameters: (z - mean) / std
+            self.projector = nn.BatchNorm1d(d, affine=False)
 
 
 def default_run_dir(cfg: Config, command: str) -> Path:
@@ -112,7 +114,8 @@ def pretrain(
 ) -> dict:
     """SimCLR on the unlabelled part: NT-Xent of the spike counts of two augmented views."""
     device, world, data = _start(cfg)
-    model = SimCLR(SpikingEncoder(cfg.encoder), cfg.pretrain.projection_dim).to(device)
+    pre = cfg.pretrain
+    model = SimCLR(SpikingEncoder(cfg.encoder), pre.projection_dim, pre.center).to(device)
     _distribute(model, cfg, world)
     augment = build_augment(cfg.augment, cfg.encoder.image_size, cfg.encoder.in_channels)
     if resume is not None:
