@@ -152,15 +152,9 @@ def test_only_runs_just_the_chosen_cells_in_plan_order(tmp_path, monkeypatch) ->
     monkeypatch.setattr(
         reproduce.sweep, "run_sweep", lambda cells, *a, **k: ran.extend(c.name for c in cells)
     )
-    code, out, err, _ = reproduce_untrained(
-        tmp_path,
-        monkeypatch,
-        "--dataset",
-        "mnist",
-        "--budget",
-        "paper",
-        "--only",
-        "seed=1__*,time_steps=10",
+    mnist_paper = ["--dataset", "mnist", "--budget", "paper"]
+    code, _, err, _ = reproduce_untrained(
+        tmp_path, monkeypatch, *mnist_paper, "--only", "seed=1__*,time_steps=10"
     )
     assert code == 0, err
     assert ran == [
@@ -168,16 +162,8 @@ def test_only_runs_just_the_chosen_cells_in_plan_order(tmp_path, monkeypatch) ->
         "seed=1__finetune.label_fraction=0.01",
         "seed=1__finetune.label_fraction=0.1",
     ]
-    code, out, err, _ = reproduce_untrained(
-        tmp_path,
-        monkeypatch,
-        "--dataset",
-        "mnist",
-        "--budget",
-        "paper",
-        "--dry-run",
-        "--only",
-        "time_steps=20",
+    _, out, err, _ = reproduce_untrained(
+        tmp_path, monkeypatch, *mnist_paper, "--dry-run", "--only", "time_steps=20"
     )
     assert json.loads(out)["to_run"] == ["time_steps=20"]
     assert "time_steps=10: to run, not in --only" in err
