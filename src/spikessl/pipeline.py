@@ -47,9 +47,12 @@ class SimCLR(nn.Module):
         super().__init__()
         self.encoder = encoder
         d = encoder.latent_dim
-        self.projector = ProjectionHead(d, d, projection_dim) if projection_dim else nn.Identity()
         if center:  # per-count batch statistics, no parameters: (z - mean) / std
             self.projector = nn.BatchNorm1d(d, affine=False)
+        elif projection_dim:
+            self.projector = ProjectionHead(d, d, projection_dim)
+        else:
+            self.projector = nn.Identity()
 
 
 def default_run_dir(cfg: Config, command: str) -> Path:

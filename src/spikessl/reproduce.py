@@ -157,13 +157,14 @@ def select(steps: list[Step], only: Sequence[str]) -> set[str]:
     names = [cell.name for step in steps for cell in step.cells]
     if not only:
         return set(names)
-    unmatched = [p for p in only if not fnmatch.filter(names, p)]
+    matches = {p: {n for n in names if fnmatch.fnmatchcase(n, p)} for p in only}
+    unmatched = [p for p, found in matches.items() if not found]
     if unmatched:
         raise ValueError(
             f"--only {','.join(unmatched)} matches no cell of this plan; its cells are: "
             f"{', '.join(names)} (shell patterns such as 'seed=0__*' work too)"
         )
-    return {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in only)}
+    return set().union(*matches.values())
 
 
 def _share(base: dict) -> str:
