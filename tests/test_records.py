@@ -2,7 +2,7 @@
 
 import pytest
 
-from spikessl.records import load_records, write_tables
+from spikessl.records import compare, load_records, seed_summary, write_seed_tables, write_tables
 
 
 def test_write_tables_formats_by_hand(tmp_path):
@@ -48,3 +48,57 @@ def test_corrupt_record_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="not a sweep record"):
         load_records(tmp_path, ["cell"])
     assert load_records(tmp_path, ["other"]) == []
+
+
+def _record(seed: int, fraction: str, ssl: float, supervised: float | None, knn: float) -> dict:
+    record = {"grid": {"seed": str(seed), "finetune.label_fraction": fraction}}
+    record |= {"config": {"seed": seed}, "knn_accuracy": knn, "finetune_test_accuracy": ssl}
+    return record | ({} if supervised is None else {"supervised_test_accuracy": supervised})
+
+
+def test_seed_summary_by_hand(tmp_path):
+    records = [
+        _record(0, "0.01", 95.0, 92.0, 90.0),
+        _record(0, "0.1", 97.0, 97.5, 90.0),
+        _record(1, "0.01", 96.0, 93.0, 91.0),
+        _record(1, "0.1", 98.0, 96.5, 91.0),
+        _record(2, "0.01", 94.0, 91.0, 92.0),
+    ]
+    one, ten = seed_summary(records)
+    assert one["setting"] == {"finetune.label_fraction": "0.01"} and one["seeds"] == [0, 1, 2]
+    assert one["finetune_test_accuracy"] == {
+        "values": [95.0, 96.0, 94.0],
+        "n": 3,
+        "mean": 95.0,
+        "min": 94.0,
+        "max": 96.0,
+    }
+    assert one["supervised_test_accuracy"]["mean"] == 92.0
+    assert one["knn_accuracy"]["mean"] == 91.0
+    # margin 95 - 92 = 3 points; spread max(96 - 94, 93 - 91) = 2
+    assert (one["margin"], one["spread"], one["verdict"]) == (3.0, 2.0, "margin > spread")
+    # margin 97.5 - 97 = 0.5; spread max(1, 1) = 1
+    assert (ten["margin"], ten["spread"], ten["verdict"]) == (0.5, 1.0, "margin within spread")
+    write_seed_tables(records, tmp_path / "s.csv", tmp_path / "s.md")
+    md = (tmp_path / "s.md").read_text().splitlines()
+    assert md[0] == (
+        "| finetune.label_fraction | seeds | kNN | SSL + fine-tune | supervised only | margin "
+        "| spread |  |"
+    )
+    assert md[2] == (
+        "| 0.01 | 0 1 2 | 91.00% [90.00, 92.00] (n=3) | 95.00% [94.00, 96.00] (n=3) "
+        "| 92.00% [91.00, 93.00] (n=3) | +3.00 | 2.00 | margin > spread |"
+    )
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert rows[0].startswith("finetune.label_fraction,seeds,knn_accuracy_n,knn_accuracy_mean,")
+    assert rows[2].startswith("0.1,0 1,2,90.5,90.0,91.0,2,97.5,97.0,98.0,2,97.0,96.5,97.5,")
+    assert rows[2].endswith(",0.5,1.0,margin within spread")
+
+
+def test_compare_needs_two_seeds_of_each():
+    assert compare([95.0], [92.0]) == (3.0, 0.0, "one seed: no spread")
+    assert compare([95.0, 96.0], []) == (None, None, "incomplete")
+    # supervised ahead: margin -3 beyond a spread of 1
+    assert compare([90.0, 91.0], [93.0, 94.0]) == (-3.0, 1.0, "supervised ahead by > spread")
+    # the margin is that of the rounded means the tables show: 95.33 - 92.67
+    assert compare([95.0, 95.0, 96.0], [92.0, 93.0, 93.0])[0] == 2.66

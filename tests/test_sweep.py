@@ -353,3 +353,27 @@ def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="stop here"):
         run_sweep([cell], tmp_path / "records", tmp_path / "runs", log=lambda _: None)
     assert seen == [(None, False)]
+
+
+def test_seeds_are_summarised_when_the_grid_varies_them(tmp_path, monkeypatch):
+    from spikessl import sweep
+
+    def fake_cell(cell, runs_root, progress, log):
+        seed, lr = cell.config.seed, cell.config.finetune.lr
+        return {
+            "cell": cell.name,
+            "key": cell.key,
+            "grid": dict(cell.overrides),
+            "config": to_dict(cell.config),
+            "finetune_test_accuracy": 90.0 + seed + 100 * lr,
+        }
+
+    monkeypatch.setattr(sweep, "_run_cell", fake_cell)
+    cells = expand_grid(tiny_base(), ["seed=0,1", "finetune.lr=0.01,0.02"])
+    run_sweep(cells, tmp_path / "records", tmp_path / "runs", progress=False, log=print)
+    lines = (tmp_path / "records" / "seeds.md").read_text().splitlines()
+    assert lines[2].startswith("| 0.01 | 0 1 |  | 91.50% [91.00, 92.00] (n=2) |")
+    assert lines[3].startswith("| 0.02 | 0 1 |  | 92.50% [92.00, 93.00] (n=2) |")
+    one_seed = expand_grid(tiny_base(), ["finetune.lr=0.01,0.02"])
+    run_sweep(one_seed, tmp_path / "one", tmp_path / "runs", progress=False, log=print)
+    assert not (tmp_path / "one" / "seeds.md").exists()

@@ -2,7 +2,9 @@
 
 A record is written atomically (``write_atomic``), so an interrupted sweep never leaves half of
 one; ``load_records`` reads a records directory back, and ``write_tables`` summarises its records
-as ``results.csv`` (plain numbers) and ``results.md`` (a GitHub table).
+as ``results.csv`` (plain numbers) and ``results.md`` (a GitHub table). A grid over several
+seeds is also summarised over them (``seed_summary``, ``write_seed_tables``): each setting's
+mean, min and max, and whether SSL's margin over the supervised baseline exceeds the spread.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+SSL, SUPERVISED = "finetune_test_accuracy", "supervised_test_accuracy"
+ACCURACIES = ("knn_accuracy", SSL, SUPERVISED)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -115,4 +121,100 @@ def write_tables(
     ]
     for row in rows:
         lines.append("| " + " | ".join(_markdown_cell(c, v) for c, v in zip(columns, row)) + " |")
+    write_atomic(Path(md_path), "\n".join(lines) + "\n")
+
+
+def describe(values: Sequence[float]) -> dict:
+    """``n``, and when there are values their ``mean`` (to 2 decimals), ``min`` and ``max``."""
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "mean": round(sum(values) / len(values), 2),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def compare(ssl: Sequence[float], supervised: Sequence[float]) -> tuple[float | None, ...]:
+    """``(margin, spread, verdict)`` of SSL's per-seed accuracies against the baseline's.
+
+    Margin: SSL mean minus supervised mean (points); spread: the larger of the two methods'
+    max - min over seeds. The verdict says whether the margin exceeds the spread, which needs
+    at least two seeds of each.
+    """
+    if not (ssl and supervised):
+        return None, None, "incomplete"
+    margin = round(describe(ssl)["mean"] - describe(supervised)["mean"], 2)  # as the means show
+    spread = round(max(max(ssl) - min(ssl), max(supervised) - min(supervised)), 2)
+    if min(len(ssl), len(supervised)) < 2:
+        verdict = "one seed: no spread"
+    elif abs(margin) <= spread:
+        verdict = "margin within spread"
+    else:
+        verdict = "margin > spread" if margin > 0 else "supervised ahead by > spread"
+    return margin, spread, verdict
+
+
+def seed_summary(records: list[dict]) -> list[dict]:
+    """Records grouped by their grid values other than ``seed``, in first-seen order.
+
+    Each group: ``setting`` (those grid values), ``seeds``, and per accuracy in ``ACCURACIES``
+    its per-seed values with n, mean, min and max; then ``compare``'s margin, spread and verdict
+    of fine-tuning against the supervised baseline.
+    """
+    groups: dict[tuple, dict] = {}
+    for record in records:
+        setting = {k: v for k, v in record.get("grid", {}).items() if k != "seed"}
+        group = groups.setdefault(tuple(setting.items()), {"setting": setting, "records": []})
+        group["records"].append(record)
+    summary = []
+    for group in groups.values():
+        entry = {
+            "setting": group["setting"],
+            "seeds": [r["config"]["seed"] for r in group["records"]],
+        }
+        for field in ACCURACIES:
+            values = [float(r[field]) for r in group["records"] if r.get(field) is not None]
+            entry[field] = {"values": values, **describe(values)}
+        margin, spread, verdict = compare(entry[SSL]["values"], entry[SUPERVISED]["values"])
+        summary.append(entry | {"margin": margin, "spread": spread, "verdict": verdict})
+    return summary
+
+
+def write_seed_tables(records: list[dict], csv_path: str | Path, md_path: str | Path) -> None:
+    """``seed_summary`` as CSV (one row per setting) and a GitHub table, mean [min, max] (n)."""
+    summary = seed_summary(records)
+    keys = list(dict.fromkeys(k for s in summary for k in s["setting"]))
+    rows = []
+    for s in summary:
+        row = {**s["setting"], "seeds": " ".join(map(str, s["seeds"]))}
+        for field in ACCURACIES:
+            row |= {f"{field}_{k}": s[field].get(k) for k in ("n", "mean", "min", "max")}
+        rows.append(row | {k: s[k] for k in ("margin", "spread", "verdict")})
+    stats = [f"{f}_{k}" for f in ACCURACIES for k in ("n", "mean", "min", "max")]
+    write_atomic(
+        Path(csv_path), csv_text(rows, [*keys, "seeds", *stats, "margin", "spread", "verdict"])
+    )
+
+    def cell(stat: dict) -> str:
+        if not stat["n"]:
+            return ""
+        return f"{stat['mean']:.2f}% [{stat['min']:.2f}, {stat['max']:.2f}] (n={stat['n']})"
+
+    header = [*keys, "seeds", "kNN", "SSL + fine-tune", "supervised only", "margin", "spread", ""]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * (len(keys) + 1) + "---:|" * 5 + "---|",
+    ]
+    for s in summary:
+        margin = "" if s["margin"] is None else f"{s['margin']:+.2f}"
+        spread = "" if s["spread"] is None else f"{s['spread']:.2f}"
+        cells = [str(s["setting"].get(k, "")) for k in keys] + [" ".join(map(str, s["seeds"]))]
+        cells += [cell(s[f]) for f in ACCURACIES] + [margin, spread, s["verdict"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines.append(
+        "\nTest accuracy over seeds: mean [min, max] (n). Margin: SSL + fine-tune mean minus "
+        "supervised-only mean (points); spread: the larger of the two methods' max - min."
+    )
     write_atomic(Path(md_path), "\n".join(lines) + "\n")

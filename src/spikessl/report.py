@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikessl import sweep
-from spikessl.records import csv_text, load_records, write_tables
+from spikessl.records import compare, csv_text, describe, load_records, write_tables
 
 DASH = "—"
 TABLE_COLUMNS = ["table", "setting", "cell", "paper", "ours", "knn", "difference"]
@@ -111,22 +111,9 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
         stats = {}
         for method, by_seed in methods.items():
             values = [by_seed[s] for s in sorted(by_seed)]
-            stats[method] = {"n": len(values), "seeds": sorted(by_seed), "accuracies": values}
-            if values:
-                mean = round(sum(values) / len(values), 2)
-                stats[method] |= {"mean": mean, "min": min(values), "max": max(values)}
+            stats[method] = {"seeds": sorted(by_seed), "accuracies": values, **describe(values)}
         ssl, sup = stats.values()
-        margin = spread = None
-        verdict = "incomplete"
-        if ssl["n"] and sup["n"]:
-            margin = round(ssl["mean"] - sup["mean"], 2)
-            spread = round(max(ssl["max"] - ssl["min"], sup["max"] - sup["min"]), 2)
-            if min(ssl["n"], sup["n"]) < 2:
-                verdict = "one seed: no spread"
-            elif abs(margin) <= spread:
-                verdict = "margin within spread"
-            else:
-                verdict = "margin > spread" if margin > 0 else "supervised ahead by > spread"
+        margin, spread, verdict = compare(ssl["accuracies"], sup["accuracies"])
         entry = {"fraction": fraction, "methods": stats, "margin": margin, "spread": spread}
         summary.append(entry | {"steps": steps.get(fraction), "verdict": verdict})
     return summary

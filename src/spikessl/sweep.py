@@ -12,8 +12,8 @@ move to another machine, so:
   settings share one pretraining run (``pretrain-<key>/``). The supervised baseline ignores
   pretraining entirely, so it is shared across pretraining-only settings (``supervised-<key>/``).
 
-Records from the whole grid are summarised in ``results.csv`` and ``results.md`` next to them
-(``spikessl.records``).
+Records from the whole grid are summarised in ``results.csv`` and ``results.md`` next to them,
+and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl.records``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from spikessl.config import Config, load_config, parse_overrides, to_dict
-from spikessl.records import load_records, read_record, write_atomic, write_tables
+from spikessl.records import (
+    load_records,
+    read_record,
+    write_atomic,
+    write_seed_tables,
+    write_tables,
+)
 
 # Settings that do not change a run's results: never part of a key, so a grid recorded on a
 # laptop is still recognised on a GPU machine with another data folder.
@@ -185,6 +191,14 @@ def run_sweep(
         raise ValueError("run_sweep: two cells have the same name; build them with expand_grid")
     recorded = {c.name: _recorded(records_dir, c) for c in cells}
     tables = records_dir / "results.csv", records_dir / "results.md"
+    seeds = len({dict(c.overrides).get("seed") for c in cells}) > 1
+    seed_tables = records_dir / "seeds.csv", records_dir / "seeds.md"
+
+    def tabulate(records: list[dict]) -> None:
+        write_tables(records, *tables)
+        if seeds:
+            write_seed_tables(records, *seed_tables)
+
     for i, cell in enumerate(cells, 1):
         tag = f"sweep [{i}/{len(cells)}] {cell.name}"
         record = recorded[cell.name]
@@ -199,10 +213,10 @@ def run_sweep(
             record = _add_supervised(record, cell, runs_root, progress, log)
         records_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(records_dir / f"{cell.name}.json", json.dumps(record, indent=1) + "\n")
-        write_tables(load_records(records_dir, names), *tables)  # progress visible mid-grid
+        tabulate(load_records(records_dir, names))  # progress visible mid-grid
     records = load_records(records_dir, names)
     if records:
-        write_tables(records, *tables)
+        tabulate(records)
     return records
 
 
