@@ -2,7 +2,14 @@
 
 import pytest
 
-from spikessl.records import compare, load_records, seed_summary, write_seed_tables, write_tables
+from spikessl.records import (
+    compare,
+    describe,
+    load_records,
+    seed_summary,
+    write_seed_tables,
+    write_tables,
+)
 
 
 def test_write_tables_formats_by_hand(tmp_path):
@@ -96,9 +103,13 @@ def test_seed_summary_by_hand(tmp_path):
 
 
 def test_compare_needs_two_seeds_of_each():
-    assert compare([95.0], [92.0]) == (3.0, 0.0, "one seed: no spread")
-    assert compare([95.0, 96.0], []) == (None, None, "incomplete")
+    assert compare(describe([95.0]), describe([92.0])) == (3.0, 0.0, "one seed: no spread")
+    assert compare(describe([95.0, 96.0]), describe([])) == (None, None, "incomplete")
     # supervised ahead: margin -3 beyond a spread of 1
-    assert compare([90.0, 91.0], [93.0, 94.0]) == (-3.0, 1.0, "supervised ahead by > spread")
+    assert compare(describe([90.0, 91.0]), describe([93.0, 94.0])) == (
+        -3.0,
+        1.0,
+        "supervised ahead by > spread",
+    )
     # the margin is that of the rounded means the tables show: 95.33 - 92.67
-    assert compare([95.0, 95.0, 96.0], [92.0, 93.0, 93.0])[0] == 2.66
+    assert compare(describe([95.0, 95.0, 96.0]), describe([92.0, 93.0, 93.0]))[0] == 2.66

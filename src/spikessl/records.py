@@ -136,18 +136,25 @@ def describe(values: Sequence[float]) -> dict:
     }
 
 
-def compare(ssl: Sequence[float], supervised: Sequence[float]) -> tuple[float | None, ...]:
-    """``(margin, spread, verdict)`` of SSL's per-seed accuracies against the baseline's.
+def mean_range(stat: dict) -> str:
+    """A ``describe`` result as table text: ``"95.00% [94.00, 96.00] (n=3)"``, "" for none."""
+    if not stat["n"]:
+        return ""
+    return f"{stat['mean']:.2f}% [{stat['min']:.2f}, {stat['max']:.2f}] (n={stat['n']})"
 
-    Margin: SSL mean minus supervised mean (points); spread: the larger of the two methods'
-    max - min over seeds. The verdict says whether the margin exceeds the spread, which needs
-    at least two seeds of each.
+
+def compare(ssl: dict, supervised: dict) -> tuple[float | None, ...]:
+    """``(margin, spread, verdict)`` of SSL against the baseline, each a ``describe`` result.
+
+    Margin: SSL mean minus supervised mean (points, of the rounded means the tables show);
+    spread: the larger of the two methods' max - min over seeds. The verdict says whether the
+    margin exceeds the spread, which needs at least two seeds of each.
     """
-    if not (ssl and supervised):
+    if not (ssl["n"] and supervised["n"]):
         return None, None, "incomplete"
-    margin = round(describe(ssl)["mean"] - describe(supervised)["mean"], 2)  # as the means show
-    spread = round(max(max(ssl) - min(ssl), max(supervised) - min(supervised)), 2)
-    if min(len(ssl), len(supervised)) < 2:
+    margin = round(ssl["mean"] - supervised["mean"], 2)
+    spread = round(max(ssl["max"] - ssl["min"], supervised["max"] - supervised["min"]), 2)
+    if min(ssl["n"], supervised["n"]) < 2:
         verdict = "one seed: no spread"
     elif abs(margin) <= spread:
         verdict = "margin within spread"
@@ -177,7 +184,7 @@ def seed_summary(records: list[dict]) -> list[dict]:
         for field in ACCURACIES:
             values = [float(r[field]) for r in group["records"] if r.get(field) is not None]
             entry[field] = {"values": values, **describe(values)}
-        margin, spread, verdict = compare(entry[SSL]["values"], entry[SUPERVISED]["values"])
+        margin, spread, verdict = compare(entry[SSL], entry[SUPERVISED])
         summary.append(entry | {"margin": margin, "spread": spread, "verdict": verdict})
     return summary
 
@@ -197,11 +204,6 @@ def write_seed_tables(records: list[dict], csv_path: str | Path, md_path: str | 
         Path(csv_path), csv_text(rows, [*keys, "seeds", *stats, "margin", "spread", "verdict"])
     )
 
-    def cell(stat: dict) -> str:
-        if not stat["n"]:
-            return ""
-        return f"{stat['mean']:.2f}% [{stat['min']:.2f}, {stat['max']:.2f}] (n={stat['n']})"
-
     header = [*keys, "seeds", "kNN", "SSL + fine-tune", "supervised only", "margin", "spread", ""]
     lines = [
         "| " + " | ".join(header) + " |",
@@ -211,7 +213,7 @@ def write_seed_tables(records: list[dict], csv_path: str | Path, md_path: str | 
         margin = "" if s["margin"] is None else f"{s['margin']:+.2f}"
         spread = "" if s["spread"] is None else f"{s['spread']:.2f}"
         cells = [str(s["setting"].get(k, "")) for k in keys] + [" ".join(map(str, s["seeds"]))]
-        cells += [cell(s[f]) for f in ACCURACIES] + [margin, spread, s["verdict"]]
+        cells += [mean_range(s[f]) for f in ACCURACIES] + [margin, spread, s["verdict"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines.append(
         "\nTest accuracy over seeds: mean [min, max] (n). Margin: SSL + fine-tune mean minus "

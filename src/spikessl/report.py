@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikessl import sweep
-from spikessl.records import compare, csv_text, describe, load_records, write_tables
+from spikessl.records import (
+    compare,
+    csv_text,
+    describe,
+    load_records,
+    mean_range,
+    write_tables,
+)
 
 DASH = "—"
 TABLE_COLUMNS = ["table", "setting", "cell", "paper", "ours", "knn", "difference"]
@@ -113,7 +120,7 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
             values = [by_seed[s] for s in sorted(by_seed)]
             stats[method] = {"seeds": sorted(by_seed), "accuracies": values, **describe(values)}
         ssl, sup = stats.values()
-        margin, spread, verdict = compare(ssl["accuracies"], sup["accuracies"])
+        margin, spread, verdict = compare(ssl, sup)
         entry = {"fraction": fraction, "methods": stats, "margin": margin, "spread": spread}
         summary.append(entry | {"steps": steps.get(fraction), "verdict": verdict})
     return summary
@@ -124,15 +131,12 @@ def _percent(fraction: float) -> str:
 
 
 def label_efficiency_markdown(summary: list[dict]) -> str:
-    def cell(s: dict) -> str:
-        return f"{s['mean']:.2f}% [{s['min']:.2f}, {s['max']:.2f}] (n={s['n']})" if s["n"] else DASH
-
     lines = [
         "| labels | steps | SSL + fine-tune | supervised only | margin | spread | |",
         "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in summary:
-        ssl, sup = (cell(st) for st in s["methods"].values())
+        ssl, sup = (mean_range(st) or DASH for st in s["methods"].values())
         margin = DASH if s["margin"] is None else f"{s['margin']:+.2f}"
         spread = DASH if s["spread"] is None else f"{s['spread']:.2f}"
         steps = DASH if s["steps"] is None else str(s["steps"])
