@@ -69,11 +69,12 @@ def test_two_processes_equal_one_with_the_concatenated_batch(tmp_path):
     torch.manual_seed(1)
     views = torch.randn(STEPS, 2, 16, 1, 28, 28)  # per step: two views of 16 images
     torch.save(views, tmp_path / "views.pt")
+    threads = torch.get_num_threads()  # restored: later tests compare runs across processes
     torch.set_num_threads(1)
     try:
         single = train(views, distributed.World())
     finally:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     mp.spawn(
         worker,
         args=(free_port(), str(tmp_path / "views.pt"), str(tmp_path / "out.pt")),

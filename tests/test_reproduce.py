@@ -76,8 +76,8 @@ def test_quick_budget_and_overrides_apply_to_every_cell() -> None:
     steps = plan(base, [3])
     assert names(steps)[:3] == [
         ["time_steps=12"],  # the best cell is named after the base's own T
-        ["time_steps=10", "time_steps=20"],
-        ["pretrain.batch_size=128"],  # 64 is the base: the best cell measures it
+        ["time_steps=10", "time_steps=20", "time_steps=30"],  # 30: the paper's, not the base
+        ["pretrain.batch_size=128", "pretrain.batch_size=256"],  # 64: the best cell
     ]
     assert names(steps)[-1][0] == "seed=3__finetune.label_fraction=0.01"
     for cell in (c for step in steps for c in step.cells):
@@ -89,13 +89,33 @@ def test_quick_budget_and_overrides_apply_to_every_cell() -> None:
         assert cfg.data.name == "cifar10"
     rows = paper_rows("cifar10", base)
     batch = {r["setting"]: r["cell"] for r in rows if r["table"] == "II"}
-    assert batch == {  # 256 is not planned here: its row stays "—"
+    assert batch == {
         "64": "time_steps=12",
         "128": "pretrain.batch_size=128",
         "256": "pretrain.batch_size=256",
     }
+    planned = {c.name for step in steps for c in step.cells}
+    cells = {r["cell"] for r in rows if r["table"] in ("I", "II", "III")}
+    assert cells <= planned  # every row of Tables I-III gets measured
     time_rows = [r["setting"] for r in rows if r["table"] == "I"]
     assert time_rows == ["10", "20", "30", "12 (this run's base)"]
+
+
+def test_an_override_on_a_table_axis_still_measures_the_papers_rows() -> None:
+    base = base_config("mnist", "paper", ["augment.views=crop-rotate"])
+    steps = plan(base, [0])
+    assert names(steps)[:4] == [
+        ["time_steps=30"],  # the best cell now pretrains on crop-rotate: Table III's first row
+        ["time_steps=10", "time_steps=20"],
+        ["pretrain.batch_size=64", "pretrain.batch_size=128"],
+        ["augment.views=crop-noise", "augment.views=rotate-noise"],  # the paper's best pair
+    ]
+    views = {r["setting"]: r["cell"] for r in paper_rows("mnist", base) if r["table"] == "III"}
+    assert views == {
+        "crop-rotate": "time_steps=30",
+        "crop-noise": "augment.views=crop-noise",
+        "rotate-noise": "augment.views=rotate-noise",
+    }
 
 
 @pytest.mark.parametrize(
@@ -196,7 +216,7 @@ def test_records_made_with_other_settings_stop_before_training(tmp_path, monkeyp
 def test_end_to_end_then_every_cell_is_skipped(tmp_path, monkeypatch) -> None:
     # fewer cells than the real protocol (one table row, one fraction), the same machinery
     monkeypatch.setattr(
-        reproduce, "TABLES", {("I", "time steps", "time_steps"): {"3": (1.0, 2.0), "30": BEST}}
+        reproduce, "TABLES", {("I", "time steps", "time_steps"): {"3": (1.0, 2.0), "4": BEST}}
     )
     monkeypatch.setattr(reproduce, "FRACTIONS", (0.01,))
     monkeypatch.setattr(reproduce, "SEED_FRACTIONS", (0.01,))
@@ -210,16 +230,17 @@ def test_end_to_end_then_every_cell_is_skipped(tmp_path, monkeypatch) -> None:
     cells = [
         "time_steps=2",
         "time_steps=3",
+        "time_steps=4",  # the paper's best T, off this run's base: measured all the same
         "seed=0__finetune.label_fraction=0.01",
         "seed=1__finetune.label_fraction=0.01",
     ]
-    assert (result["budget"], result["cells"], result["recorded"]) == ("quick", 4, 4)
+    assert (result["budget"], result["cells"], result["recorded"]) == ("quick", 5, 5)
     assert result["overrides"] == TINY
     assert result["best"]["cell"] == "time_steps=2"
     assert 0 <= result["best"]["finetune_test_accuracy"] <= 100
     assert "supervised_test_accuracy" in json.loads((records / "time_steps=2.json").read_text())
     assert err.count("pretrain: finished earlier, reusing") == 1  # seed 0 shares the best's
-    assert len(list(runs.glob("pretrain-*"))) == 3
+    assert len(list(runs.glob("pretrain-*"))) == 4  # T=2 (and seed 0), T=3, T=4, seed 1
     outputs = [
         "tables.md",
         "tables.csv",
@@ -239,23 +260,24 @@ def test_end_to_end_then_every_cell_is_skipped(tmp_path, monkeypatch) -> None:
     assert "budget `quick`, overrides `time_steps=2" in texts["tables.md"]
     assert (
         "| 3 | 1.00% |" in texts["tables.md"]
-        and "| 30 | 94.23% | — | — | — |" in texts["tables.md"]
+        and "| 4 | 94.23% |" in texts["tables.md"]
+        and "| 4 | 94.23% | — |" not in texts["tables.md"]
     )
     assert "| 2 (this run's base) | — |" in texts["tables.md"]
     assert "| 1% |" in texts["label-efficiency.md"] and "(n=2)" in texts["label-efficiency.md"]
     readme = texts["README.md"]
     assert "spikessl reproduce --dataset mnist --budget quick time_steps=2" in readme
     assert "--seeds 0,1" in readme and " ".join(reproduce.QUICK["mnist"]) in readme
-    assert "| pretrain | 3 |" in readme and "| supervised | 3 |" in readme
+    assert "| pretrain | 4 |" in readme and "| supervised | 3 |" in readme
     assert "device cpu" in readme and "](fig5-neighbors.png)" in readme
-    assert len(texts["results.csv"].splitlines()) == 1 + 4
+    assert len(texts["results.csv"].splitlines()) == 1 + 5
 
     # again: every cell recorded, nothing trains, the same tables
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
     monkeypatch.setattr(pipeline, "finetune", forbidden)
     code, out, err = run_main(argv)
     assert code == 0, err
-    assert err.count("recorded, skipping") == 4
+    assert err.count("recorded, skipping") == 5
     for name, text in texts.items():
         assert (records / name).read_text() == text, name
 

@@ -39,9 +39,9 @@ RUN = ["pretrain", "--config", "mnist-quick", *SETTINGS, "--no-progress", "--run
 
 def start(run_dir):
     cmd = [sys.executable, "-m", "spikessl", *RUN, str(run_dir)]
-    return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
-    )
+    # as many threads as the in-process reference: sums split over threads round differently
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def wait_for_checkpoint(proc, run_dir, min_step: int) -> None:
