@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikessl import train
-from spikessl.train import LoopSettings, Task, atomic_save, check_rates, fit, lr_factor
+from spikessl.train import (
+    LoopSettings,
+    Task,
+    atomic_save,
+    check_divergence,
+    check_rates,
+    fit,
+    lr_factor,
+)
 
 RECORD_KEYS = {"epoch", "step", "loss", "lr", "firing_rates", "seconds", "images_per_s"}
 
@@ -42,6 +50,43 @@ def test_lr_factor_cosine() -> None:
 
 def test_lr_factor_constant() -> None:
     assert all(lr_factor("constant", s, 10) == 1.0 for s in range(11))
+
+
+# ------------------------------------------------------------------------------------------
+# check_divergence
+# ------------------------------------------------------------------------------------------
+
+
+def epochs_of(*losses: float) -> list[dict]:
+    return [{"epoch": i + 1, "loss": v} for i, v in enumerate(losses)]
+
+
+def test_check_divergence_the_measured_jump() -> None:
+    # the 32-channel MNIST pretraining's NT-Xent, epochs 8-11
+    msg = check_divergence(epochs_of(0.996, 0.947, 0.918), 2.23, "pretrain epoch 4")
+    assert msg is not None
+    assert "pretrain epoch 4: loss 2.23, up from 0.918 at epoch 3" in msg
+    assert "lower learning rate" in msg
+
+
+@pytest.mark.parametrize(
+    "history, loss",
+    [
+        ([], 9.0),  # nothing to compare with
+        (epochs_of(3.0, 2.0, 1.0), 1.9),  # under twice the lowest
+        (epochs_of(0.01, 0.005), 0.03),  # six times, but only 0.025 nats: fine-tuning noise
+        (epochs_of(1.0), 2.0),  # exactly twice is not more than twice
+        (epochs_of(1.0), float("nan")),  # on_nonfinite handles these
+    ],
+)
+def test_check_divergence_quiet(history: list[dict], loss: float) -> None:
+    assert check_divergence(history, loss, "x") is None
+
+
+def test_check_divergence_compares_with_the_lowest_epoch() -> None:
+    msg = check_divergence(epochs_of(2.0, 0.4, 0.9), 1.0, "x")  # 2.5x the lowest (epoch 2)
+    assert msg is not None and "up from 0.4 at epoch 2" in msg
+    assert check_divergence(epochs_of(2.0, 0.6, 0.9), 1.0, "x") is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,6 +175,7 @@ def make_task(
     nan_at: int | None = None,
     batches: list[Tensor] | None = None,
     in_features: int = 2,
+    shift: Callable[[int], float] | None = None,
 ) -> Task:
     torch.manual_seed(seed)
     model = nn.Linear(in_features, 2)
@@ -141,6 +187,8 @@ def make_task(
         value = F.cross_entropy(model(images), labels)
         if nan_at is not None and calls[0] == nan_at:
             value = value * float("nan")
+        if shift is not None:  # a constant: moves the loss, not the gradients
+            value = value + shift(calls[0])
         r = rates(calls[0]) if rates is not None else torch.tensor([0.2, 0.4])
         calls[0] += 1
         return value, r
@@ -299,6 +347,22 @@ def test_fit_warns_once_about_silent_layers(tmp_path: Path) -> None:
     assert "toy step 1" in str(runtime[0].message)
     assert "layer 0 silent" in str(runtime[0].message)
     assert history[-1]["firing_rates"] == [0.0, 0.5]
+
+
+def test_fit_warns_once_when_the_loss_diverges_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    x, y = separable_data(32)  # 2 steps per epoch: epochs 3-5 lose 3 nats more than 1-2
+    task = make_task(lr=0.0, shift=lambda call: 3.0 if call >= 4 else 0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(task, x, y, settings(epochs=5), tmp_path)
+    runtime = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(runtime) == 1 and "toy epoch 3: loss" in runtime[0]
+    assert "checkpoint-before-divergence.pt" in runtime[0]
+    records = read_metrics(tmp_path)
+    assert [r.get("diverging", False) for r in records] == [False, False, True, True, True]
+    kept = torch.load(tmp_path / "checkpoint-before-divergence.pt", weights_only=False)
+    assert kept["epoch"] == 2  # the state before the diverging epoch, not after it
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 5
 
 
 def test_fit_healthy_rates_do_not_warn(tmp_path: Path) -> None:
