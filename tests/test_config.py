@@ -317,6 +317,8 @@ def test_section_given_a_scalar_then_a_subkey() -> None:
         (["pretrain.lr=0"], ["pretrain.lr"]),
         (["pretrain.lr=-1e-3"], ["pretrain.lr"]),
         (["pretrain.weight_decay=-1"], ["pretrain.weight_decay"]),
+        (["pretrain.grad_clip=-1"], ["pretrain.grad_clip", "0: no clipping"]),
+        (["finetune.grad_clip=-0.5"], ["finetune.grad_clip"]),
         (["pretrain.temperature=0"], ["pretrain.temperature"]),
         (["pretrain.temperature=-0.5"], ["pretrain.temperature"]),
         (["pretrain.projection_dim=-1"], ["pretrain.projection_dim"]),

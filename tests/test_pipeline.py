@@ -199,3 +199,14 @@ def test_center_feeds_nt_xent_standardised_counts_and_keeps_the_encoder_raw():
     expected = (counts - counts.mean(0)) / (counts.var(0, unbiased=False) + 1e-5).sqrt()
     torch.testing.assert_close(z[:, alive], expected[:, alive], atol=1e-4, rtol=1e-4)
     assert (z < 0).any()  # cosine similarities can now be negative
+
+
+def test_loop_settings_carry_each_sections_optimiser_settings() -> None:
+    cfg = load_config(
+        "mnist-quick",
+        ["pretrain.grad_clip=2.5", "finetune.grad_clip=0.5", "finetune.weight_decay=1e-4"],
+    )
+    pre = pipeline._loop(cfg, cfg.pretrain, drop_last=True, progress=False)
+    ft = pipeline._loop(cfg, cfg.finetune, drop_last=False, progress=False)
+    assert (pre.grad_clip, pre.batch_size) == (2.5, cfg.pretrain.batch_size)
+    assert (ft.grad_clip, ft.weight_decay, ft.drop_last) == (0.5, 1e-4, False)

@@ -365,6 +365,28 @@ def test_fit_warns_once_when_the_loss_diverges_and_keeps_the_checkpoint(tmp_path
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 5
 
 
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_fit_clips_the_gradient_norm_before_each_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip: float
+) -> None:
+    norms = []
+    step = torch.optim.Adam.step
+
+    def spy(self: torch.optim.Adam, *args: object, **kw: object) -> object:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return step(self, *args, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    x, y = separable_data(32)
+    fit(make_task(), x, y, settings(epochs=2, grad_clip=clip), tmp_path)
+    assert len(norms) == 4
+    if clip:
+        assert max(norms) == pytest.approx(clip, rel=1e-4)  # every raw norm is far above 1e-3
+    else:
+        assert min(norms) > 1e-2  # unclipped: the toy's gradients are of order 0.1
+
+
 def test_fit_healthy_rates_do_not_warn(tmp_path: Path) -> None:
     x, y = separable_data(32)
     with warnings.catch_warnings(record=True) as caught:

@@ -63,6 +63,7 @@ class PretrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    grad_clip: float = 0.0  # > 0: clip the gradients' global norm to this before each step
     temperature: float = 0.5  # tau of eq. (1)
     projection_dim: int = 0  # 0: NT-Xent on the spike counts as in the paper; >0: MLP head
     # centre (and scale) each count over the batch before NT-Xent: batch norm without learned
@@ -94,6 +95,7 @@ class FinetuneConfig:
     lr: float = 1e-3  # of the classifier head (and of every layer in the supervised baseline)
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    grad_clip: float = 0.0  # > 0: clip the gradients' global norm to this before each step
     encoder_lr_factor: float = 0.1  # pretrained layers learn at lr * this (paper: "lower")
     linear_probe: bool = False  # freeze the encoder entirely
     augment: tuple[str, ...] = ()  # augmentations of the labelled images, e.g. [crop]
@@ -210,6 +212,12 @@ def _check_optim(cfg: PretrainConfig | FinetuneConfig, section: str) -> None:
     _check(cfg.lr > 0, f"{section}.lr", cfg.lr, "> 0, e.g. 1e-3 for Adam")
     _check(cfg.weight_decay >= 0, f"{section}.weight_decay", cfg.weight_decay, ">= 0")
     _check(cfg.schedule in SCHEDULES, f"{section}.schedule", cfg.schedule, f"one of {SCHEDULES}")
+    _check(
+        cfg.grad_clip >= 0,
+        f"{section}.grad_clip",
+        cfg.grad_clip,
+        ">= 0 (0: no clipping; e.g. 1.0 caps the gradients' global norm at 1)",
+    )
 
 
 # --- YAML <-> dataclasses ---------------------------------------------------------------

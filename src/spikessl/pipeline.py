@@ -187,6 +187,7 @@ def _loop(cfg: Config, section, drop_last: bool, progress: bool) -> LoopSettings
         progress,
         cfg.checkpoint_every,
         cfg.on_nonfinite,
+        section.grad_clip,
     )
 
 

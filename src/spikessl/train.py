@@ -58,6 +58,7 @@ class LoopSettings:
     progress: bool = True
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: each epoch only)
     on_nonfinite: str = "stop"  # or "skip": drop a step whose loss/gradients are NaN/inf
+    grad_clip: float = 0.0  # > 0: clip the gradients' global norm to this (after the check)
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -274,6 +275,8 @@ def fit(
                         f"skips such steps){kept}"
                     )
                 if bad is None:
+                    if settings.grad_clip:
+                        nn.utils.clip_grad_norm_(params, settings.grad_clip)
                     optimizer.step()
                 else:
                     sums["skipped"] += 1
