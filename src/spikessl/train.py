@@ -103,7 +103,7 @@ def check_divergence(history: list[dict], loss: float, where: str) -> str | None
     epoch loss in ``history`` and risen by over ``DIVERGED_BY``: training is diverging.
 
     Measured: a 32-channel MNIST encoder's NT-Xent went 0.92 -> 2.23 -> 5.08 in two epochs
-    and did not come back; the run went on for an hour without a word.
+    and did not come back, and the loop went on without a word.
     """
     if not history or not math.isfinite(loss):
         return None  # a non-finite loss is on_nonfinite's business
@@ -112,7 +112,8 @@ def check_divergence(history: list[dict], loss: float, where: str) -> str | None
         return None
     return (
         f"{where}: loss {loss:.4g}, up from {best['loss']:.4g} at epoch {best['epoch']}: "
-        "training is diverging and rarely recovers; rerun with a lower learning rate"
+        "training is diverging and rarely recovers; rerun with a lower learning rate or "
+        "with gradient clipping (grad_clip=1.0 in the pretrain or finetune section)"
     )
 
 
