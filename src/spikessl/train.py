@@ -334,9 +334,9 @@ def fit(
                 record["diverging"] = True
                 kept = run_dir / "checkpoint-before-divergence.pt"
                 if not kept.exists():  # the first divergence only; nothing is said twice
-                    if (run_dir / "checkpoint.pt").exists():
-                        shutil.copyfile(run_dir / "checkpoint.pt", kept)
-                        msg += f" (the last checkpoint before this epoch's end: {kept})"
+                    # a history means an earlier epoch ended here, and save() wrote its state
+                    shutil.copyfile(run_dir / "checkpoint.pt", kept)
+                    msg += f" (the last checkpoint before this epoch's end: {kept})"
                     warnings.warn(msg, RuntimeWarning, stacklevel=2)
             history.append(record)
             done_epochs, epoch_step = epoch, 0
