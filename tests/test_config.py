@@ -330,6 +330,7 @@ def test_section_given_a_scalar_then_a_subkey() -> None:
         (["knn.k=0"], ["knn.k"]),
         (["knn.temperature=0"], ["knn.temperature"]),
         (["knn.every=-1"], ["knn.every"]),
+        (["knn.bank=all"], ["knn.bank", "labelled", "train"]),
         (["encoder.norm=foo"], ["encoder.norm"]),
         (["encoder.pool=0"], ["encoder.pool"]),
         (["encoder.kernel_sizes=[5]"], ["encoder.conv_channels", "encoder.kernel_sizes"]),

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,20 +171,38 @@ def test_negative_min_steps_is_rejected(tmp_path):
         small_config(tmp_path, finetune={"min_steps": -1})
 
 
-def test_knn_reports_the_pixel_baseline_of_a_brute_force_nearest_neighbour(tmp_path):
-    cfg = small_config(tmp_path, knn={"k": 1}, data={"train_limit": 500, "test_limit": 200})
+@pytest.mark.parametrize("bank", ["labelled", "train"])
+def test_knn_reports_the_pixel_baseline_of_a_brute_force_nearest_neighbour(tmp_path, bank):
+    cfg = small_config(
+        tmp_path, knn={"k": 1, "bank": bank}, data={"train_limit": 500, "test_limit": 200}
+    )
     result = pipeline.knn(cfg, None)
     data = pipeline.load_data(cfg, torch.device("cpu"))
-    # k=1: the label of the labelled image with the largest cosine similarity, in float64
-    bank = data.prepare(data.train_images[data.labelled]).flatten(1).double().numpy()
+    # k=1: the label of the bank image with the largest cosine similarity, in float64; the
+    # bank is the labelled 20% (100 images) or all 500 training images
+    voters = data.labelled.numpy() if bank == "labelled" else np.arange(500)
+    assert len(voters) == (100 if bank == "labelled" else 500)
+    bank_x = data.prepare(data.train_images[voters]).flatten(1).double().numpy()
     query = data.prepare(data.test_images).flatten(1).double().numpy()
-    bank /= (bank**2).sum(1, keepdims=True) ** 0.5
+    bank_x /= (bank_x**2).sum(1, keepdims=True) ** 0.5
     query /= (query**2).sum(1, keepdims=True) ** 0.5
-    nearest = (query @ bank.T).argmax(1)
-    labels = data.train_labels[data.labelled].numpy()[nearest]
+    nearest = (query @ bank_x.T).argmax(1)
+    labels = data.train_labels.numpy()[voters][nearest]
     expected = 100 * (labels == data.test_labels.numpy()).mean()
     assert result["pixel_knn_accuracy"] == pytest.approx(expected, abs=0.01)
+    assert result["bank"] == bank
     assert 60 < result["pixel_knn_accuracy"] < 100  # pixels are a real baseline on MNIST
+
+
+def test_knn_with_every_training_label_beats_the_labelled_part_on_pixels(tmp_path):
+    # five times the voters: nearest neighbours get nearer (a check the bank really changes)
+    def pixels(bank):
+        cfg = small_config(
+            tmp_path, knn={"k": 1, "bank": bank}, data={"train_limit": 1000, "test_limit": 300}
+        )
+        return pipeline.knn(cfg, None)["pixel_knn_accuracy"]
+
+    assert pixels("train") > pixels("labelled") + 2
 
 
 def test_center_feeds_nt_xent_standardised_counts_and_keeps_the_encoder_raw():

@@ -144,11 +144,21 @@ class KNNConfig:
     k: int = 200
     temperature: float = 0.1
     every: int = 0  # pretraining: kNN accuracy every this many epochs (0: only at the end)
+    # the labelled latents that vote: "labelled" = the labelled part only (the paper's 80/20
+    # protocol: the other labels are thrown away); "train" = every training image, the bank
+    # of the usual SSL kNN monitor (Wu et al. 2018, DINO), which uses all training labels
+    bank: str = "labelled"
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "knn.k", self.k, ">= 1, e.g. 200")
         _check(self.temperature > 0, "knn.temperature", self.temperature, "> 0, e.g. 0.1")
         _check(self.every >= 0, "knn.every", self.every, ">= 0")
+        _check(
+            self.bank in ("labelled", "train"),
+            "knn.bank",
+            self.bank,
+            "labelled (the labelled part, the paper's protocol) or train (every training label)",
+        )
 
 
 @dataclass(frozen=True)

@@ -84,14 +84,16 @@ def precision(cfg: Config, device: torch.device):
 
 
 def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
-    """Weighted kNN: labelled-part latents as the bank, test latents as queries."""
+    """Weighted kNN: test latents as queries; the bank is the labelled part's latents
+    (``knn.bank=labelled``) or every training image's (``knn.bank=train``)."""
     T, bs = cfg.time_steps, cfg.eval_batch_size
+    voters = data.labelled if cfg.knn.bank == "labelled" else slice(None)
     with precision(cfg, data.test_images.device):
-        bank = batched_outputs(encoder, data.train_images[data.labelled], T, data.prepare, bs)
+        bank = batched_outputs(encoder, data.train_images[voters], T, data.prepare, bs)
         queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
     preds = knn_predict(
         bank,
-        data.train_labels[data.labelled],
+        data.train_labels[voters],
         queries,
         data.num_classes,
         cfg.knn.k,

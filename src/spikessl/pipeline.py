@@ -317,5 +317,6 @@ def knn(cfg: Config, checkpoint: dict | None) -> dict:
         "knn_accuracy": knn_accuracy(encoder.to(device), data, cfg),
         "pixel_knn_accuracy": knn_accuracy(Pixels(), data, cfg),
         "k": cfg.knn.k,
+        "bank": cfg.knn.bank,
         "pretrained": checkpoint is not None,
     }
