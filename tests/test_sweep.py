@@ -9,6 +9,7 @@ import signal
 
 import pytest
 import torch
+import yaml
 from tiny import TINY
 
 from spikessl import pipeline
@@ -289,6 +290,46 @@ def test_record_from_before_a_new_config_field_still_counts():
     record["config"]["pretrain"]["lr"] = 0.5
     assert not record_matches(record, cell)  # an old setting changed
     assert record_matches({"key": cell.key}, cell)
+
+
+def _as_if_older(config_yaml, renamed, new_name: str) -> None:
+    """Make a stage look written by a spikessl before ``grad_clip``: its config without the
+    two fields, its directory ``renamed`` (itself or its parent) under another key."""
+    tree = yaml.safe_load(config_yaml.read_text())
+    del tree["pretrain"]["grad_clip"], tree["finetune"]["grad_clip"]
+    config_yaml.write_text(yaml.safe_dump(tree))
+    renamed.rename(renamed.parent / new_name)
+
+
+def test_run_dirs_from_before_a_new_config_field_are_reused(swept, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    shutil.copytree(swept["tmp"] / "runs", runs)
+    for i, stage in enumerate(sorted(runs.glob("*-*"))):  # pretrain-KEY, supervised-KEY
+        _as_if_older(stage / "config.yaml", stage, f"{stage.name.split('-')[0]}-old{i}")
+    for i, cell in enumerate(swept["cells"]):  # KEY/finetune
+        _as_if_older(runs / cell.key / "finetune" / "config.yaml", runs / cell.key, f"old{i}")
+    assert len(list(runs.glob("old*/finetune"))) == 2 and len(list(runs.glob("*-old*"))) == 3
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    monkeypatch.setattr(pipeline, "finetune", forbidden)
+    logs: list[str] = []
+    again = run_sweep(swept["cells"], tmp_path / "records", runs, baseline=True, log=logs.append)
+    assert sum("finished earlier, reusing" in line and "old" in line for line in logs) == 6
+    for what in ("finetune_test_accuracy", "supervised_test_accuracy", "knn_accuracy"):
+        assert [r[what] for r in again] == [r[what] for r in swept["second"]]
+
+
+def test_run_dir_with_other_settings_is_never_reused(swept, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    pre = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(swept['cells'][0].config)}"
+    shutil.copytree(pre, runs / "pretrain-0123456789ab")
+    tree = yaml.safe_load((runs / "pretrain-0123456789ab" / "config.yaml").read_text())
+    tree["pretrain"]["lr"] = 0.5  # an old setting changed: another pretraining
+    (runs / "pretrain-0123456789ab" / "config.yaml").write_text(yaml.safe_dump(tree))
+    (runs / "pretrain-broken").mkdir()  # not YAML: skipped, not an error
+    (runs / "pretrain-broken" / "config.yaml").write_text("{: [")
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    with pytest.raises(AssertionError, match="nothing should train"):
+        run_sweep(swept["cells"][:1], tmp_path / "records", runs, log=lambda _: None)
 
 
 def test_interrupted_pretraining_resumes_to_the_same_result(swept, tmp_path, monkeypatch):

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 from spikessl.config import Config, load_config, parse_overrides, to_dict
 from spikessl.records import (
     load_records,
@@ -132,7 +134,11 @@ def cell_name(overrides: tuple[tuple[str, str], ...]) -> str:
 
 def _relevant(cfg: Config, drop: tuple[str, ...] = ()) -> dict:
     """``to_dict(cfg)`` without ``IGNORED`` and ``drop`` (dotted keys or whole sections)."""
-    tree = to_dict(cfg)
+    return _prune(to_dict(cfg), drop)
+
+
+def _prune(tree: dict, drop: tuple[str, ...] = ()) -> dict:
+    """A config tree (modified in place) without ``IGNORED`` and ``drop``."""
     for dotted in (*IGNORED, *drop):
         *parents, leaf = dotted.split(".")
         node = tree
@@ -154,15 +160,22 @@ def cell_key(cfg: Config) -> str:
 
 def pretrain_key(cfg: Config) -> str:
     """Like ``cell_key`` without the fine-tuning settings: pretraining never reads them."""
-    return _digest(_relevant(cfg, ("finetune",)))
+    return _digest(_relevant(cfg, PRETRAIN_UNUSED))
 
 
 def supervised_key(cfg: Config) -> str:
     """Like ``cell_key`` without the pretraining-only settings the baseline never reads."""
+    return _digest(_relevant(cfg, _supervised_unused(cfg)))
+
+
+PRETRAIN_UNUSED = ("finetune",)
+
+
+def _supervised_unused(cfg: Config) -> tuple[str, ...]:
     # Fine-tuning augmentations reuse the augment section's strengths (not its views).
     augment = ("augment.views",) if cfg.finetune.augment else ("augment",)
     unused = ("finetune.encoder_lr_factor", "finetune.linear_probe")  # no pretrained encoder
-    return _digest(_relevant(cfg, ("pretrain", "knn", *augment, *unused)))
+    return ("pretrain", "knn", *augment, *unused)
 
 
 def _stderr(message: str) -> None:
@@ -230,20 +243,43 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def record_matches(record: dict, cell: Cell) -> bool:
-    """Whether ``record`` measured ``cell``: the same key, or the same settings except for
-    config fields added to spikessl since, which the cell leaves at their defaults."""
-    if record["key"] == cell.key:
-        return True
-    if not isinstance(record.get("config"), dict):
-        return False
-    old = _flat(json.loads(json.dumps(record["config"])))
-    new = _flat(json.loads(json.dumps(_relevant(cell.config))))
-    default = _flat(json.loads(json.dumps(to_dict(Config()))))
-    old = {k: v for k, v in old.items() if k not in IGNORED}
+def same_settings(old: dict, new: dict) -> bool:
+    """Whether config trees ``old`` and ``new`` hold the same settings (``IGNORED`` aside),
+    except config fields added to spikessl since ``old`` was written, which ``new`` leaves at
+    their defaults: a grid stays resumable across an upgrade of spikessl."""
+
+    def flat(tree: dict) -> dict:  # JSON's view: tuples and lists alike
+        return _flat(_prune(json.loads(json.dumps(tree))))
+
+    old, new, default = flat(old), flat(new), flat(to_dict(Config()))
     return all(k in new and new[k] == v for k, v in old.items()) and all(
         k in old or (k in default and default[k] == v) for k, v in new.items()
     )
+
+
+def record_matches(record: dict, cell: Cell) -> bool:
+    """Whether ``record`` measured ``cell``: the same key, or ``same_settings``."""
+    if record["key"] == cell.key:
+        return True
+    config = record.get("config")
+    return isinstance(config, dict) and same_settings(config, _relevant(cell.config))
+
+
+def _stage_dir(runs_root: Path, template: str, key: str, settings: dict, drop=()) -> Path:
+    """``runs_root / template.format(key)``, or when that does not exist, a run directory
+    of the same template made by an earlier spikessl for the same settings (its key also
+    hashed config fields added since; ``settings`` leaves them at their defaults)."""
+    path = runs_root / template.format(key)
+    if path.exists():
+        return path
+    for config_yaml in sorted(runs_root.glob(template.format("*") + "/config.yaml")):
+        try:
+            old = yaml.safe_load(config_yaml.read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # not a run of ours: never reused
+        if isinstance(old, dict) and same_settings(_prune(old, drop), settings):
+            return config_yaml.parent
+    return path
 
 
 def _recorded(records_dir: Path, cell: Cell) -> dict | None:
@@ -264,8 +300,14 @@ def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], 
     from spikessl import checkpoints, pipeline  # torch: only when something trains
 
     cfg = cell.config
-    pre_dir = runs_root / f"pretrain-{pretrain_key(cfg)}"
-    ft_dir = runs_root / cell.key / "finetune"
+    pre_dir = _stage_dir(
+        runs_root,
+        "pretrain-{}",
+        pretrain_key(cfg),
+        _relevant(cfg, PRETRAIN_UNUSED),
+        PRETRAIN_UNUSED,
+    )
+    ft_dir = _stage_dir(runs_root, "{}/finetune", cell.key, _relevant(cfg))
     pre = _stage(
         "pretrain", pre_dir, log, lambda r: pipeline.pretrain(cfg, pre_dir, progress, resume=r)
     )
@@ -314,7 +356,14 @@ def _add_supervised(
 ) -> dict:
     from spikessl import pipeline
 
-    run_dir = runs_root / f"supervised-{supervised_key(cell.config)}"
+    unused = _supervised_unused(cell.config)
+    run_dir = _stage_dir(
+        runs_root,
+        "supervised-{}",
+        supervised_key(cell.config),
+        _relevant(cell.config, unused),
+        unused,
+    )
     sup = _stage(
         "supervised",
         run_dir,
