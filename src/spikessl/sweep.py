@@ -11,6 +11,8 @@ move to another machine, so:
   checkpoint (which equals an uninterrupted run), and cells that differ only in fine-tuning
   settings share one pretraining run (``pretrain-<key>/``). The supervised baseline ignores
   pretraining entirely, so it is shared across pretraining-only settings (``supervised-<key>/``).
+  A stage directory made by an earlier spikessl, whose key also hashed fewer config fields,
+  is found by its ``config.yaml`` when the fields added since are at their defaults.
 
 Records from the whole grid are summarised in ``results.csv`` and ``results.md`` next to them,
 and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl.records``).
