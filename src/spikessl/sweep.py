@@ -267,7 +267,9 @@ def record_matches(record: dict, cell: Cell) -> bool:
     return isinstance(config, dict) and same_settings(config, _relevant(cell.config))
 
 
-def _stage_dir(runs_root: Path, template: str, key: str, settings: dict, drop=()) -> Path:
+def _stage_dir(
+    runs_root: Path, template: str, key: str, settings: dict, drop: tuple[str, ...] = ()
+) -> Path:
     """``runs_root / template.format(key)``, or when that does not exist, a run directory
     of the same template made by an earlier spikessl for the same settings (its key also
     hashed config fields added since; ``settings`` leaves them at their defaults)."""
