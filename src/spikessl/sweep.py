@@ -267,13 +267,12 @@ def record_matches(record: dict, cell: Cell) -> bool:
     return isinstance(config, dict) and same_settings(config, _relevant(cell.config))
 
 
-def _stage_dir(
-    runs_root: Path, template: str, key: str, settings: dict, drop: tuple[str, ...] = ()
-) -> Path:
-    """``runs_root / template.format(key)``, or when that does not exist, a run directory
-    of the same template made by an earlier spikessl for the same settings (its key also
-    hashed config fields added since; ``settings`` leaves them at their defaults)."""
-    path = runs_root / template.format(key)
+def _stage_dir(runs_root: Path, template: str, cfg: Config, drop: tuple[str, ...] = ()) -> Path:
+    """``runs_root / template.format(key)``, the key hashing ``cfg`` without ``drop``; or when
+    that does not exist, a run directory of the same template made by an earlier spikessl for
+    the same settings (its key also hashed config fields added since, left here at defaults)."""
+    settings = _relevant(cfg, drop)
+    path = runs_root / template.format(_digest(settings))
     if path.exists():
         return path
     for config_yaml in sorted(runs_root.glob(template.format("*") + "/config.yaml")):
@@ -304,14 +303,8 @@ def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], 
     from spikessl import checkpoints, pipeline  # torch: only when something trains
 
     cfg = cell.config
-    pre_dir = _stage_dir(
-        runs_root,
-        "pretrain-{}",
-        pretrain_key(cfg),
-        _relevant(cfg, PRETRAIN_UNUSED),
-        PRETRAIN_UNUSED,
-    )
-    ft_dir = _stage_dir(runs_root, "{}/finetune", cell.key, _relevant(cfg))
+    pre_dir = _stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
+    ft_dir = _stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
     pre = _stage(
         "pretrain", pre_dir, log, lambda r: pipeline.pretrain(cfg, pre_dir, progress, resume=r)
     )
@@ -360,14 +353,7 @@ def _add_supervised(
 ) -> dict:
     from spikessl import pipeline
 
-    unused = _supervised_unused(cell.config)
-    run_dir = _stage_dir(
-        runs_root,
-        "supervised-{}",
-        supervised_key(cell.config),
-        _relevant(cell.config, unused),
-        unused,
-    )
+    run_dir = _stage_dir(runs_root, "supervised-{}", cell.config, _supervised_unused(cell.config))
     sup = _stage(
         "supervised",
         run_dir,
