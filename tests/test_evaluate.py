@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from spikessl.evaluate import accuracy, batched_outputs, knn_predict
+from spikessl.evaluate import accuracy, batched_outputs, class_prototypes, knn_predict
 
 # ------------------------------------------------------------------------------------------
 # knn_predict
@@ -260,3 +260,34 @@ def test_batched_outputs_runs_without_grad() -> None:
     assert all(not grad for _, grad, _ in model.calls)
     assert not out.requires_grad
     assert torch.is_grad_enabled()  # switched back on afterwards
+
+
+# ------------------------------------------------------------------------------------------
+# class_prototypes
+# ------------------------------------------------------------------------------------------
+
+
+def test_class_prototypes_are_the_unit_mean_of_unit_latents() -> None:
+    gen = torch.Generator().manual_seed(3)
+    latents = torch.rand(50, 7, generator=gen) * 20  # counts-like, different lengths
+    labels = torch.arange(50) % 4
+    protos = class_prototypes(latents, labels, 4).numpy()
+    x, y = latents.double().numpy(), labels.numpy()
+    for c in range(4):
+        members = [row / np.linalg.norm(row) for row in x[y == c]]
+        mean = np.mean(members, axis=0)
+        np.testing.assert_allclose(protos[c], mean / np.linalg.norm(mean), rtol=1e-5)
+
+
+def test_class_prototypes_classify_separated_clusters_perfectly() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(5) * 10
+    labels = torch.randint(0, 5, (200,), generator=gen)
+    latents = centres[labels] + torch.rand(200, 5, generator=gen)
+    protos = class_prototypes(latents, labels, 5)
+    assert torch.equal((latents @ protos.T).argmax(1), labels)
+
+
+def test_class_prototypes_need_every_class() -> None:
+    with pytest.raises(ValueError, match=r"classes \[2\] have no labelled image"):
+        class_prototypes(torch.ones(4, 3), torch.tensor([0, 1, 1, 0]), 3)

@@ -229,3 +229,44 @@ def test_loop_settings_carry_each_sections_optimiser_settings() -> None:
     ft = pipeline._loop(cfg, cfg.finetune, drop_last=False, progress=False)
     assert (pre.grad_clip, pre.batch_size) == (2.5, cfg.pretrain.batch_size)
     assert (ft.grad_clip, ft.weight_decay, ft.drop_last) == (0.5, 1e-4, False)
+
+
+def _start_of_finetuning(monkeypatch, cfg, checkpoint, run_dir):
+    """The classifier as fine-tuning receives it: its head's weights and test accuracy."""
+    seen = {}
+
+    def no_training(task, *args, **kwargs):
+        seen["head"] = task.model.head.weight.detach().clone()
+        seen["test_accuracy"] = task.evaluate()["test_accuracy"]
+        return [{"step": 0, "firing_rates": [0.5], **task.evaluate()}]
+
+    monkeypatch.setattr(pipeline, "fit", no_training)
+    pipeline.finetune(cfg, checkpoint, run_dir, progress=False)
+    return seen
+
+
+def test_prototype_head_starts_as_a_class_mean_classifier(tmp_path, pretrained, monkeypatch):
+    _, _, tmp = pretrained
+    checkpoint = load_checkpoint(tmp / "pretrain")
+    cfg = small_config(tmp_path, finetune={"head_init": "prototypes"})
+    seen = _start_of_finetuning(monkeypatch, cfg, checkpoint, tmp_path / "proto")
+    # reference: class means of the unit-length spike counts, one class at a time in float64
+    data = pipeline.load_data(cfg, torch.device("cpu"))
+    encoder = pipeline.pretrained_encoder(checkpoint, cfg).eval()
+    with torch.no_grad():
+        counts = encoder(data.prepare(data.train_images[data.labelled]), cfg.time_steps)
+    x, y = counts.double().numpy(), data.train_labels[data.labelled].numpy()
+    for c in range(10):
+        units = x[y == c] / np.linalg.norm(x[y == c], axis=1, keepdims=True)
+        mean = units.mean(0)
+        np.testing.assert_allclose(seen["head"][c].numpy(), mean / np.linalg.norm(mean), atol=1e-5)
+    # the spiking head classifies before any step (coarsely: 4 steps give counts 0-4, and
+    # ties go to the first class); a random head is at chance
+    random = small_config(tmp_path, finetune={"head_init": "random"})
+    at_random = _start_of_finetuning(monkeypatch, random, checkpoint, tmp_path / "random")
+    assert seen["test_accuracy"] > 50.0 > 20.0 > at_random["test_accuracy"], (seen, at_random)
+
+
+def test_head_init_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="finetune.head_init='knn' is invalid"):
+        small_config(tmp_path, finetune={"head_init": "knn"})

@@ -143,6 +143,10 @@ def test_stage_keys_ignore_settings_the_stage_never_reads():
     assert cell_key(cfg("finetune.lr=0.1")) != cell_key(cfg("finetune.lr=0.2"))
     same = ("pretrain.temperature=0.2", "pretrain.temperature=0.9", "knn.k=3", "augment.p=0.5")
     assert len({supervised_key(cfg(s)) for s in same}) == 1
+    # settings of the pretrained encoder's fine-tuning: the baseline has no pretrained encoder
+    pretrained_only = ("finetune.head_init=prototypes", "finetune.encoder_lr_factor=0.5")
+    assert {supervised_key(cfg(s)) for s in pretrained_only} == {supervised_key(cfg())}
+    assert cell_key(cfg("finetune.head_init=prototypes")) != cell_key(cfg())
     assert supervised_key(cfg("finetune.lr=0.1")) != supervised_key(cfg("finetune.lr=0.2"))
     assert supervised_key(cfg("seed=1")) != supervised_key(cfg("seed=2"))
     # augmenting the labelled images reuses the augment section's strengths

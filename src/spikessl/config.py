@@ -108,9 +108,19 @@ class FinetuneConfig:
     # at least this many optimiser steps: a small label set repeats more epochs (still tested
     # about `epochs` times), so 1% of the labels is not judged after a handful of steps
     min_steps: int = 0
+    # classifier weights at the start of fine-tuning: "random" (PyTorch's default), or
+    # "prototypes": each class's row is the mean direction of its labelled images' spike
+    # counts under the pretrained encoder (a nearest-class-mean classifier to start from)
+    head_init: str = "random"
 
     def __post_init__(self) -> None:
         _check_optim(self, "finetune")
+        _check(
+            self.head_init in ("random", "prototypes"),
+            "finetune.head_init",
+            self.head_init,
+            '"random" or "prototypes" (class means of the pretrained spike counts)',
+        )
         _check(
             self.min_steps >= 0,
             "finetune.min_steps",

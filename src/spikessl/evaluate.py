@@ -73,6 +73,22 @@ def knn_predict(
     return torch.cat(preds)
 
 
+def class_prototypes(latents: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """``[classes, D]``: each class's mean direction, the unit-length mean of its members'
+    unit-length latents (a nearest-class-mean classifier under cosine similarity)."""
+    if latents.shape[0] != labels.shape[0]:
+        raise ValueError("latents and labels must have the same length")
+    missing = sorted(set(range(num_classes)) - set(labels.unique().tolist()))
+    if missing:
+        raise ValueError(
+            f"classes {missing} have no labelled image, so they have no prototype: "
+            "use more labels (finetune.label_fraction) or finetune.head_init=random"
+        )
+    sums = torch.zeros(num_classes, latents.shape[1], device=latents.device)
+    sums.index_add_(0, labels, F.normalize(latents.float(), dim=1))
+    return F.normalize(sums, dim=1)
+
+
 def accuracy(predictions: Tensor, labels: Tensor) -> float:
     """Percentage of correct predictions."""
     return 100.0 * (predictions.cpu() == labels.cpu()).double().mean().item()

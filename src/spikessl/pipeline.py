@@ -24,7 +24,14 @@ from spikessl.config import Config, FinetuneConfig, dump_yaml, to_dict
 from spikessl.data import Data, load_data, stratified_split
 from spikessl.distributed import World
 from spikessl.encoders import ProjectionHead, SpikingClassifier, SpikingEncoder
-from spikessl.evaluate import Pixels, knn_accuracy, precision, test_accuracy
+from spikessl.evaluate import (
+    Pixels,
+    batched_outputs,
+    class_prototypes,
+    knn_accuracy,
+    precision,
+    test_accuracy,
+)
 from spikessl.losses import nt_xent
 from spikessl.train import LoopSettings, Task, fit
 
@@ -213,8 +220,12 @@ def finetune(
         encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
     pretrained = command == "finetune"
     model = SpikingClassifier(encoder, data.num_classes).to(device)
-    _distribute(model, cfg, world)
     ft = cfg.finetune
+    labelled = labelled_indices(data, cfg)
+    x, y = data.train_images[labelled], data.train_labels[labelled]
+    if pretrained and resume is None and ft.head_init == "prototypes":
+        prototype_head(model, x, y, data, cfg)
+    _distribute(model, cfg, world)
     frozen = pretrained and (ft.linear_probe or ft.encoder_lr_factor == 0)
     if not pretrained:
         groups = [{"params": model.parameters(), "lr": ft.lr}]
@@ -254,8 +265,6 @@ def finetune(
         loss,
         evaluate=lambda: {"test_accuracy": test_accuracy(model, data, cfg)},
     )
-    labelled = labelled_indices(data, cfg)
-    x, y = data.train_images[labelled], data.train_labels[labelled]
     epochs = finetune_epochs(ft, len(x), world.size)
     task.evaluate_every = math.ceil(epochs / ft.epochs)  # about ft.epochs test points
     t0 = time.perf_counter()
@@ -284,6 +293,38 @@ def finetune(
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
     )
+
+
+@torch.no_grad()
+def prototype_head(
+    model: SpikingClassifier, images: Tensor, labels: Tensor, data: Data, cfg: Config
+) -> None:
+    """``finetune.head_init=prototypes``: a nearest-class-mean classifier before the first step.
+
+    Row c of the head is class c's mean spike-count direction (``class_prototypes``), and the
+    currents it gives on these images are centred and scaled to unit variance, by the batch
+    norm's running statistics (``encoder.norm=batch``) or by the bias (``none``): the class
+    whose prototype is most similar gets the largest current and spikes most, in eval mode too.
+    """
+    T, bs = cfg.time_steps, cfg.eval_batch_size
+    with precision(cfg, images.device):
+        latents = batched_outputs(model.encoder, images, T, data.prepare, bs)
+    model.head.weight.copy_(class_prototypes(latents, labels, data.num_classes))
+    was_training = model.training
+    model.eval()
+    currents = []
+    with precision(cfg, images.device):
+        for i in range(0, len(images), bs):
+            spikes = model.encoder.trace(data.prepare(images[i : i + bs]), T).spikes
+            currents.append(F.linear(spikes, model.head.weight).flatten(0, 1).float())
+    model.train(was_training)
+    var, mean = torch.var_mean(torch.cat(currents), dim=0)  # over images and time steps
+    if isinstance(model.head_norm, nn.BatchNorm1d):
+        model.head_norm.running_mean.copy_(mean)
+        model.head_norm.running_var.copy_(var)
+    else:
+        model.head.weight.div_(var.clamp_min(1e-12).sqrt()[:, None])
+        model.head.bias.copy_(-mean / var.clamp_min(1e-12).sqrt())
 
 
 def finetune_epochs(ft: FinetuneConfig, images: int, processes: int = 1) -> int:

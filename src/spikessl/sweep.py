@@ -176,7 +176,8 @@ PRETRAIN_UNUSED = ("finetune",)
 def _supervised_unused(cfg: Config) -> tuple[str, ...]:
     # Fine-tuning augmentations reuse the augment section's strengths (not its views).
     augment = ("augment.views",) if cfg.finetune.augment else ("augment",)
-    unused = ("finetune.encoder_lr_factor", "finetune.linear_probe")  # no pretrained encoder
+    # no pretrained encoder to fine-tune or take prototypes from
+    unused = ("finetune.encoder_lr_factor", "finetune.linear_probe", "finetune.head_init")
     return ("pretrain", "knn", *augment, *unused)
 
 
