@@ -26,7 +26,6 @@ from spikessl.distributed import World
 from spikessl.encoders import ProjectionHead, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import (
     Pixels,
-    batched_outputs,
     class_prototypes,
     knn_accuracy,
     precision,
@@ -305,26 +304,37 @@ def prototype_head(
     currents it gives on these images are centred and scaled to unit variance, by the batch
     norm's running statistics (``encoder.norm=batch``) or by the bias (``none``): the class
     whose prototype is most similar gets the largest current and spikes most, in eval mode too.
+    One pass of the encoder: the currents' mean and variance over images and time steps follow
+    from the spikes' (``W m`` and ``w_c' S w_c``), so the spike trains are never kept.
     """
-    T, bs = cfg.time_steps, cfg.eval_batch_size
-    with precision(cfg, images.device):
-        latents = batched_outputs(model.encoder, images, T, data.prepare, bs)
-    model.head.weight.copy_(class_prototypes(latents, labels, data.num_classes))
+    T, bs, D = cfg.time_steps, cfg.eval_batch_size, model.encoder.latent_dim
+    counts, total = [], torch.zeros(D, dtype=torch.float64, device=images.device)
+    outer = torch.zeros(D, D, dtype=torch.float64, device=images.device)
     was_training = model.training
     model.eval()
-    currents = []
     with precision(cfg, images.device):
         for i in range(0, len(images), bs):
-            spikes = model.encoder.trace(data.prepare(images[i : i + bs]), T).spikes
-            currents.append(F.linear(spikes, model.head.weight).flatten(0, 1).float())
+            spikes = model.encoder.trace(data.prepare(images[i : i + bs]), T).spikes.float()
+            counts.append(spikes.sum(0))
+            steps = spikes.flatten(0, 1).double()  # (T*b, D)
+            total += steps.sum(0)
+            outer += steps.T @ steps
     model.train(was_training)
-    var, mean = torch.var_mean(torch.cat(currents), dim=0)  # over images and time steps
+    weight = class_prototypes(torch.cat(counts), labels, data.num_classes)
+    n = T * len(images)
+    m = total / n
+    covariance = (outer - n * torch.outer(m, m)) / max(n - 1, 1)
+    w = weight.double()
+    mean = (w @ m).float()
+    var = torch.einsum("cd,de,ce->c", w, covariance, w).clamp_min(0).float()
     if isinstance(model.head_norm, nn.BatchNorm1d):
+        model.head.weight.copy_(weight)
         model.head_norm.running_mean.copy_(mean)
         model.head_norm.running_var.copy_(var)
     else:
-        model.head.weight.div_(var.clamp_min(1e-12).sqrt()[:, None])
-        model.head.bias.copy_(-mean / var.clamp_min(1e-12).sqrt())
+        std = var.clamp_min(1e-12).sqrt()
+        model.head.weight.copy_(weight / std[:, None])
+        model.head.bias.copy_(-mean / std)
 
 
 def finetune_epochs(ft: FinetuneConfig, images: int, processes: int = 1) -> int:
