@@ -302,8 +302,9 @@ def prototype_head(
 
     Row c of the head is class c's mean spike-count direction (``class_prototypes``), and the
     currents it gives on these images are centred and scaled to unit variance, by the batch
-    norm's running statistics (``encoder.norm=batch``) or by the bias (``none``): the class
-    whose prototype is most similar gets the largest current and spikes most, in eval mode too.
+    norm's running statistics (``encoder.norm=batch``) or by its bias and weights (``none``):
+    the class whose prototype is most similar gets the largest current and spikes most, in eval
+    mode too.
     One pass of the encoder: the currents' mean and variance over images and time steps follow
     from the spikes' (``W m`` and ``w_c' S w_c``), so the spike trains are never kept.
     """
@@ -312,14 +313,16 @@ def prototype_head(
     outer = torch.zeros(D, D, dtype=torch.float64, device=images.device)
     was_training = model.training
     model.eval()
-    with precision(cfg, images.device):
+    try:
         for i in range(0, len(images), bs):
-            spikes = model.encoder.trace(data.prepare(images[i : i + bs]), T).spikes.float()
-            counts.append(spikes.sum(0))
+            with precision(cfg, images.device):  # the encoder only: the sums stay float64
+                spikes = model.encoder.trace(data.prepare(images[i : i + bs]), T).spikes
+            counts.append(spikes.float().sum(0))
             steps = spikes.flatten(0, 1).double()  # (T*b, D)
             total += steps.sum(0)
             outer += steps.T @ steps
-    model.train(was_training)
+    finally:
+        model.train(was_training)
     weight = class_prototypes(torch.cat(counts), labels, data.num_classes)
     n = T * len(images)
     m = total / n
