@@ -319,6 +319,8 @@ def test_section_given_a_scalar_then_a_subkey() -> None:
         (["pretrain.weight_decay=-1"], ["pretrain.weight_decay"]),
         (["pretrain.grad_clip=-1"], ["pretrain.grad_clip", "0: no clipping"]),
         (["finetune.grad_clip=-0.5"], ["finetune.grad_clip"]),
+        (["pretrain.warmup_steps=-1"], ["pretrain.warmup_steps", "0: no warm-up"]),
+        (["finetune.warmup_steps=-10"], ["finetune.warmup_steps"]),
         (["pretrain.temperature=0"], ["pretrain.temperature"]),
         (["pretrain.temperature=-0.5"], ["pretrain.temperature"]),
         (["pretrain.projection_dim=-1"], ["pretrain.projection_dim"]),

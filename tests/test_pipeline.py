@@ -227,12 +227,18 @@ def test_center_feeds_nt_xent_standardised_counts_and_keeps_the_encoder_raw():
 def test_loop_settings_carry_each_sections_optimiser_settings() -> None:
     cfg = load_config(
         "mnist-quick",
-        ["pretrain.grad_clip=2.5", "finetune.grad_clip=0.5", "finetune.weight_decay=1e-4"],
+        [
+            "pretrain.grad_clip=2.5",
+            "finetune.grad_clip=0.5",
+            "finetune.weight_decay=1e-4",
+            "pretrain.warmup_steps=30",
+            "finetune.warmup_steps=7",
+        ],
     )
     pre = pipeline._loop(cfg, cfg.pretrain, drop_last=True, progress=False)
     ft = pipeline._loop(cfg, cfg.finetune, drop_last=False, progress=False)
-    assert (pre.grad_clip, pre.batch_size) == (2.5, cfg.pretrain.batch_size)
-    assert (ft.grad_clip, ft.weight_decay, ft.drop_last) == (0.5, 1e-4, False)
+    assert (pre.grad_clip, pre.batch_size, pre.warmup_steps) == (2.5, cfg.pretrain.batch_size, 30)
+    assert (ft.grad_clip, ft.weight_decay, ft.drop_last, ft.warmup_steps) == (0.5, 1e-4, False, 7)
 
 
 def _start_of_finetuning(monkeypatch, cfg, checkpoint, run_dir):

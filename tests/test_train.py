@@ -52,6 +52,22 @@ def test_lr_factor_constant() -> None:
     assert all(lr_factor("constant", s, 10) == 1.0 for s in range(11))
 
 
+def test_lr_factor_warmup() -> None:
+    # 4 warm-up steps of 12: a quarter more of the rate each step, then cosine over the 8 left
+    assert [lr_factor("cosine", s, 12, 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor("cosine", 4, 12, 4) == pytest.approx(1.0)
+    assert lr_factor("cosine", 8, 12, 4) == pytest.approx(0.5)
+    assert lr_factor("cosine", 6, 12, 4) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor("cosine", 12, 12, 4) == pytest.approx(0.0, abs=1e-12)
+    assert [lr_factor("constant", s, 12, 4) for s in (0, 1, 3, 4, 11)] == [0.25, 0.5, 1, 1, 1]
+    assert lr_factor("cosine", 7, 20, 0) == lr_factor("cosine", 7, 20)  # 0: no warm-up
+
+
+def test_lr_factor_unknown_schedule() -> None:
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        lr_factor("linear", 0, 10, 2)
+
+
 # ------------------------------------------------------------------------------------------
 # check_divergence
 # ------------------------------------------------------------------------------------------
@@ -321,6 +337,28 @@ def test_fit_inf_loss_raises(tmp_path: Path) -> None:
     )
     with pytest.raises(FloatingPointError, match="epoch 1, step 0"):
         fit(task, x, y, settings(epochs=1), tmp_path)
+
+
+def test_fit_warmup_sets_the_rate_of_each_step(tmp_path: Path) -> None:
+    x, y = separable_data()  # 64 images, batch 16: 4 steps per epoch, 12 in all
+    history = fit(make_task(lr=0.2), x, y, settings(epochs=3, warmup_steps=6), tmp_path)
+    # each epoch records the rate of its last step: steps 3, 7 and 11
+    expected = [
+        0.2 * 4 / 6,
+        0.2 * 0.5 * (1 + math.cos(math.pi / 6)),
+        0.2 * 0.5 * (1 + math.cos(5 * math.pi / 6)),
+    ]
+    assert [h["lr"] for h in history] == pytest.approx(expected)
+    plain = fit(make_task(lr=0.2), x, y, settings(epochs=3), tmp_path / "plain")
+    assert plain[0]["lr"] == pytest.approx(0.2 * 0.5 * (1 + math.cos(3 * math.pi / 12)))
+
+
+@pytest.mark.parametrize("warmup", [12, 50])
+def test_fit_warmup_longer_than_the_run(tmp_path: Path, warmup: int) -> None:
+    x, y = separable_data()
+    with pytest.raises(ValueError, match=f"warmup_steps={warmup} leaves none of its 12"):
+        fit(make_task(), x, y, settings(epochs=3, warmup_steps=warmup), tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 @pytest.mark.parametrize("n, drop_last", [(15, True), (0, False)])

@@ -64,6 +64,7 @@ class PretrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     grad_clip: float = 0.0  # > 0: clip the gradients' global norm to this before each step
+    warmup_steps: int = 0  # > 0: the learning rate rises linearly over these first steps
     temperature: float = 0.5  # tau of eq. (1)
     projection_dim: int = 0  # 0: NT-Xent on the spike counts as in the paper; >0: MLP head
     # centre (and scale) each count over the batch before NT-Xent: batch norm without learned
@@ -96,6 +97,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     grad_clip: float = 0.0  # > 0: clip the gradients' global norm to this before each step
+    warmup_steps: int = 0  # > 0: the learning rate rises linearly over these first steps
     encoder_lr_factor: float = 0.1  # pretrained layers learn at lr * this (paper: "lower")
     linear_probe: bool = False  # freeze the encoder entirely
     augment: tuple[str, ...] = ()  # augmentations of the labelled images, e.g. [crop]
@@ -237,6 +239,12 @@ def _check_optim(cfg: PretrainConfig | FinetuneConfig, section: str) -> None:
         f"{section}.grad_clip",
         cfg.grad_clip,
         ">= 0 (0: no clipping; e.g. 1.0 caps the gradients' global norm at 1)",
+    )
+    _check(
+        cfg.warmup_steps >= 0,
+        f"{section}.warmup_steps",
+        cfg.warmup_steps,
+        ">= 0 (0: no warm-up; e.g. 100 raises the rate linearly over the first 100 steps)",
     )
 
 

@@ -194,6 +194,7 @@ def _loop(cfg: Config, section, drop_last: bool, progress: bool) -> LoopSettings
         cfg.checkpoint_every,
         cfg.on_nonfinite,
         section.grad_clip,
+        section.warmup_steps,
     )
 
 

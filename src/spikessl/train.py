@@ -59,15 +59,22 @@ class LoopSettings:
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: each epoch only)
     on_nonfinite: str = "stop"  # or "skip": drop a step whose loss/gradients are NaN/inf
     grad_clip: float = 0.0  # > 0: clip the gradients' global norm to this (after the check)
+    warmup_steps: int = 0  # linear warm-up of the learning rate over these first steps
 
 
-def lr_factor(schedule: str, step: int, total: int) -> float:
-    """Multiplier of the base learning rate at ``step`` of ``total``: cosine decay to 0."""
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+    """Multiplier of the base learning rate at ``step`` (from 0) of ``total`` steps.
+
+    The first ``warmup`` steps rise linearly, ``(step + 1) / warmup``, to the full rate;
+    then ``constant`` keeps it and ``cosine`` decays it to 0 over the remaining steps.
+    """
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+    if step < warmup:
+        return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    if schedule != "cosine":
-        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
-    return 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -198,6 +205,12 @@ def fit(
             "batch_size or use more data"
         )
     total = steps_per_epoch * settings.epochs
+    if settings.warmup_steps >= total:
+        raise ValueError(
+            f"{task.name}: warmup_steps={settings.warmup_steps} leaves none of its {total} "
+            "optimiser steps at the full learning rate; lower warmup_steps (in the pretrain "
+            "or finetune section) below that, e.g. to a tenth of it"
+        )
     seen = steps_per_epoch * batch if settings.drop_last else n  # images per epoch
     shuffle = torch.Generator().manual_seed(settings.seed)
     history: list[dict] = []
@@ -255,7 +268,9 @@ def fit(
             for b in range(epoch_step, steps_per_epoch):
                 idx = my_slice(order[b * batch : (b + 1) * batch], world)
                 for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * lr_factor(settings.schedule, step, total)
+                    group["lr"] = base * lr_factor(
+                        settings.schedule, step, total, settings.warmup_steps
+                    )
                 loss, rates = task.loss(images[idx], labels[idx])
                 optimizer.zero_grad(set_to_none=True)
                 bad = None if torch.isfinite(loss) else f"loss is {loss.item()}"
