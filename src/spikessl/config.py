@@ -22,9 +22,9 @@ import yaml
 from spikessl.augment import AugmentConfig, resolve_views
 from spikessl.data import DATASETS
 from spikessl.encoders import EncoderConfig
+from spikessl.train import SCHEDULES
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)

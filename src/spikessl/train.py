@@ -62,14 +62,17 @@ class LoopSettings:
     warmup_steps: int = 0  # linear warm-up of the learning rate over these first steps
 
 
+SCHEDULES = ("cosine", "constant")
+
+
 def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     """Multiplier of the base learning rate at ``step`` (from 0) of ``total`` steps.
 
     The first ``warmup`` steps rise linearly, ``(step + 1) / warmup``, to the full rate;
     then ``constant`` keeps it and ``cosine`` decays it to 0 over the remaining steps.
     """
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
