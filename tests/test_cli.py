@@ -74,7 +74,7 @@ def test_help(command: str | None) -> None:
             assert name in out
     else:
         assert "key=value" in out and "--config" in out and "--run-dir" in out
-        assert ("--pretrained" in out) == (command in ("finetune", "knn", "neighbors"))
+        assert ("--pretrained" in out) == (command in ("finetune", "knn", "probe", "neighbors"))
 
 
 def test_python_dash_m_help() -> None:
@@ -234,6 +234,7 @@ def runs(tmp_path_factory) -> dict:
     results["knn"] = run_main(
         ["knn", "--pretrained", str(root / "pre" / "checkpoint.pt"), "--no-progress"]
     )
+    results["probe"] = run_main(["probe", "--pretrained", str(root / "pre"), "--no-progress"])
     return results
 
 
@@ -313,7 +314,21 @@ def test_knn_on_pretrained(runs: dict) -> None:
     assert result["knn_accuracy"] == pytest.approx(pre["knn_accuracy"])
 
 
-@pytest.mark.parametrize("command", ["pretrain", "finetune", "supervised", "knn"])
+def test_probe_on_pretrained(runs: dict) -> None:
+    code, out, err = runs["probe"]
+    assert code == 0, err
+    result = result_json(out)
+    assert result["command"] == "probe" and result["pretrained"] is True
+    assert result["labelled_images"] == 80  # 20% of the 400 training images
+    for name in ("probe", "pixel_probe"):
+        assert_accuracy(result[f"{name}_accuracy"])
+        held_out = result[f"{name}_held_out_accuracy"]
+        assert result[f"{name}_weight_decay"] in [float(k) for k in held_out]
+        assert all(0.0 <= v <= 100.0 for v in held_out.values())
+    assert result["pixel_probe_accuracy"] > 50  # 10 MNIST classes, 80 labelled images
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "supervised", "knn", "probe"])
 def test_stdout_is_only_the_json_result(runs: dict, command: str) -> None:
     # `spikessl pretrain ... | jq .knn_accuracy` must work: progress goes to stderr.
     code, out, err = runs[command]

@@ -1,4 +1,5 @@
-"""Tests for spikessl.evaluate: weighted kNN against a plain reference, accuracy, batching."""
+"""Tests for spikessl.evaluate: weighted kNN against a plain reference, the linear probe
+against its optimality conditions, accuracy, batching, prototypes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from spikessl.evaluate import accuracy, batched_outputs, class_prototypes, knn_predict
+from spikessl.evaluate import (
+    PROBE_WEIGHT_DECAYS,
+    accuracy,
+    batched_outputs,
+    class_prototypes,
+    fit_logistic,
+    knn_predict,
+    linear_probe,
+)
 
 # ------------------------------------------------------------------------------------------
 # knn_predict
@@ -291,3 +300,90 @@ def test_class_prototypes_classify_separated_clusters_perfectly() -> None:
 def test_class_prototypes_need_every_class() -> None:
     with pytest.raises(ValueError, match=r"classes \[2\] have no labelled image"):
         class_prototypes(torch.ones(4, 3), torch.tensor([0, 1, 1, 0]), 3)
+
+
+# ------------------------------------------------------------------------------------------
+# fit_logistic, linear_probe
+# ------------------------------------------------------------------------------------------
+
+
+def counts_problem(seed: int, n: int = 90, d: int = 6, classes: int = 3):
+    """Spike-count-like latents: non-negative integers whose means depend on the class."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    rates = torch.rand(classes, d, generator=gen) * 8
+    latents = torch.poisson(rates[labels], generator=gen)
+    return latents, labels, classes
+
+
+@pytest.mark.parametrize("weight_decay", [1e-3, 0.1, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fit_logistic_meets_the_optimality_conditions(weight_decay: float, seed: int) -> None:
+    """At the minimum of mean CE + wd/2 ||W||^2 on z = (x - mean) / std, the gradient,
+    written out by hand in float64, vanishes: (P - Y)^T Z / N + wd W = 0 and mean(P - Y) = 0."""
+    latents, labels, classes = counts_problem(seed)
+    layer = fit_logistic(latents, labels, classes, weight_decay)
+    x = latents.double().numpy()
+    mean, std = x.mean(0), x.std(0)
+    z = (x - mean) / std
+    w_raw, b_raw = layer.weight.double().numpy(), layer.bias.double().numpy()
+    w = w_raw * std  # undo the folding: W z + b = W_raw x + b_raw
+    b = b_raw + w_raw @ mean
+    logits = z @ w.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = np.eye(classes)[labels.numpy()]
+    grad_w = (p - y).T @ z / len(z) + weight_decay * w
+    grad_b = (p - y).mean(0)
+    assert np.abs(grad_w).max() < 1e-4 and np.abs(grad_b).max() < 1e-4
+    assert np.abs(w).max() > 1e-3  # a real fit, not the zero start
+    # the folded layer on raw latents predicts what the fit on standardised ones does
+    assert np.array_equal(layer(latents).argmax(1).numpy(), logits.argmax(1))
+
+
+def test_fit_logistic_constant_feature_stays_finite() -> None:
+    latents, labels, classes = counts_problem(2)
+    latents[:, 0] = 3.0  # a neuron that fires the same in every image
+    layer = fit_logistic(latents, labels, classes, 1e-2)
+    assert torch.isfinite(layer.weight).all() and torch.isfinite(layer.bias).all()
+    assert not layer.weight.requires_grad
+
+
+def test_fit_logistic_needs_positive_weight_decay() -> None:
+    latents, labels, classes = counts_problem(0)
+    with pytest.raises(ValueError, match="weight_decay must be > 0"):
+        fit_logistic(latents, labels, classes, 0.0)
+
+
+def test_linear_probe_separates_clusters() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(4) * 10
+    labels = torch.arange(120) % 4
+    latents = centres[labels] + torch.rand(120, 4, generator=gen)
+    queries = centres.repeat(5, 1) + torch.rand(20, 4, generator=gen)
+    preds, _, held_out = linear_probe(latents, labels, queries, 4)
+    assert torch.equal(preds, torch.arange(20) % 4)
+    assert set(held_out) == set(PROBE_WEIGHT_DECAYS)
+
+
+def test_linear_probe_chooses_by_held_out_accuracy_and_refits_on_all() -> None:
+    latents, labels, classes = counts_problem(1, n=150)
+    queries = latents[:30] + 0.5
+    preds, chosen, held_out = linear_probe(latents, labels, queries, classes, (1e-4, 1e-2, 1.0))
+    best = max(held_out.values())
+    assert held_out[chosen] == best
+    assert chosen == max(wd for wd, acc in held_out.items() if acc == best)  # ties: strongest
+    refit = fit_logistic(latents, labels, classes, chosen)
+    assert torch.equal(preds, refit(queries).argmax(1))
+    again = linear_probe(latents, labels, queries, classes, (1e-4, 1e-2, 1.0))
+    assert torch.equal(again[0], preds) and again[1:] == (chosen, held_out)
+
+
+def test_linear_probe_bad_inputs() -> None:
+    latents, labels, classes = counts_problem(0)
+    with pytest.raises(ValueError, match="same length"):
+        linear_probe(latents, labels[:-1], latents, classes)
+    with pytest.raises(ValueError, match="at least one weight decay"):
+        linear_probe(latents, labels, latents, classes, ())
+    with pytest.raises(ValueError, match="at least 2"):
+        linear_probe(latents[:1], labels[:1], latents, classes)

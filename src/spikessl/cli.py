@@ -1,4 +1,4 @@
-"""Command line: ``spikessl pretrain|finetune|supervised|knn|pipeline --config X key=value``.
+"""Command line: ``spikessl pretrain|finetune|supervised|knn|probe|pipeline --config X k=v``.
 
 The argument parser and the dispatch to the subcommands' handlers in ``spikessl.commands``.
 """
@@ -17,6 +17,8 @@ COMMANDS = {
     "finetune": "classifier on the labelled part (20%) on top of a pretrained encoder",
     "supervised": "baseline: the same network trained on the labelled part alone",
     "knn": "kNN accuracy of a pretrained (or freshly initialised) encoder's latents",
+    "probe": "linear-probe accuracy of an encoder's latents: logistic regression on the "
+    "frozen spike counts of the labelled images (finetune.label_fraction)",
     "pipeline": "pretrain, then kNN and fine-tune, optionally the supervised baseline",
     "sweep": "a grid of pipeline runs (key=v1,v2 ...), resumable, recorded, tabulated",
     "neighbors": "PNG grid of test images and their nearest neighbours in latent space (Fig. 5)",
@@ -77,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--out", default=None, help="PNG (default <pretrained>/neighbors.png)")
             p.add_argument("--queries", type=int, default=10, help="rows: random test images")
             p.add_argument("-k", type=int, default=8, help="neighbours per row")
-        if name in ("finetune", "knn", "neighbors"):
+        if name in ("finetune", "knn", "probe", "neighbors"):
             p.add_argument(
                 "--pretrained", default=None, help="pretraining run directory or checkpoint.pt"
             )
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             result = pipeline.finetune(cfg, checkpoint, run_dir, progress, resume)
         elif args.command == "knn":
             result = pipeline.knn(cfg, checkpoint)
+        elif args.command == "probe":
+            result = pipeline.probe(cfg, checkpoint)
         elif args.command == "neighbors":
             result = commands.neighbors(args, cfg, checkpoint)
         elif args.command == "sweep":

@@ -1,8 +1,10 @@
-"""Evaluation: spike-count latents, weighted kNN, accuracy; a run's kNN/test accuracy, ``Pixels``.
+"""Evaluation: spike-count latents, weighted kNN, linear probe, accuracy; ``Pixels``.
 
 The kNN is the one of Wu et al. (2018) used across the SSL literature (lightly, DINO):
 cosine similarity, the k most similar training latents vote for their label with weight
 exp(sim / t). It runs in chunks of queries so memory stays bounded for any dataset size.
+The linear probe is the other standard read-out of frozen latents: a multinomial logistic
+regression on the standardised latents, its weight decay chosen on held-out labels.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from spikessl.data import stratified_split
 
 if TYPE_CHECKING:  # annotations only: no import cycles through config or pipeline
     from spikessl.config import Config
@@ -71,6 +75,80 @@ def knn_predict(
         votes.scatter_add_(1, train_labels[idx], ((sim - sim[:, :1]) / temperature).exp())
         preds.append(votes.argmax(1))
     return torch.cat(preds)
+
+
+# the probe's weight-decay grid (on standardised latents, per-sample mean loss)
+PROBE_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+@torch.enable_grad()
+def fit_logistic(
+    features: Tensor, labels: Tensor, num_classes: int, weight_decay: float, max_iter: int = 500
+) -> nn.Linear:
+    """Multinomial logistic regression on ``features [N, D]``, by full-batch L-BFGS:
+
+        min_{W, b}  mean_i CE(W z_i + b, y_i) + weight_decay / 2 * ||W||^2,
+        z = (x - mean) / std  (the training features' statistics; the bias is not penalised)
+
+    Convex, with one minimum for ``weight_decay > 0``, reached from zero weights, so the result
+    is deterministic. The standardisation is folded into the returned layer, which takes raw x.
+    """
+    if weight_decay <= 0:
+        raise ValueError(f"weight_decay must be > 0 for a unique probe, got {weight_decay}")
+    x = features.detach().float()
+    mean, std = x.mean(0), x.std(0, correction=0).clamp_min(1e-6)  # constant columns: W -> 0
+    z = (x - mean) / std
+    layer = nn.Linear(x.shape[1], num_classes, device=x.device)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    optimiser = torch.optim.LBFGS(
+        layer.parameters(), max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimiser.zero_grad()
+        loss = F.cross_entropy(layer(z), labels) + 0.5 * weight_decay * layer.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():  # W z + b = (W / std) x + (b - (W / std) mean)
+        layer.weight.div_(std)
+        layer.bias.sub_(layer.weight @ mean)
+    return layer.requires_grad_(False)
+
+
+@torch.no_grad()
+def linear_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    query_features: Tensor,
+    num_classes: int,
+    weight_decays: tuple[float, ...] = PROBE_WEIGHT_DECAYS,
+    seed: int = 0,
+) -> tuple[Tensor, float, dict[float, float]]:
+    """Linear-probe class predictions ``[Q]`` for query latents ``[Q, D]``.
+
+    Each weight decay is fitted on a seeded, class-stratified 80% of the training latents and
+    scored on the other 20%; the best (the largest among ties) is refitted on all of them.
+    Returns the predictions, the chosen weight decay and the held-out accuracy of each.
+    """
+    if train_features.shape[0] != train_labels.shape[0]:
+        raise ValueError("train_features and train_labels must have the same length")
+    if train_features.shape[0] < 2:
+        raise ValueError("a linear probe needs at least 2 labelled latents")
+    if not weight_decays:
+        raise ValueError("give at least one weight decay for the linear probe")
+    fit, held = (i.to(train_labels.device) for i in stratified_split(train_labels, 0.2, seed))
+    if fit.numel() == 0:  # every class has one latent: they all went to the held-out part
+        fit = held
+    held_out = {}
+    for wd in weight_decays:
+        layer = fit_logistic(train_features[fit], train_labels[fit], num_classes, wd)
+        held_out[wd] = accuracy(layer(train_features[held].float()).argmax(1), train_labels[held])
+    best = max(held_out.items(), key=lambda item: (item[1], item[0]))[0]
+    layer = fit_logistic(train_features, train_labels, num_classes, best)
+    return layer(query_features.float()).argmax(1), best, held_out
 
 
 def class_prototypes(latents: Tensor, labels: Tensor, num_classes: int) -> Tensor:

@@ -26,8 +26,11 @@ from spikessl.distributed import World
 from spikessl.encoders import ProjectionHead, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import (
     Pixels,
+    accuracy,
+    batched_outputs,
     class_prototypes,
     knn_accuracy,
+    linear_probe,
     precision,
     test_accuracy,
 )
@@ -360,6 +363,30 @@ def labelled_indices(data: Data, cfg: Config) -> Tensor:
     labels = data.train_labels[data.labelled].cpu()
     _, keep = stratified_split(labels, f / cfg.data.labelled_fraction, cfg.seed)
     return data.labelled[keep.to(data.labelled.device)]
+
+
+def probe(cfg: Config, checkpoint: dict | None) -> dict:
+    """Linear-probe accuracy of a pretrained encoder's latents (or of a fresh one, without):
+    a logistic regression on the frozen spike counts of the labelled images (the
+    ``finetune.label_fraction`` that fine-tuning uses), and the same on the input pixels."""
+    device, _, data = _start(cfg)
+    encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
+    labelled = labelled_indices(data, cfg)
+    result: dict = {"command": "probe", "labelled_images": int(labelled.numel())}
+    for name, model in (("probe", encoder.to(device)), ("pixel_probe", Pixels())):
+        with precision(cfg, device):
+            train, test = (
+                batched_outputs(model, images, cfg.time_steps, data.prepare, cfg.eval_batch_size)
+                for images in (data.train_images[labelled], data.test_images)
+            )
+        preds, weight_decay, held_out = linear_probe(
+            train, data.train_labels[labelled], test, data.num_classes, seed=cfg.seed
+        )
+        result[f"{name}_accuracy"] = round(accuracy(preds, data.test_labels), 2)
+        result[f"{name}_weight_decay"] = weight_decay
+        result[f"{name}_held_out_accuracy"] = {str(k): round(v, 2) for k, v in held_out.items()}
+    result["pretrained"] = checkpoint is not None
+    return result
 
 
 def knn(cfg: Config, checkpoint: dict | None) -> dict:
