@@ -355,6 +355,13 @@ def test_fit_logistic_needs_positive_weight_decay() -> None:
         fit_logistic(latents, labels, classes, 0.0)
 
 
+def test_fit_logistic_rejects_non_finite_latents() -> None:
+    latents, labels, classes = counts_problem(0)
+    latents[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="non-finite latents"):
+        fit_logistic(latents, labels, classes, 1e-2)
+
+
 def test_linear_probe_separates_clusters() -> None:
     gen = torch.Generator().manual_seed(0)
     centres = torch.eye(4) * 10

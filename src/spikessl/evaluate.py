@@ -96,6 +96,11 @@ def fit_logistic(
     if weight_decay <= 0:
         raise ValueError(f"weight_decay must be > 0 for a unique probe, got {weight_decay}")
     x = features.detach().float()
+    if not torch.isfinite(x).all():
+        raise ValueError(
+            "the linear probe got non-finite latents (NaN or inf): the encoder's weights have "
+            "probably diverged; probe an earlier checkpoint or retrain with pretrain.grad_clip"
+        )
     mean, std = x.mean(0), x.std(0, correction=0).clamp_min(1e-6)  # constant columns: W -> 0
     z = (x - mean) / std
     layer = nn.Linear(x.shape[1], num_classes, device=x.device)
