@@ -182,14 +182,23 @@ def precision(cfg: Config, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
+def train_and_test_outputs(
+    model: nn.Module, data: Data, cfg: Config, train_index: Tensor | slice
+) -> tuple[Tensor, Tensor]:
+    """``model``'s outputs for the training images ``train_index`` and for every test image,
+    in eval mode, under ``cfg.precision``: a kNN bank or a probe's data, and its queries."""
+    T, bs = cfg.time_steps, cfg.eval_batch_size
+    with precision(cfg, data.test_images.device):
+        train = batched_outputs(model, data.train_images[train_index], T, data.prepare, bs)
+        test = batched_outputs(model, data.test_images, T, data.prepare, bs)
+    return train, test
+
+
 def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
     """Weighted kNN: test latents as queries; the bank is the labelled part's latents
     (``knn.bank=labelled``) or every training image's (``knn.bank=train``)."""
-    T, bs = cfg.time_steps, cfg.eval_batch_size
     voters = data.labelled if cfg.knn.bank == "labelled" else slice(None)
-    with precision(cfg, data.test_images.device):
-        bank = batched_outputs(encoder, data.train_images[voters], T, data.prepare, bs)
-        queries = batched_outputs(encoder, data.test_images, T, data.prepare, bs)
+    bank, queries = train_and_test_outputs(encoder, data, cfg, voters)
     preds = knn_predict(
         bank,
         data.train_labels[voters],
@@ -199,6 +208,19 @@ def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
         cfg.knn.temperature,
     )
     return round(accuracy(preds, data.test_labels), 2)
+
+
+def probe_accuracy(
+    model: nn.Module, data: Data, cfg: Config, train_index: Tensor
+) -> tuple[float, float, dict[float, float]]:
+    """Linear probe of ``model``'s outputs, fitted on the training images ``train_index`` and
+    their labels, scored on the test set: (accuracy, chosen weight decay, held-out accuracy
+    of each weight decay)."""
+    train, test = train_and_test_outputs(model, data, cfg, train_index)
+    preds, weight_decay, held_out = linear_probe(
+        train, data.train_labels[train_index], test, data.num_classes, seed=cfg.seed
+    )
+    return round(accuracy(preds, data.test_labels), 2), weight_decay, held_out
 
 
 def test_accuracy(model: SpikingClassifier, data: Data, cfg: Config) -> float:

@@ -26,12 +26,10 @@ from spikessl.distributed import World
 from spikessl.encoders import ProjectionHead, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import (
     Pixels,
-    accuracy,
-    batched_outputs,
     class_prototypes,
     knn_accuracy,
-    linear_probe,
     precision,
+    probe_accuracy,
     test_accuracy,
 )
 from spikessl.losses import nt_xent
@@ -374,15 +372,8 @@ def probe(cfg: Config, checkpoint: dict | None) -> dict:
     labelled = labelled_indices(data, cfg)
     result: dict = {"command": "probe", "labelled_images": int(labelled.numel())}
     for name, model in (("probe", encoder.to(device)), ("pixel_probe", Pixels())):
-        with precision(cfg, device):
-            train, test = (
-                batched_outputs(model, images, cfg.time_steps, data.prepare, cfg.eval_batch_size)
-                for images in (data.train_images[labelled], data.test_images)
-            )
-        preds, weight_decay, held_out = linear_probe(
-            train, data.train_labels[labelled], test, data.num_classes, seed=cfg.seed
-        )
-        result[f"{name}_accuracy"] = round(accuracy(preds, data.test_labels), 2)
+        score, weight_decay, held_out = probe_accuracy(model, data, cfg, labelled)
+        result[f"{name}_accuracy"] = score
         result[f"{name}_weight_decay"] = weight_decay
         result[f"{name}_held_out_accuracy"] = {str(k): round(v, 2) for k, v in held_out.items()}
     result["pretrained"] = checkpoint is not None
