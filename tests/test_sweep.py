@@ -16,6 +16,7 @@ from spikessl import pipeline
 from spikessl.checkpoints import load_checkpoint
 from spikessl.config import load_config, to_dict
 from spikessl.sweep import (
+    _stage,
     cell_key,
     cell_name,
     expand_grid,
@@ -380,6 +381,23 @@ def test_interrupted_pretraining_resumes_to_the_same_result(swept, tmp_path, mon
     (again,) = run_sweep(cells, records_dir, runs, progress=False, log=lambda _: None)
     assert again["pretrain_loss_by_epoch"] == record["pretrain_loss_by_epoch"]
     assert json.loads((pre_dir / "summary.json").read_text())["knn_accuracy"] == a_knn
+
+
+def test_resumed_wall_time_counts_each_epoch_once(tmp_path):
+    # the training loop extends the checkpoint's history in place as it resumes: the seconds
+    # before the interruption must be read before it runs, or the resumed epochs count twice
+    loop = {"history": [{"epoch": 1, "seconds": 10.0}], "sums": {"seconds": 5.0}}
+    checkpoint = {"model": {}, "config": {}, "step": 3, "loop": loop}
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+
+    def resumed_run(resume):  # what fit() does to the state it resumes from
+        resume["loop"]["history"].append({"epoch": 2, "seconds": 7.0})
+        resume["loop"]["sums"]["seconds"] = 7.0
+        return {"wall_seconds": 8.0}
+
+    summary = _stage("pretrain", tmp_path, lambda _: None, resumed_run)
+    assert summary["wall_seconds"] == 10.0 + 5.0 + 8.0 and summary["resumed"] is True
+    assert json.loads((tmp_path / "summary.json").read_text())["wall_seconds"] == 23.0
 
 
 def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, monkeypatch):

@@ -388,20 +388,21 @@ def _stage(
             return summary
         except json.JSONDecodeError:  # killed while writing it: the checkpoint rewrites it
             summary_path.unlink()
-    resume = None
+    resume, before = None, 0.0
     if (run_dir / "checkpoint.pt").exists():
         resume = load_checkpoint(run_dir)
         if "loop" not in resume:
             raise ValueError(f"{run_dir} has no resumable training state; delete it to rerun")
         log(f"  {what}: resuming {run_dir} after step {resume['step']}")
+        # seconds trained before the interruption; now, as the resumed loop extends this state
+        loop = resume["loop"]
+        before = sum(r["seconds"] for r in loop["history"]) + loop["sums"]["seconds"]
     else:
         if run_dir.exists():  # killed before its first checkpoint: nothing worth keeping
             shutil.rmtree(run_dir)
         log(f"  {what}: {run_dir}")
     summary = run(resume)
     if resume is not None:  # the summary timed only the resumed part: add the rest
-        loop = resume["loop"]
-        before = sum(r["seconds"] for r in loop["history"]) + loop["sums"]["seconds"]
         summary["wall_seconds"] = round(summary["wall_seconds"] + before, 1)
         summary["resumed"] = True
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
