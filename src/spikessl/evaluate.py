@@ -95,7 +95,9 @@ def fit_logistic(
     """
     if weight_decay <= 0:
         raise ValueError(f"weight_decay must be > 0 for a unique probe, got {weight_decay}")
-    x = features.detach().float()
+    # float64: in float32 L-BFGS can stop where the loss no longer changes in its last digits,
+    # short of the minimum (the mean gradient of the bias left at ~1e-4 on some CPUs)
+    x = features.detach().double()
     if not torch.isfinite(x).all():
         raise ValueError(
             "the linear probe got non-finite latents (NaN or inf): the encoder's weights have "
@@ -103,7 +105,7 @@ def fit_logistic(
         )
     mean, std = x.mean(0), x.std(0, correction=0).clamp_min(1e-6)  # constant columns: W -> 0
     z = (x - mean) / std
-    layer = nn.Linear(x.shape[1], num_classes, device=x.device)
+    layer = nn.Linear(x.shape[1], num_classes, device=x.device, dtype=torch.float64)
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     optimiser = torch.optim.LBFGS(
@@ -120,7 +122,7 @@ def fit_logistic(
     with torch.no_grad():  # W z + b = (W / std) x + (b - (W / std) mean)
         layer.weight.div_(std)
         layer.bias.sub_(layer.weight @ mean)
-    return layer.requires_grad_(False)
+    return layer.float().requires_grad_(False)
 
 
 @torch.no_grad()
