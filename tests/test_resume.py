@@ -76,7 +76,14 @@ def assert_same_run(run_dir, reference) -> None:
     assert summaries[0]["knn_accuracy"] == summaries[1]["knn_accuracy"]
 
 
-def test_sigterm_checkpoints_and_resume_matches(tmp_path, reference, capsys):
+def test_sigterm_checkpoints_and_resume_matches(tmp_path, reference, capsys, monkeypatch):
+    real, given = pipeline.pretrain, []
+
+    def pretrain(cfg, run_dir, progress, resume):  # keep what the caller hands over
+        given.append((resume, json.dumps(resume["loop"]["history"]), len(resume["loop"]["sums"])))
+        return real(cfg, run_dir, progress, resume)
+
+    monkeypatch.setattr(pipeline, "pretrain", pretrain)
     run_dir = tmp_path / "run"
     proc = start(run_dir)
     wait_for_checkpoint(proc, run_dir, 4)
@@ -89,6 +96,10 @@ def test_sigterm_checkpoints_and_resume_matches(tmp_path, reference, capsys):
     assert not (run_dir / "summary.json").exists()
     assert main(["pretrain", "--resume", str(run_dir), "--no-progress"]) == 0
     assert_same_run(run_dir, reference)
+    # the loop resumed from copies: the caller's checkpoint dict is as it was loaded
+    ((resume, history, n_sums),) = given
+    assert json.dumps(resume["loop"]["history"]) == history and len(history) < 3
+    assert len(resume["loop"]["sums"]) == n_sums
 
 
 def test_sigkill_resumes_from_last_checkpoint(tmp_path, reference):

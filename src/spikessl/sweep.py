@@ -394,7 +394,7 @@ def _stage(
         if "loop" not in resume:
             raise ValueError(f"{run_dir} has no resumable training state; delete it to rerun")
         log(f"  {what}: resuming {run_dir} after step {resume['step']}")
-        # seconds trained before the interruption; now, as the resumed loop extends this state
+        # seconds trained before the interruption, read before the resumed loop runs
         loop = resume["loop"]
         before = sum(r["seconds"] for r in loop["history"]) + loop["sums"]["seconds"]
     else:
