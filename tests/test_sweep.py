@@ -384,13 +384,14 @@ def test_interrupted_pretraining_resumes_to_the_same_result(swept, tmp_path, mon
 
 
 def test_resumed_wall_time_counts_each_epoch_once(tmp_path):
-    # the training loop extends the checkpoint's history in place as it resumes: the seconds
-    # before the interruption must be read before it runs, or the resumed epochs count twice
+    # a run may change the state it resumes from (fit() extended it in place before it took
+    # copies): the seconds before the interruption are read before it runs, or the resumed
+    # epochs would count twice
     loop = {"history": [{"epoch": 1, "seconds": 10.0}], "sums": {"seconds": 5.0}}
     checkpoint = {"model": {}, "config": {}, "step": 3, "loop": loop}
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
 
-    def resumed_run(resume):  # what fit() does to the state it resumes from
+    def resumed_run(resume):  # what fit() once did to the state it resumes from
         resume["loop"]["history"].append({"epoch": 2, "seconds": 7.0})
         resume["loop"]["sums"]["seconds"] = 7.0
         return {"wall_seconds": 8.0}

@@ -223,7 +223,7 @@ def fit(
         task.model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         loop = resume["loop"]
-        # copies: the caller's checkpoint dict stays as it was loaded (sweep reads it after)
+        # copies: the caller's checkpoint dict stays as it was loaded
         history, sums = list(loop["history"]), dict(loop["sums"])
         done_epochs, epoch_step, step = loop["epoch"], loop["epoch_step"], loop["step"]
         shuffle.set_state(loop["shuffle_state"])
