@@ -10,6 +10,7 @@ from spikessl.report import (
     label_efficiency_csv,
     label_efficiency_markdown,
     label_efficiency_summary,
+    readme,
     table_rows,
     tables_markdown,
     wall_minutes,
@@ -153,3 +154,21 @@ def test_wall_time_counts_shared_runs_once() -> None:
         "finetune": (3, 2.0),
         "supervised": (1, 2.0),
     }
+
+
+def test_readme_groups_environments_and_shows_the_speed_probe_range() -> None:
+    env = {"torch": "2.13.0", "device": "cpu", "cpus": 2}
+    records = [
+        {"cell": "a", "environment": {**env, "speed_probe": 610.0}},
+        {"cell": "b", "environment": {**env, "speed_probe": 655.5}},
+        {"cell": "c", "environment": {**env, "cpus": 16}},  # recorded before the probe
+        {"cell": "d"},
+    ]
+    text = readme("T", "spikessl sweep", "settings", records, {})
+    environment = text.split("## Environment\n\n")[1].splitlines()
+    assert environment == [
+        "- torch 2.13.0, device cpu, cpus 2: 2 cell(s), speed probe 610-655.5 images/s "
+        "(`spikessl.sweep.speed_probe`)",
+        "- torch 2.13.0, device cpu, cpus 16: 1 cell(s)",
+        "- not recorded: 1 cell(s)",
+    ]

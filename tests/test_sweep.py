@@ -23,6 +23,7 @@ from spikessl.sweep import (
     pretrain_key,
     record_matches,
     run_sweep,
+    speed_probe,
     split_values,
     supervised_key,
 )
@@ -227,6 +228,17 @@ def test_record_holds_the_results(swept):
     assert set(record["wall_seconds"]) == {"pretrain", "finetune", "supervised"}
     assert record["environment"]["device"] == "cpu"
     assert record["environment"]["torch"] == torch.__version__
+    assert record["environment"]["speed_probe"] == speed_probe("cpu") > 0
+
+
+def test_speed_probe_times_the_median_step_and_leaves_the_rng_alone(monkeypatch):
+    # four steps (one warm-up) lasting 9, 0.5, 0.25 and 0.4 s: median 0.4 s of 2 x 8 images
+    ticks = iter([0.0, 9.0, 10.0, 10.5, 11.0, 11.25, 12.0, 12.4])
+    monkeypatch.setattr("spikessl.sweep.time.perf_counter", lambda: next(ticks))
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    assert speed_probe.__wrapped__("cpu", batch=8, time_steps=2, steps=3) == 40.0
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_recorded_cells_are_skipped_and_tables_rewritten(swept, monkeypatch):

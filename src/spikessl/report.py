@@ -235,12 +235,24 @@ def wall_minutes(records: list[dict]) -> dict[str, tuple[int, float]]:
     return totals
 
 
+def _cells(probes: list) -> str:
+    """``3 cell(s), speed probe 610-655 images/s`` (the probes that were recorded)."""
+    measured = [p for p in probes if p is not None]
+    if not measured:
+        return f"{len(probes)} cell(s)"
+    low, high = min(measured), max(measured)
+    span = f"{low:g}" if low == high else f"{low:g}-{high:g}"
+    return f"{len(probes)} cell(s), speed probe {span} images/s (`spikessl.sweep.speed_probe`)"
+
+
 def readme(title: str, command: str, settings: str, records: list[dict], sections: dict) -> str:
     """The records folder's README: how to regenerate it, cost, environment, results."""
-    environments: dict[str, int] = {}
+    environments: dict[str, list] = {}  # environment -> one speed probe (or None) per cell
     for r in records:
-        env = ", ".join(f"{k} {v}" for k, v in r.get("environment", {}).items() if v is not None)
-        environments[env or "not recorded"] = environments.get(env or "not recorded", 0) + 1
+        env = dict(r.get("environment", {}))
+        probe = env.pop("speed_probe", None)  # differs run to run: shown as a range
+        text = ", ".join(f"{k} {v}" for k, v in env.items() if v is not None) or "not recorded"
+        environments.setdefault(text, []).append(probe)
     minutes = wall_minutes(records)
     lines = [
         f"# {title}",
@@ -263,7 +275,7 @@ def readme(title: str, command: str, settings: str, records: list[dict], section
         "",
         "## Environment",
         "",
-        *(f"- {env}: {n} cell(s)" for env, n in environments.items()),
+        *(f"- {env}: {_cells(probes)}" for env, probes in environments.items()),
     ]
     for heading, text in sections.items():
         lines += ["", f"## {heading}", "", text.rstrip()]

@@ -20,6 +20,7 @@ and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -27,7 +28,9 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -433,4 +436,41 @@ def _environment(device) -> dict:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    env["speed_probe"] = speed_probe(str(device))
     return env
+
+
+@functools.lru_cache
+def speed_probe(device: str, batch: int = 32, time_steps: int = 10, steps: int = 3) -> float:
+    """Images per second through one fixed SimCLR step on ``device``, once per process.
+
+    Wall times only compare within one machine (the same run took 2x as long on one 2-core
+    machine as on another), so each record carries this probe: the paper-mnist network with
+    batch norm at T=10, ``2 x batch`` random images, forward -> NT-Xent -> backward -> Adam,
+    median of ``steps`` timed steps after one warm-up; a few seconds on 2 CPU cores, so it is
+    measured once per process. A run's seconds times its record's probe (probe-images of
+    work) compare across machines; a busy machine lowers the probe as it slows the run.
+    """
+    import torch
+
+    from spikessl.encoders import EncoderConfig, SpikingEncoder
+    from spikessl.losses import nt_xent
+
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        net = SpikingEncoder(EncoderConfig(slope=5.0, norm="batch")).to(device)
+        optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+        images = torch.rand(2 * batch, 1, 28, 28, device=device)
+        seconds = []
+        for _ in range(steps + 1):
+            start = time.perf_counter()
+            counts = net(images, time_steps)
+            loss = nt_xent(counts[:batch], counts[batch:], temperature=0.1)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return round(2 * batch / statistics.median(seconds[1:]), 1)
