@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 from spikessl import cli, pipeline
 from spikessl.config import load_config
+from spikessl.report import GENERATED
 
 # tests/conftest.py points SPIKESSL_DATA at ../shared/datasets; absolute, since tests chdir
 DATA = Path(os.environ["SPIKESSL_DATA"]).resolve()
@@ -444,9 +446,22 @@ def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:
     ]
     table = (records / "results.md").read_text()
     assert "| time_steps |" in table and table.count("\n") == 4
+    readme = (records / "README.md").read_text()
+    assert readme.startswith(GENERATED + "\n# Sweep of `paper-mnist` over time_steps\n")
+    overrides = argv[1 : len(TINY) + 3]
+    command = shlex.join(["spikessl", "sweep", "--config", "paper-mnist", *overrides])
+    assert f"    {command} --records {records}\n" in readme  # no --data-dir, --run-dir
+    assert "2 of 2 cells recorded (one JSON each here). 1 pretraining and 1 fine-tuning" in readme
+    assert "| total | 4 |" in readme  # 2 pretrainings, 2 fine-tunings
+    assert table in readme and "device cpu" in readme and "speed probe" in readme
     code, out, err = run_main(argv)  # everything recorded: nothing trains again
     assert code == 0 and err.count("recorded, skipping") == 2, err
     assert json.loads(out)["results"] == result["results"]
+    assert (records / "README.md").read_text() == readme  # rewritten, the same
+    (records / "README.md").write_text("# my notes\n")
+    code, out, err = run_main(argv)
+    assert code == 0 and "kept" in err and "written by hand" in err, err
+    assert (records / "README.md").read_text() == "# my notes\n"
 
 
 def test_sweep_rejects_a_bad_grid_value_before_running(tmp_path) -> None:

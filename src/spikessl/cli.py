@@ -95,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--records",
                 default="runs/sweep/records",
-                help="one JSON record per finished cell, plus results.csv and results.md; "
-                "cells recorded here are skipped (commit it to resume on another machine)",
+                help="one JSON record per finished cell, plus results.csv, results.md and a "
+                "README.md; cells recorded here are skipped (commit it to resume on another "
+                "machine)",
             )
         if name in ("pipeline", "sweep"):
             p.add_argument(

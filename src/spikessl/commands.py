@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
+from pathlib import Path
 
 from spikessl.config import Config, load_config, parse_overrides
 
@@ -123,6 +125,7 @@ def compare(args: argparse.Namespace, extra: list[str], parser) -> int:
 
 
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
+    from spikessl import report
     from spikessl import sweep as grid
     from spikessl.config import to_dict
 
@@ -133,6 +136,15 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     cells = grid.expand_grid(base, axes)
     runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
     records = grid.run_sweep(cells, args.records, runs_root, args.baseline, progress)
+    if records:  # the command that remakes the folder (machine-local paths left out)
+        preset = args.config or "paper-mnist"
+        parts = ["spikessl", "sweep", "--config", preset, *args.overrides]
+        command = shlex.join([*parts, "--records", args.records] + ["--baseline"] * args.baseline)
+        over = ", ".join(o.partition("=")[0] for o in axes) or "no axis (one cell)"
+        readme = Path(args.records) / "README.md"
+        title = f"Sweep of `{preset}` over {over}"
+        if not report.write_sweep_readme(readme, title, command, len(cells), records):
+            print(f"sweep: kept {readme}: written by hand (no spikessl line)", file=sys.stderr)
     return {
         "command": "sweep",
         "cells": len(cells),

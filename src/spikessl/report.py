@@ -1,4 +1,5 @@
-"""The reports of ``spikessl reproduce``: tables, label efficiency, figures and README.
+"""The reports of ``spikessl reproduce``: tables, label efficiency, figures and README
+(and the README of a ``spikessl sweep`` records folder, ``write_sweep_readme``).
 
 Everything here is drawn from sweep records; ``reproduce`` decides what to show (which cell
 measures which row of the paper's tables, which cells make the label-efficiency curve) and
@@ -20,6 +21,7 @@ from spikessl.records import (
     describe,
     load_records,
     mean_range,
+    write_atomic,
     write_tables,
 )
 
@@ -280,6 +282,35 @@ def readme(title: str, command: str, settings: str, records: list[dict], section
     for heading, text in sections.items():
         lines += ["", f"## {heading}", "", text.rstrip()]
     return "\n".join(lines) + "\n"
+
+
+# the first line of a README that ``spikessl sweep`` wrote and may rewrite
+GENERATED = "<!-- written by spikessl sweep, which rewrites it: delete this line to edit it -->"
+
+
+def write_sweep_readme(
+    path: Path, title: str, command: str, cells: int, records: list[dict]
+) -> bool:
+    """A sweep records folder's ``README.md``: the command, epochs, wall time, environment and
+    the results tables from ``results.md`` (and ``seeds.md``) beside it. A README without the
+    ``GENERATED`` first line (written or edited by hand) is kept: returns False."""
+    if path.exists() and path.read_text().partition("\n")[0] != GENERATED:
+        return False
+    budgets = {
+        (r["config"]["pretrain"]["epochs"], r["config"]["finetune"]["epochs"])
+        for r in records
+        if "config" in r
+    }
+    epochs = "; ".join(
+        f"{pre} pretraining and {fin} fine-tuning epochs" for pre, fin in sorted(budgets)
+    )
+    settings = f"{len(records)} of {cells} cells recorded (one JSON each here)."
+    settings += f" {epochs}." if epochs else ""
+    sections = {"Results": (path.parent / "results.md").read_text()}
+    if (path.parent / "seeds.md").exists():
+        sections["Over seeds"] = (path.parent / "seeds.md").read_text()
+    write_atomic(path, GENERATED + "\n" + readme(title, command, settings, records, sections))
+    return True
 
 
 # --- the records folder --------------------------------------------------------------------
