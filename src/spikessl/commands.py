@@ -16,6 +16,8 @@ from pathlib import Path
 
 from spikessl.config import Config, load_config, parse_overrides
 
+DEFAULT_CONFIG = "paper-mnist"  # the preset when --config is not given
+
 
 def reproduce(args: argparse.Namespace, progress: bool) -> dict:
     from spikessl import reproduce as protocol
@@ -47,7 +49,7 @@ def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     if args.config is None and checkpoint is not None:
         # Fine-tuning defaults to the pretraining run's own settings: same split, same net.
         return load_config(checkpoint["config"], overrides)
-    return load_config(args.config or "paper-mnist", overrides)
+    return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 
 def export(args: argparse.Namespace, extra: list[str], parser) -> int:
@@ -137,7 +139,7 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
     records = grid.run_sweep(cells, args.records, runs_root, args.baseline, progress)
     if records:  # the command that remakes the folder (machine-local paths left out)
-        preset = args.config or "paper-mnist"
+        preset = args.config or DEFAULT_CONFIG
         parts = ["spikessl", "sweep", "--config", preset, *args.overrides]
         command = shlex.join([*parts, "--records", args.records] + ["--baseline"] * args.baseline)
         over = ", ".join(o.partition("=")[0] for o in axes) or "no axis (one cell)"
