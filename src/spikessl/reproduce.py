@@ -22,7 +22,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import shlex
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +67,6 @@ class Step:
     what: str  # "tables" or "label efficiency"
     cells: tuple[sweep.Cell, ...]
     baseline: bool
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def base_config(
@@ -289,7 +284,7 @@ def reproduce(
     progress: bool = True,
     data_dir: str | None = None,
     device: str | None = None,
-    log: Callable[[str], None] = _stderr,
+    log: Callable[[str], None] = sweep.log_to_stderr,
     report_only: bool = False,
     only: Sequence[str] = (),
 ) -> dict:

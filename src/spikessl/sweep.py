@@ -183,7 +183,8 @@ def _supervised_unused(cfg: Config) -> tuple[str, ...]:
     return ("pretrain", "knn", *augment, *unused)
 
 
-def _stderr(message: str) -> None:
+def log_to_stderr(message: str) -> None:
+    """Default ``log`` of ``run_sweep`` and ``reproduce.run``: one line, flushed."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -193,7 +194,7 @@ def run_sweep(
     runs_root: str | Path = "runs/sweep",
     baseline: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = _stderr,
+    log: Callable[[str], None] = log_to_stderr,
 ) -> list[dict]:
     """Run every unrecorded cell, record it, and tabulate all the grid's records.
 
