@@ -14,6 +14,7 @@ from spikessl.report import (
     table_rows,
     tables_markdown,
     wall_minutes,
+    write_sweep_readme,
 )
 from spikessl.reproduce import BEST, base_config, paper_rows, table_titles
 
@@ -172,3 +173,21 @@ def test_readme_groups_environments_and_shows_the_speed_probe_range() -> None:
         "- torch 2.13.0, device cpu, cpus 16: 1 cell(s)",
         "- not recorded: 1 cell(s)",
     ]
+
+
+def test_sweep_readme_shows_seeds_md_only_for_records_over_seeds(tmp_path) -> None:
+    (tmp_path / "results.md").write_text("| cell | acc |\n")
+    (tmp_path / "seeds.md").write_text("| setting | mean |\n")  # from an earlier grid
+
+    def config(seed: int) -> dict:
+        return {"seed": seed, "pretrain": {"epochs": 2}, "finetune": {"epochs": 1}}
+
+    one_seed = [{"cell": c, "config": config(0)} for c in ("a", "b")]
+    readme_path = tmp_path / "README.md"
+    assert write_sweep_readme(readme_path, "T", "spikessl sweep", 2, one_seed)
+    assert "| cell | acc |" in readme_path.read_text()
+    assert "2 pretraining and 1 fine-tuning epochs" in readme_path.read_text()
+    assert "| setting | mean |" not in readme_path.read_text()
+    two_seeds = [{"cell": f"seed={s}", "config": config(s)} for s in (0, 1)]
+    assert write_sweep_readme(readme_path, "T", "spikessl sweep", 2, two_seeds)
+    assert "| setting | mean |" in readme_path.read_text()

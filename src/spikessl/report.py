@@ -292,8 +292,9 @@ def write_sweep_readme(
     path: Path, title: str, command: str, cells: int, records: list[dict]
 ) -> bool:
     """A sweep records folder's ``README.md``: the command, epochs, wall time, environment and
-    the results tables from ``results.md`` (and ``seeds.md``) beside it. A README without the
-    ``GENERATED`` first line (written or edited by hand) is kept: returns False."""
+    the results tables from ``results.md`` (and ``seeds.md``, when ``records`` span seeds)
+    beside it. A README without the ``GENERATED`` first line (written or edited by hand) is
+    kept: returns False."""
     if path.exists() and path.read_text().partition("\n")[0] != GENERATED:
         return False
     budgets = {
@@ -307,7 +308,8 @@ def write_sweep_readme(
     settings = f"{len(records)} of {cells} cells recorded (one JSON each here)."
     settings += f" {epochs}." if epochs else ""
     sections = {"Results": (path.parent / "results.md").read_text()}
-    if (path.parent / "seeds.md").exists():
+    seeds = {r["config"]["seed"] for r in records if "config" in r}
+    if len(seeds) > 1 and (path.parent / "seeds.md").exists():  # not one left by another grid
         sections["Over seeds"] = (path.parent / "seeds.md").read_text()
     write_atomic(path, GENERATED + "\n" + readme(title, command, settings, records, sections))
     return True
