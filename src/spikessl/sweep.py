@@ -184,7 +184,7 @@ def _supervised_unused(cfg: Config) -> tuple[str, ...]:
 
 
 def log_to_stderr(message: str) -> None:
-    """Default ``log`` of ``run_sweep`` and ``reproduce.run``: one line, flushed."""
+    """Default ``log`` of ``run_sweep`` and ``reproduce.reproduce``: one line, flushed."""
     print(message, file=sys.stderr, flush=True)
 
 
