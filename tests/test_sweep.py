@@ -228,6 +228,7 @@ def test_record_holds_the_results(swept):
     assert set(record["wall_seconds"]) == {"pretrain", "finetune", "supervised"}
     assert record["environment"]["device"] == "cpu"
     assert record["environment"]["torch"] == torch.__version__
+    assert record["environment"]["threads"] == torch.get_num_threads()
     assert record["environment"]["speed_probe"] == speed_probe("cpu") > 0
 
 

@@ -432,6 +432,8 @@ def _environment(device) -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "cpus": os.cpu_count(),
+        # the number of threads orders floating-point sums: same threads, same numbers
+        "threads": torch.get_num_threads(),
         "spikessl": getattr(spikessl, "__version__", None),
     }
     if device.type == "cuda":
