@@ -19,6 +19,7 @@ from spikessl.sweep import (
     _stage,
     cell_key,
     cell_name,
+    cpu_model,
     expand_grid,
     pretrain_key,
     record_matches,
@@ -229,6 +230,7 @@ def test_record_holds_the_results(swept):
     assert record["environment"]["device"] == "cpu"
     assert record["environment"]["torch"] == torch.__version__
     assert record["environment"]["threads"] == torch.get_num_threads()
+    assert record["environment"]["cpu"] == cpu_model() != ""
     assert record["environment"]["speed_probe"] == speed_probe("cpu") > 0
 
 

@@ -432,7 +432,9 @@ def _environment(device) -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "cpus": os.cpu_count(),
-        # the number of threads orders floating-point sums: same threads, same numbers
+        # the CPU's kernels and the number of threads order floating-point sums: the same
+        # seed gives the same numbers bit for bit only where both are the same
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "spikessl": getattr(spikessl, "__version__", None),
     }
@@ -440,6 +442,17 @@ def _environment(device) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
     env["speed_probe"] = speed_probe(str(device))
     return env
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @functools.lru_cache
