@@ -425,10 +425,44 @@ def test_compare_errors(runs: dict, tmp_path) -> None:
     out = str(tmp_path / "x.png")
     assert_error(["compare", str(tmp_path / "nope"), "--out", out], "metrics.jsonl")
     fin = str(runs["root"] / "fin")
-    assert_error(["compare", fin, "--labels", "a", "b", "--out", out], "one label per run")
+    assert_error(["compare", fin, "--labels", "a", "b", "--out", out], "one label per curve")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.jsonl").write_text("{not json\n")
     assert_error(["compare", str(tmp_path / "bad"), "--out", out], "corrupt")
+
+
+def test_compare_draws_a_sweep_records_two_curves(tmp_path) -> None:
+    record = tmp_path / "base.json"
+    record.write_text(
+        json.dumps(
+            {"finetune_accuracy_by_epoch": [50.0, 61.5], "supervised_accuracy_by_epoch": [40.0]}
+        )
+    )
+    out = tmp_path / "fig7.png"
+    code, stdout, err = run_main(["compare", str(record), "--out", str(out)])
+    assert code == 0, err
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    finals = {"SSL pretrained + fine-tuned": 61.5, "supervised only": 40.0}
+    assert json.loads(stdout)["final"] == finals
+    # two records: the same methods twice, each curve named after its record
+    code, stdout, err = run_main(["compare", str(record), str(record), "--out", str(out)])
+    assert code == 0, err
+    assert set(json.loads(stdout)["final"]) == {f"{k} ({record})" for k in finals}
+    code, stdout, err = run_main(
+        ["compare", str(record), "--labels", "ssl", "sup", "--out", str(out)]
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["final"] == {"ssl": 61.5, "sup": 40.0}
+
+
+def test_compare_rejects_a_file_that_is_not_a_record(tmp_path) -> None:
+    out = str(tmp_path / "x.png")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert_error(["compare", str(bad), "--out", out], "corrupt")
+    bad.write_text(json.dumps({"knn_accuracy": 90.0, "finetune_accuracy_by_epoch": 3}))
+    assert_error(["compare", str(bad), "--out", out], "finetune_accuracy_by_epoch")
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:

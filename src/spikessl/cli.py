@@ -45,9 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         "compare",
         help="PNG of per-epoch test accuracy of runs, e.g. SSL + fine-tune vs supervised",
         description="Plot the per-epoch test accuracy of finetune/supervised runs (or kNN "
-        "accuracy of pretraining runs) in one figure (Figs. 6-7).",
+        "accuracy of pretraining runs) in one figure (Figs. 6-7). A sweep record (a .json in "
+        "a --records folder) gives its SSL + fine-tune curve and, where it holds one, its "
+        "supervised baseline's.",
     )
-    compare.add_argument("runs", nargs="+", help="run directories (their metrics.jsonl)")
+    compare.add_argument(
+        "runs", nargs="+", help="run directories (their metrics.jsonl) or sweep records (.json)"
+    )
     compare.add_argument("--out", required=True, help="PNG to write")
     compare.add_argument("--labels", nargs="+", default=None, help="one legend label per run")
     compare.add_argument("--title", default=None)

@@ -72,17 +72,21 @@ def export(args: argparse.Namespace, extra: list[str], parser) -> int:
 
 
 RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervised only"}
+RECORD_CURVES = {  # a sweep record's per-epoch test accuracies, by legend label
+    RUN_LABELS["finetune"]: "finetune_accuracy_by_epoch",
+    RUN_LABELS["supervised"]: "supervised_accuracy_by_epoch",
+}
 
 
 def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
     """A run's command and its test accuracy by epoch (kNN accuracy for pretraining)."""
-    from pathlib import Path
-
     path = Path(run_dir) / "metrics.jsonl"
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except OSError:
-        raise FileNotFoundError(f"no {path}: pass a spikessl run directory") from None
+        raise FileNotFoundError(
+            f"no {path}: pass a spikessl run directory or a sweep record (a .json file)"
+        ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is corrupt ({err}); rerun or resume that run") from None
     try:
@@ -96,19 +100,51 @@ def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
     return command, values
 
 
+def record_curves(path: str) -> dict[str, dict[int, float]]:
+    """A sweep record's curves (``docs/results/*/*.json``): SSL + fine-tune, and supervised
+    only where the record holds a baseline, so a committed record redraws Figs. 6-7."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is corrupt ({err}); rerun the sweep that wrote it") from None
+    curves = {
+        label: dict(enumerate(record[key], start=1))
+        for label, key in RECORD_CURVES.items()
+        if isinstance(record, dict) and isinstance(record.get(key), list) and record[key]
+    }
+    if not curves:
+        raise ValueError(
+            f"{path} holds no {' or '.join(RECORD_CURVES.values())}: pass a record written by "
+            "`spikessl sweep` or `spikessl reproduce`, or a run directory"
+        )
+    return curves
+
+
 def compare(args: argparse.Namespace, extra: list[str], parser) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from spikessl import figures
 
     try:
-        if args.labels is not None and len(args.labels) != len(args.runs):
-            raise ValueError(f"--labels needs one label per run ({len(args.runs)})")
-        series = {}
-        for i, run in enumerate(args.runs):
-            command, values = run_curve(run)
-            label = args.labels[i] if args.labels else RUN_LABELS.get(command, run)
-            series[label] = values
+        curves: list[tuple[str, str, dict[int, float]]] = []  # (label, source, values)
+        for run in args.runs:
+            if Path(run).is_file():  # a sweep record: one curve per method it holds
+                curves += [(label, run, values) for label, values in record_curves(run).items()]
+            else:
+                command, values = run_curve(run)
+                curves.append((RUN_LABELS.get(command, run), run, values))
+        if args.labels is not None and len(args.labels) != len(curves):
+            raise ValueError(
+                f"--labels needs one label per curve ({len(curves)}: one per run directory, "
+                "one per method a record holds)"
+            )
+        if args.labels:
+            curves = [(label, run, values) for label, (_, run, values) in zip(args.labels, curves)]
+        labels = [label for label, _, _ in curves]
+        series = {  # the same method from two runs or records: each named after its source
+            (label if labels.count(label) == 1 else f"{label} ({run})"): values
+            for label, run, values in curves
+        }
         title = args.title or "Test accuracy per epoch"
         path = figures.curves(series, args.out, title)
     except (ValueError, FileNotFoundError) as err:
