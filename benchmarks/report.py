@@ -16,7 +16,7 @@ def main(path: str) -> None:
         f"bf16 {data['matmul_peak_bf16'] / 1e9:.0f} GFLOP/s.\n"
     )
     print(
-        "| preset | T | batch | implementation | precision | images/s | step (s) | "
+        "| preset | T | batch | implementation | precision | images/s | step (ms) | "
         "augment (ms) | peak memory (GB) | of matmul peak | vs snntorch | vs SpikingJelly |"
     )
     print("|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -26,7 +26,7 @@ def main(path: str) -> None:
         x_sj = f"{r['x_spikingjelly']:.2f}x" if r.get("x_spikingjelly") else "-"
         print(
             f"| {r['preset']} | {r['T']} | {r['batch']} | {r['impl']} | {r['precision']} | "
-            f"{r['images_per_s']:.0f} | {r['step_s']:.2f} | {1e3 * r['augment_s']:.1f} | "
+            f"{r['images_per_s']:.0f} | {1e3 * r['step_s']:.1f} | {1e3 * r['augment_s']:.1f} | "
             f"{mem:.2f} | {100 * r['fraction_of_peak']:.0f}% | {x_snn} | {x_sj} |"
         )
 

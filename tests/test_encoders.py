@@ -14,10 +14,10 @@ def snntorch_forward(enc: SpikingEncoder, images, T):
     """The same weights stepped through time the paper's way (snn.Leaky, one step at a time)."""
     cfg = enc.cfg
 
-    def leaky():
+    def leaky():  # its beta, threshold and membrane are buffers: on the images' device
         return snn.Leaky(
             beta=cfg.beta, threshold=cfg.threshold, spike_grad=surrogate.sigmoid(slope=cfg.slope)
-        )
+        ).to(images.device)
 
     conv_lifs = [leaky() for _ in enc.convs]
     fc_lifs = [leaky() for _ in enc.fcs]
