@@ -12,33 +12,14 @@ import json
 
 import pytest
 import torch
-from test_encoders import snntorch_forward
+from test_encoders import encoder_pair, snntorch_forward
 from test_pipeline import small_config
 
-from spikessl import EncoderConfig, pipeline
+from spikessl import pipeline
 from spikessl.checkpoints import load_checkpoint
-from spikessl.encoders import SpikingEncoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
-
-
-def _encoder_pair(channels, image_size):
-    torch.manual_seed(0)
-    cfg = EncoderConfig(
-        in_channels=channels,
-        image_size=image_size,
-        conv_channels=(6, 8),
-        fc_sizes=(20,),
-        beta=0.9,
-        threshold=0.5,
-        slope=2.0,
-    )
-    enc = SpikingEncoder(cfg)
-    ref = SpikingEncoder(cfg)
-    ref.load_state_dict(enc.state_dict())
-    images = torch.rand(4, channels, image_size, image_size) * 3
-    return enc, ref, images
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +47,7 @@ def _assert_close(counts, counts_ref, model, ref):
 
 @pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3)])
 def test_cuda_encoder_matches_per_step_snntorch_on_cuda(image_size, channels):
-    enc, ref, images = _encoder_pair(channels, image_size)
+    enc, ref, images = encoder_pair(channels, image_size)
     enc, ref, images = enc.to(CUDA), ref.to(CUDA), images.to(CUDA)
     counts, counts_ref = enc(images, 8), snntorch_forward(ref, images, 8)
     assert counts.device.type == CUDA.type
@@ -78,7 +59,7 @@ def test_cuda_encoder_matches_per_step_snntorch_on_cuda(image_size, channels):
 
 @pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3)])
 def test_cuda_encoder_matches_the_cpu_encoder(image_size, channels):
-    gpu, cpu, images = _encoder_pair(channels, image_size)
+    gpu, cpu, images = encoder_pair(channels, image_size)
     gpu = gpu.to(CUDA)
     counts_cpu, counts_gpu = cpu(images, 12), gpu(images.to(CUDA), 12)
     target = torch.randn_like(counts_cpu)

@@ -35,11 +35,8 @@ def snntorch_forward(enc: SpikingEncoder, images, T):
     return torch.stack(outputs).sum(0)
 
 
-@pytest.mark.parametrize("native", [True, False])
-@pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3)])
-def test_matches_per_step_snntorch_network(image_size, channels, native, monkeypatch):
-    if not native:  # the plain PyTorch path (GPUs, bf16, no compiler) must match too
-        monkeypatch.setattr(_native, "usable", lambda *t, **kw: False)
+def encoder_pair(channels, image_size):
+    """Two small encoders with the same weights, and images that make them spike."""
     torch.manual_seed(0)
     cfg = EncoderConfig(
         in_channels=channels,
@@ -53,7 +50,15 @@ def test_matches_per_step_snntorch_network(image_size, channels, native, monkeyp
     enc = SpikingEncoder(cfg)
     ref = SpikingEncoder(cfg)
     ref.load_state_dict(enc.state_dict())
-    images = torch.rand(4, channels, image_size, image_size) * 3
+    return enc, ref, torch.rand(4, channels, image_size, image_size) * 3
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3)])
+def test_matches_per_step_snntorch_network(image_size, channels, native, monkeypatch):
+    if not native:  # the plain PyTorch path (GPUs, bf16, no compiler) must match too
+        monkeypatch.setattr(_native, "usable", lambda *t, **kw: False)
+    enc, ref, images = encoder_pair(channels, image_size)
     counts = enc(images, 8)
     counts_ref = snntorch_forward(ref, images, 8)
     assert torch.equal(counts, counts_ref)
