@@ -70,6 +70,7 @@ def test_seed_summary_by_hand(tmp_path):
         _record(1, "0.01", 96.0, 93.0, 91.0),
         _record(1, "0.1", 98.0, 96.5, 91.0),
         _record(2, "0.01", 94.0, 91.0, 92.0),
+        _record(2, "0.1", 90.0, None, 92.0),  # its baseline not run yet
     ]
     one, ten = seed_summary(records)
     assert one["setting"] == {"finetune.label_fraction": "0.01"} and one["seeds"] == [0, 1, 2]
@@ -84,8 +85,11 @@ def test_seed_summary_by_hand(tmp_path):
     assert one["knn_accuracy"]["mean"] == 91.0
     # margin 95 - 92 = 3 points; spread max(96 - 94, 93 - 91) = 2
     assert (one["margin"], one["spread"], one["verdict"]) == (3.0, 2.0, "margin > spread")
-    # margin 97.5 - 97 = 0.5; spread max(1, 1) = 1
-    assert (ten["margin"], ten["spread"], ten["verdict"]) == (0.5, 1.0, "margin within spread")
+    # over seeds 0 and 1, the two with a baseline: margin 97.5 - 97 = 0.5, spread max(1, 1) = 1
+    # (with seed 2's 90.0 the SSL mean would be 95.0, 2 points behind instead of 0.5 ahead)
+    assert ten["finetune_test_accuracy"]["n"] == 3 and ten["supervised_test_accuracy"]["n"] == 2
+    assert (ten["margin"], ten["spread"]) == (0.5, 1.0)
+    assert ten["verdict"] == "margin within spread (seeds with both: 0 1)"
     write_seed_tables(records, tmp_path / "s.csv", tmp_path / "s.md")
     md = (tmp_path / "s.md").read_text().splitlines()
     assert md[0] == (
@@ -98,8 +102,10 @@ def test_seed_summary_by_hand(tmp_path):
     )
     rows = (tmp_path / "s.csv").read_text().splitlines()
     assert rows[0].startswith("finetune.label_fraction,seeds,knn_accuracy_n,knn_accuracy_mean,")
-    assert rows[2].startswith("0.1,0 1,2,90.5,90.0,91.0,2,97.5,97.0,98.0,2,97.0,96.5,97.5,")
-    assert rows[2].endswith(",0.5,1.0,margin within spread")
+    assert rows[2] == (
+        "0.1,0 1 2,3,91.0,90.0,92.0,3,95.0,90.0,98.0,2,97.0,96.5,97.5,"
+        "0.5,1.0,margin within spread (seeds with both: 0 1)"
+    )
 
 
 def test_compare_needs_two_seeds_of_each():

@@ -168,7 +168,8 @@ def seed_summary(records: list[dict]) -> list[dict]:
 
     Each group: ``setting`` (those grid values), ``seeds``, and per accuracy in ``ACCURACIES``
     its per-seed values with n, mean, min and max; then ``compare``'s margin, spread and verdict
-    of fine-tuning against the supervised baseline.
+    of fine-tuning against the supervised baseline, over the seeds that have both (a seed
+    whose baseline is not run yet would otherwise weigh on one side only).
     """
     groups: dict[tuple, dict] = {}
     for record in records:
@@ -184,7 +185,13 @@ def seed_summary(records: list[dict]) -> list[dict]:
         for field in ACCURACIES:
             values = [float(r[field]) for r in group["records"] if r.get(field) is not None]
             entry[field] = {"values": values, **describe(values)}
-        margin, spread, verdict = compare(entry[SSL], entry[SUPERVISED])
+        paired = [r for r in group["records"] if None not in (r.get(SSL), r.get(SUPERVISED))]
+        margin, spread, verdict = compare(
+            *(describe([float(r[f]) for r in paired]) for f in (SSL, SUPERVISED))
+        )
+        if paired and len(paired) < len(group["records"]):
+            seeds = " ".join(str(r["config"]["seed"]) for r in paired)
+            verdict += f" (seeds with both: {seeds})"
         summary.append(entry | {"margin": margin, "spread": spread, "verdict": verdict})
     return summary
 
@@ -217,6 +224,7 @@ def write_seed_tables(records: list[dict], csv_path: str | Path, md_path: str | 
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines.append(
         "\nTest accuracy over seeds: mean [min, max] (n). Margin: SSL + fine-tune mean minus "
-        "supervised-only mean (points); spread: the larger of the two methods' max - min."
+        "supervised-only mean (points) and spread: the larger of the two methods' max - min, "
+        "both over the seeds that have both."
     )
     write_atomic(Path(md_path), "\n".join(lines) + "\n")
