@@ -268,6 +268,7 @@ def test_end_to_end_then_every_cell_is_skipped(tmp_path, monkeypatch) -> None:
     readme = texts["README.md"]
     assert "spikessl reproduce --dataset mnist --budget quick time_steps=2" in readme
     assert "--seeds 0,1" in readme and " ".join(reproduce.QUICK["mnist"]) in readme
+    assert f"--records {records}\n" in readme and "--run-dir" not in readme  # machine-local
     assert "| pretrain | 4 |" in readme and "| supervised | 3 |" in readme
     assert "device cpu" in readme and "](fig5-neighbors.png)" in readme
     assert len(texts["results.csv"].splitlines()) == 1 + 5

@@ -262,14 +262,13 @@ def command_line(
     overrides: Sequence[str],
     seeds: Sequence[int],
     records: str | None,
-    runs: str | None,
 ) -> str:
-    """The command that makes these outputs (machine-local --data-dir/--device left out)."""
+    """The command that makes these outputs (machine-local --data-dir, --device and --run-dir
+    left out: they say where this machine keeps things, not what the outputs are)."""
     parts = ["spikessl", "reproduce", "--dataset", dataset, "--budget", budget, *overrides]
     if list(seeds) != list(DEFAULT_SEEDS):
         parts += ["--seeds", ",".join(map(str, seeds))]
     parts += ["--records", records] if records else []
-    parts += ["--run-dir", runs] if runs else []
     return shlex.join(parts)
 
 
@@ -320,6 +319,6 @@ def reproduce(
         cells = [c for c in step.cells if c.name in chosen]
         if cells:
             sweep.run_sweep(cells, records_dir, runs_root, step.baseline, progress, log)
-    command = command_line(dataset, budget, overrides, seeds, records, runs)
+    command = command_line(dataset, budget, overrides, seeds, records)
     shown = report_contents(dataset, budget, overrides, base, steps)
     return result | report.write_outputs(shown, records_dir, command, log)
