@@ -19,10 +19,27 @@ def pretrained(tmp_path_factory):
     return cfg, tmp
 
 
+class NotATensor:
+    pass
+
+
 def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="cannot read checkpoint .*not a PyTorch checkpoint"):
         load_checkpoint(tmp_path)
+    torch.save({"model": {"w": torch.ones(4096)}, "config": {}}, tmp_path / "whole.pt")
+    data = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match="truncated, overwritten or of another kind"):
+        load_checkpoint(tmp_path / "truncated.pt")
+    damaged = bytearray(data)
+    damaged[200:3000] = bytes(2800)  # zeros inside the archive, its index intact
+    (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="the archive is damaged"):
+        load_checkpoint(tmp_path / "damaged.pt")
+    torch.save({"model": {}, "config": {}, "extra": NotATensor()}, tmp_path / "code.pt")
+    with pytest.raises(ValueError, match="could run code from the file"):
+        load_checkpoint(tmp_path / "code.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing")
 

@@ -8,6 +8,8 @@ A checkpoint is the dict ``train.fit`` saves as ``checkpoint.pt``: ``model`` (a 
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -24,12 +26,26 @@ def load_checkpoint(path: str | Path) -> dict:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: pass a run directory or a .pt file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive, its index at the end
+        raise ValueError(
+            f"cannot read checkpoint {path}: not a PyTorch checkpoint (no complete zip archive: "
+            "the file is truncated, overwritten or of another kind); take the run's other "
+            "checkpoint (checkpoint-before-divergence.pt, if there is one) or rerun the stage"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated, or a pickle that wants to run code
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError:  # weights_only refused an object that would run code
         raise ValueError(
-            f"cannot read checkpoint {path}: not a readable spikessl checkpoint ({first_line})"
+            f"cannot read checkpoint {path}: it holds objects other than tensors and plain "
+            "containers, which spikessl never writes; it is not loaded, since that could run "
+            "code from the file (export the model's state_dict with torch.save to use it)"
+        ) from None
+    except Exception as err:  # damaged inside the archive
+        text = str(err).strip()
+        reason = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+        raise ValueError(
+            f"cannot read checkpoint {path}: the archive is damaged ({reason}); take the "
+            "run's other checkpoint or rerun the stage"
         ) from None
     if not (
         isinstance(checkpoint, dict)
