@@ -6,6 +6,9 @@ import json
 import re
 import shutil
 import signal
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -432,6 +435,37 @@ def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="stop here"):
         run_sweep([cell], tmp_path / "records", tmp_path / "runs", log=lambda _: None)
     assert seen == [(None, False)]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock")
+def test_a_stage_another_process_is_running_is_waited_for_not_deleted(tmp_path):
+    from spikessl.sweep import _claimed
+
+    run_dir, logs, reran, got = tmp_path / "pretrain-abc", [], [], []
+
+    def run(resume):
+        reran.append(resume)
+        return {"wall_seconds": 1.0}
+
+    second = threading.Thread(
+        target=lambda: got.append(_stage("pretrain", run_dir, logs.append, run))
+    )
+    with _claimed(run_dir, "pretrain", lambda _: None):  # the first process, in its 1st epoch
+        run_dir.mkdir()
+        (run_dir / "metrics.jsonl").write_text("")  # no checkpoint yet: looks killed
+        second.start()
+        for _ in range(500):
+            if logs:
+                break
+            time.sleep(0.01)
+        assert logs == [
+            f"  pretrain: another process is running {run_dir}; waiting for it to finish"
+        ]
+        assert run_dir.is_dir() and not got  # waiting, not deleting
+        (run_dir / "summary.json").write_text('{"wall_seconds": 2.0}')  # the first one ends
+    second.join(10)
+    assert got == [{"wall_seconds": 2.0}] and reran == []  # its run reused, not redone
+    assert logs[-1] == f"  pretrain: finished earlier, reusing {run_dir}"
 
 
 def test_seeds_are_summarised_when_the_grid_varies_them(tmp_path, monkeypatch):

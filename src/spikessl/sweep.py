@@ -20,6 +20,7 @@ and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -30,7 +31,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -380,7 +381,39 @@ def _add_supervised(
 def _stage(
     what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
 ) -> dict:
-    """Reuse a finished run, resume an interrupted one, or start ``run(resume=None)`` afresh."""
+    """Reuse a finished run, resume an interrupted one, or start ``run(resume=None)`` afresh.
+
+    Another spikessl process at work on ``run_dir`` (a second sweep over the same runs) is
+    waited for, then its run reused or resumed, never deleted or written over.
+    """
+    with _claimed(run_dir, what, log):
+        return _stage_claimed(what, run_dir, log, run)
+
+
+@contextlib.contextmanager
+def _claimed(run_dir: Path, what: str, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold an advisory lock on ``.locks/<run_dir name>.lock`` beside ``run_dir`` (POSIX
+    ``flock``, released when the process ends, however it ends); wait while another process
+    holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): one sweep at a time per runs root
+        yield
+        return
+    locks = run_dir.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{run_dir.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"  {what}: another process is running {run_dir}; waiting for it to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _stage_claimed(
+    what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
+) -> dict:
     from spikessl.checkpoints import load_checkpoint
 
     summary_path = run_dir / "summary.json"
