@@ -6,6 +6,7 @@ from spikessl.records import (
     compare,
     describe,
     load_records,
+    pretrain_diverged_epoch,
     seed_summary,
     write_seed_tables,
     write_tables,
@@ -45,6 +46,23 @@ def test_write_tables_formats_by_hand(tmp_path):
     ]
     write_tables(records, tmp_path / "c.csv", tmp_path / "c.md", ["pretrain.lr", "knn_accuracy"])
     assert (tmp_path / "c.csv").read_text().splitlines()[1] == "0.001,98.76"
+
+
+def test_a_diverged_pretraining_gets_its_own_column(tmp_path):
+    steady = {"grid": {"seed": "0"}, "pretrain_loss_by_epoch": [2.0, 1.2, 0.9, 1.3, 0.8]}
+    jumped = {"grid": {"seed": "1"}, "pretrain_loss_by_epoch": [2.7, 1.1, 0.85, 4.74, 4.8]}
+    short = {"grid": {"seed": "2"}, "pretrain_loss_by_epoch": [5.0]}
+    assert [pretrain_diverged_epoch(r) for r in (steady, jumped, short, {})] == [
+        None,
+        4,  # 4.74 > 2 x 0.85 and 3.89 above it; 1.3 at epoch 4 of `steady` is neither
+        None,
+        None,
+    ]
+    write_tables([steady, jumped], tmp_path / "t.csv", tmp_path / "t.md")
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert "pretrain_diverged_epoch" in lines[0] and lines[2].startswith("1,,,,4")
+    write_tables([steady], tmp_path / "s.csv", tmp_path / "s.md")
+    assert "diverged" not in (tmp_path / "s.csv").read_text()  # no column when none did
 
 
 def test_corrupt_record_names_the_file(tmp_path):

@@ -28,7 +28,11 @@ def test_tables_compare_with_the_paper_and_show_missing_cells_as_dashes() -> Non
             "supervised_test_accuracy": 93.0,
         },
         "time_steps=10": {"finetune_test_accuracy": 80.0, "knn_accuracy": 70.0},
-        "augment.views=crop-noise": {"finetune_test_accuracy": 92.0, "knn_accuracy": 88.0},
+        "augment.views=crop-noise": {
+            "finetune_test_accuracy": 92.0,
+            "knn_accuracy": 88.0,
+            "pretrain_loss_by_epoch": [2.6, 1.6, 0.9, 4.7, 4.8],  # jumps at epoch 4
+        },
     }
     layout = paper_rows("mnist", base)
     rows = {(r["table"], r["setting"]): r for r in table_rows(layout, records)}
@@ -40,6 +44,7 @@ def test_tables_compare_with_the_paper_and_show_missing_cells_as_dashes() -> Non
         "ours": 80.0,
         "knn": 70.0,
         "difference": 1.79,
+        "pretrain_diverged_epoch": None,
     }
     assert (rows["I", "20"]["paper"], rows["I", "20"]["ours"], rows["I", "20"]["difference"]) == (
         91.54,
@@ -65,7 +70,10 @@ def test_tables_compare_with_the_paper_and_show_missing_cells_as_dashes() -> Non
     md = tables_markdown("MNIST", table_titles(), list(rows.values()))
     assert "| 10 | 78.21% | 80.00% | 70.00% | +1.79 |" in md
     assert "| 20 | 91.54% | — | — | — |" in md
-    assert "| crop-noise | 93.86% | 92.00% | 88.00% | -1.86 |" in md
+    assert rows["III", "crop-noise"]["pretrain_diverged_epoch"] == 4
+    assert "| crop-noise | 93.86% | 92.00% † | 88.00% † | -1.86 |" in md
+    assert "diverged (its loss jumped" in md and "at epoch 4 (augment.views=crop-noise)" in md
+    assert "†" not in tables_markdown("MNIST", table_titles(), [rows["I", "10"]])
     assert "| [22] SimCLR ANN (cited) | — | — | — | — |" in md
     assert md.count("### Table") == 4
 

@@ -55,8 +55,27 @@ def load_records(records_dir: str | Path, names: list[str] | None = None) -> lis
     return [read_record(p) for p in paths]
 
 
+def pretrain_diverged_epoch(record: dict) -> int | None:
+    """The first epoch at which the record's SimCLR pretraining diverged, judged from its
+    ``pretrain_loss_by_epoch`` by the rule the training loop warns with
+    (``train.check_divergence``), or None. Tables mark such cells; their numbers stay as
+    measured."""
+    losses = record.get("pretrain_loss_by_epoch") or []
+    if len(losses) < 2:
+        return None
+    from spikessl.train import check_divergence  # torch: only for a curve to judge
+
+    history: list[dict] = []
+    for epoch, loss in enumerate(losses, 1):
+        if check_divergence(history, loss, ""):
+            return epoch
+        history.append({"epoch": epoch, "loss": loss})
+    return None
+
+
 def default_columns(records: list[dict]) -> list[str]:
-    """Grid keys, seed, the accuracies and each stage's wall time (minutes)."""
+    """Grid keys, seed, the accuracies, the epoch a pretraining diverged (if one did) and each
+    stage's wall time (minutes)."""
     columns = list(dict.fromkeys(k for r in records for k in r.get("grid", {})))
     if "seed" not in columns:
         columns.append("seed")
@@ -64,6 +83,8 @@ def default_columns(records: list[dict]) -> list[str]:
     baseline = any("supervised_test_accuracy" in r for r in records)
     if baseline:
         columns.append("supervised_test_accuracy")
+    if any(pretrain_diverged_epoch(r) for r in records):
+        columns.append("pretrain_diverged_epoch")
     stages = ["pretrain", "finetune", *(["supervised"] if baseline else [])]
     return columns + [f"{stage}_minutes" for stage in stages]
 
@@ -72,6 +93,8 @@ def _value(record: dict, column: str):
     """A grid value (raw text), a record field, ``<stage>_minutes`` or a dotted config key."""
     if column in record.get("grid", {}):
         return record["grid"][column]
+    if column == "pretrain_diverged_epoch":
+        return pretrain_diverged_epoch(record)
     stage = column.removesuffix("_minutes")
     if column.endswith("_minutes") and stage in record.get("wall_seconds", {}):
         return round(record["wall_seconds"][stage] / 60, 2)

@@ -21,12 +21,17 @@ from spikessl.records import (
     describe,
     load_records,
     mean_range,
+    pretrain_diverged_epoch,
     write_atomic,
     write_tables,
 )
 
 DASH = "—"
-TABLE_COLUMNS = ["table", "setting", "cell", "paper", "ours", "knn", "difference"]
+TABLE_COLUMNS = [
+    *("table", "setting", "cell", "paper", "ours", "knn", "difference"),
+    "pretrain_diverged_epoch",
+]
+DIVERGED = "†"
 METHODS = {
     "SSL + fine-tune": "finetune_test_accuracy",
     "supervised only": "supervised_test_accuracy",
@@ -64,8 +69,11 @@ def table_rows(layout: Sequence[dict], records: dict[str, dict]) -> list[dict]:
         ours = record.get(r["metric"])
         knn = record.get("knn_accuracy") if r["metric"] == METHODS["SSL + fine-tune"] else None
         diff = None if ours is None or r["paper"] is None else round(ours - r["paper"], 2)
+        ssl = ours is not None and r["metric"] == METHODS["SSL + fine-tune"]
+        diverged = pretrain_diverged_epoch(record) if ssl else None
         row = {k: r[k] for k in ("table", "setting", "cell", "paper")}
-        rows.append(row | {"ours": ours, "knn": knn, "difference": diff})
+        row |= {"ours": ours, "knn": knn, "difference": diff}
+        rows.append(row | {"pretrain_diverged_epoch": diverged})
     return rows
 
 
@@ -85,14 +93,32 @@ def tables_markdown(name: str, titles: Mapping[str, str], rows: list[dict]) -> s
         parts.append("|---|---:|---:|---:|---:|")
         for r in (r for r in rows if r["table"] == number):
             diff = DASH if r["difference"] is None else f"{r['difference']:+.2f}"
-            cells = (r["setting"], _pct(r["paper"]), _pct(r["ours"]), _pct(r["knn"]), diff)
-            parts.append("| " + " | ".join(cells) + " |")
+            mark = f" {DIVERGED}" if r.get("pretrain_diverged_epoch") else ""
+            ours, knn = _pct(r["ours"]) + mark, _pct(r["knn"]) + (mark if r["knn"] else "")
+            parts.append(
+                "| " + " | ".join((r["setting"], _pct(r["paper"]), ours, knn, diff)) + " |"
+            )
         parts.append("")
+    diverged = sorted(
+        {
+            (r["cell"], r["pretrain_diverged_epoch"])
+            for r in rows
+            if r.get("pretrain_diverged_epoch")
+        }
+    )
     parts.append(
         "Test accuracy: SSL pretraining, then fine-tuning on the labelled 20% (final epoch); "
         "Table IV's supervised row: the same network trained on those labels alone. kNN: the "
         f"pretrained encoder's spike counts, before fine-tuning. {DASH}: not run yet, or not "
         "in the paper."
+        + (
+            f" {DIVERGED}: the SimCLR pretraining diverged (its loss jumped far above its "
+            "lowest so far: the training loop's divergence warning) at epoch "
+            + ", ".join(f"{epoch} ({cell})" for cell, epoch in diverged)
+            + "; the numbers are as measured, after all its epochs."
+            if diverged
+            else ""
+        )
     )
     return "\n".join(parts) + "\n"
 
