@@ -67,13 +67,18 @@ def table_rows(layout: Sequence[dict], records: dict[str, dict]) -> list[dict]:
     for r in layout:
         record = records.get(r["cell"], {}) if r["cell"] else {}
         ours = record.get(r["metric"])
-        knn = record.get("knn_accuracy") if r["metric"] == METHODS["SSL + fine-tune"] else None
+        pretrained = r["metric"] == METHODS["SSL + fine-tune"]  # knn and divergence apply
         diff = None if ours is None or r["paper"] is None else round(ours - r["paper"], 2)
-        ssl = ours is not None and r["metric"] == METHODS["SSL + fine-tune"]
-        diverged = pretrain_diverged_epoch(record) if ssl else None
         row = {k: r[k] for k in ("table", "setting", "cell", "paper")}
-        row |= {"ours": ours, "knn": knn, "difference": diff}
-        rows.append(row | {"pretrain_diverged_epoch": diverged})
+        rows.append(
+            row
+            | {
+                "ours": ours,
+                "knn": record.get("knn_accuracy") if pretrained else None,
+                "difference": diff,
+                "pretrain_diverged_epoch": pretrain_diverged_epoch(record) if pretrained else None,
+            }
+        )
     return rows
 
 
