@@ -116,6 +116,20 @@ def test_sigkill_resumes_from_last_checkpoint(tmp_path, reference):
     assert_same_run(run_dir, reference)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock")
+def test_a_run_another_process_is_writing_is_refused_untouched(tmp_path, reference, capsys):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for_checkpoint(proc, run_dir, 4)
+    assert main([*RUN, str(run_dir)]) == 2  # the same command typed twice
+    assert "another spikessl process is writing" in capsys.readouterr().err
+    assert main(["pretrain", "--resume", str(run_dir), "--no-progress"]) == 2
+    assert "let it finish" in capsys.readouterr().err
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_same_run(run_dir, reference)  # the refused attempts changed nothing
+
+
 def test_unfinished_run_dir_is_not_overwritten(tmp_path, capsys):
     run_dir = tmp_path / "run"
     (run_dir).mkdir()

@@ -439,7 +439,7 @@ def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, monkeypa
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock")
 def test_a_stage_another_process_is_running_is_waited_for_not_deleted(tmp_path):
-    from spikessl.sweep import _claimed
+    from spikessl.pipeline import claim_run_dir
 
     run_dir, logs, reran, got = tmp_path / "pretrain-abc", [], [], []
 
@@ -450,7 +450,7 @@ def test_a_stage_another_process_is_running_is_waited_for_not_deleted(tmp_path):
     second = threading.Thread(
         target=lambda: got.append(_stage("pretrain", run_dir, logs.append, run))
     )
-    with _claimed(run_dir, "pretrain", lambda _: None):  # the first process, in its 1st epoch
+    with claim_run_dir(run_dir):  # the first process, in its 1st epoch
         run_dir.mkdir()
         (run_dir / "metrics.jsonl").write_text("")  # no checkpoint yet: looks killed
         second.start()

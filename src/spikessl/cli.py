@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from spikessl import commands
 from spikessl.config import preset_names
@@ -171,6 +173,41 @@ def _reproduce_parser(sub) -> None:
     p.add_argument("--device", default=None, help="auto|cpu|cuda|mps")
 
 
+def _claimed(command: str, run_dir: str | None):
+    """While a training command writes a run directory the user named, no other process can
+    (a second ``spikessl pretrain --run-dir X``, or a sweep stage on X, is refused instead)."""
+    import contextlib
+
+    from spikessl import pipeline
+
+    writes = command in ("pretrain", "finetune", "supervised", "pipeline")
+    if not writes or run_dir is None or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0
+        return contextlib.nullcontext()
+    return pipeline.claim_run_dir(Path(run_dir))
+
+
+def _dispatch(args: argparse.Namespace, cfg, run_dir, progress: bool, resume, checkpoint) -> dict:
+    from spikessl import pipeline
+
+    command = args.command
+    if command == "pretrain":
+        return pipeline.pretrain(cfg, run_dir, progress, resume)
+    elif command in ("finetune", "supervised"):
+        return pipeline.finetune(cfg, checkpoint, run_dir, progress, resume)
+    elif command == "knn":
+        return pipeline.knn(cfg, checkpoint)
+    elif command == "probe":
+        return pipeline.probe(cfg, checkpoint)
+    elif command == "neighbors":
+        return commands.neighbors(args, cfg, checkpoint)
+    elif command == "sweep":
+        return commands.sweep(args, cfg, progress)
+    elif command == "reproduce":
+        return commands.reproduce(args, progress)
+    else:
+        return commands.run_pipeline(cfg, args.run_dir, args.baseline, progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -182,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *extra]
-    from spikessl import checkpoints, distributed, pipeline  # after parsing: --help stays instant
+    from spikessl import checkpoints, distributed  # after parsing: --help stays instant
     from spikessl.train import Interrupted
 
     try:
@@ -194,22 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         run_dir = args.run_dir or (getattr(args, "resume", None))
-        if args.command == "pretrain":
-            result = pipeline.pretrain(cfg, run_dir, progress, resume)
-        elif args.command in ("finetune", "supervised"):
-            result = pipeline.finetune(cfg, checkpoint, run_dir, progress, resume)
-        elif args.command == "knn":
-            result = pipeline.knn(cfg, checkpoint)
-        elif args.command == "probe":
-            result = pipeline.probe(cfg, checkpoint)
-        elif args.command == "neighbors":
-            result = commands.neighbors(args, cfg, checkpoint)
-        elif args.command == "sweep":
-            result = commands.sweep(args, cfg, progress)
-        elif args.command == "reproduce":
-            result = commands.reproduce(args, progress)
-        else:
-            result = commands.run_pipeline(cfg, args.run_dir, args.baseline, progress)
+        with _claimed(args.command, run_dir):
+            result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
         print(f"spikessl {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -7,9 +7,11 @@ loop and writes a run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -92,6 +94,38 @@ def new_run_dir(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     return run_dir
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: Path, wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Keep other processes from writing ``run_dir`` while this one does.
+
+    An advisory lock on ``.locks/<run_dir name>.lock`` beside ``run_dir`` (POSIX ``flock``,
+    released when the process ends, however it ends; outside the run so that deleting the run
+    does not drop it). Held by another process: with ``wait``, call it and wait for the lock;
+    without, raise ``ValueError``. The CLI's training commands and ``sweep``'s stages take it;
+    ``pretrain``/``finetune`` called from Python do not. No ``flock`` (Windows): no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    locks = run_dir.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{run_dir.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait is None:
+                raise ValueError(
+                    f"another spikessl process is writing {run_dir} (it holds "
+                    f"{lock.name}): let it finish (then --resume {run_dir} if it was "
+                    "interrupted), or choose another --run-dir"
+                ) from None
+            wait()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _finish(run_dir: Path, summary: dict) -> dict:

@@ -20,7 +20,6 @@ and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import itertools
@@ -31,7 +30,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -386,29 +385,11 @@ def _stage(
     Another spikessl process at work on ``run_dir`` (a second sweep over the same runs) is
     waited for, then its run reused or resumed, never deleted or written over.
     """
-    with _claimed(run_dir, what, log):
+    from spikessl.pipeline import claim_run_dir
+
+    wait = f"  {what}: another process is running {run_dir}; waiting for it to finish"
+    with claim_run_dir(run_dir, wait=lambda: log(wait)):
         return _stage_claimed(what, run_dir, log, run)
-
-
-@contextlib.contextmanager
-def _claimed(run_dir: Path, what: str, log: Callable[[str], None]) -> Iterator[None]:
-    """Hold an advisory lock on ``.locks/<run_dir name>.lock`` beside ``run_dir`` (POSIX
-    ``flock``, released when the process ends, however it ends); wait while another process
-    holds it."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): one sweep at a time per runs root
-        yield
-        return
-    locks = run_dir.parent / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{run_dir.name}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"  {what}: another process is running {run_dir}; waiting for it to finish")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def _stage_claimed(
