@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from snntorch import surrogate
 
 from spikessl import EncoderConfig, SpikingClassifier, _native, build_encoder
-from spikessl.encoders import SpikingEncoder
+from spikessl.encoders import SpikingEncoder, conv_norm
 
 
 def snntorch_forward(enc: SpikingEncoder, images, T):
@@ -115,6 +115,56 @@ def test_batch_norm_keeps_every_layer_firing():
     enc = build_encoder(EncoderConfig(norm="batch", slope=5.0))
     rates = enc.trace(torch.randn(16, 1, 28, 28), 10).rates
     assert ((rates > 0.02) & (rates < 0.98)).all(), rates
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_eval_batch_norm_folds_into_the_convolution(conv_bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 6, 3, bias=conv_bias)
+    norm = torch.nn.BatchNorm2d(6)
+    with torch.no_grad():  # statistics and affine far from the identity
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.2, 3)
+        norm.weight.uniform_(0.5, 2), norm.bias.uniform_(-1, 1)
+    x = torch.randn(4, 3, 9, 9)
+    norm.eval()
+    torch.testing.assert_close(conv_norm(conv, norm, x), norm(conv(x)), rtol=1e-5, atol=1e-5)
+    norm.train()  # batch statistics: the modules themselves, running stats updated as usual
+    before = norm.running_mean.clone()
+    assert torch.equal(
+        conv_norm(conv, norm, x),
+        F.batch_norm(
+            conv(x),
+            before.clone(),
+            norm.running_var.clone(),
+            norm.weight,
+            norm.bias,
+            True,
+            norm.momentum,
+            norm.eps,
+        ),
+    )
+    assert not torch.equal(norm.running_mean, before)
+
+
+def test_folded_eval_encoder_counts_match_the_unfolded_network(monkeypatch):
+    from spikessl import encoders
+
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(norm="batch", slope=5.0))
+    with torch.no_grad():
+        enc(torch.rand(64, 1, 28, 28), 10)  # train mode: running statistics move off 0/1
+        enc.eval()
+        images = torch.rand(64, 1, 28, 28)
+        calls = []
+        for norm in enc.conv_norms:
+            norm.register_forward_hook(lambda *a: calls.append(1))
+        folded = enc(images, 10)
+        assert calls == []  # no separate pass of batch norm over the convolutions' output
+        monkeypatch.setattr(encoders, "conv_norm", lambda conv, norm, x: norm(conv(x)))
+        plain = enc(images, 10)
+    assert folded.sum() > 0
+    # float rounding may move a membrane across the threshold, rarely
+    assert (folded != plain).float().mean() < 1e-3
 
 
 def test_classifier_outputs_class_spike_counts():

@@ -93,6 +93,30 @@ def _norm(kind: str, channels: int, dims: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
 
 
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
+    """``norm(conv(x))``; with batch norm in eval mode, one convolution instead.
+
+    Eval-mode batch norm is a fixed per-channel affine, ``y = a * z + b`` with
+    ``a = gamma / sqrt(running_var + eps)``, ``b = beta - a * running_mean``, so it folds into
+    the convolution: weights ``a * W``, bias ``a * bias + b``. That skips a pass over the
+    largest tensor of the network (the second layer's current over all T*B maps), measured
+    as about a third of the forward pass at inference.
+    """
+    plain = not isinstance(norm, nn.BatchNorm2d) or norm.training or conv.padding_mode != "zeros"
+    if plain or norm.running_var is None:
+        return norm(conv(x))
+    a = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        a = a * norm.weight
+    b = -a * norm.running_mean
+    if norm.bias is not None:
+        b = b + norm.bias
+    if conv.bias is not None:
+        b = b + a * conv.bias
+    weight = conv.weight * a[:, None, None, None]
+    return nn.functional.conv2d(x, weight, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 def _lif(cfg: EncoderConfig) -> LIF:
     return LIF(cfg.beta, cfg.threshold, cfg.slope, cfg.detach_reset, cfg.learn_beta)
 
@@ -133,14 +157,14 @@ class SpikingEncoder(nn.Module):
         # The last pooled map comes out NCHW: it flattens for the fc layer without a copy.
         n = len(self.convs)
         fmts = [torch.contiguous_format if i == n - 1 else None for i in range(n)]
-        current = self.conv_norms[0](self.convs[0](images))  # (B, C, H, W)
+        current = conv_norm(self.convs[0], self.conv_norms[0], images)  # (B, C, H, W)
         spikes, rate = lif_maxpool(
             self.conv_lifs[0], current, self.cfg.pool, T, constant=True, memory_format=fmts[0]
         )
         rates.append(rate)  # spikes: (T*B, C, H', W') pooled, time folded into the batch
         layers = zip(self.convs[1:], self.conv_norms[1:], self.conv_lifs[1:], fmts[1:])
         for conv, norm, lif, fmt in layers:
-            current = norm(conv(spikes))  # (T*B, C, H, W): all time steps in one call
+            current = conv_norm(conv, norm, spikes)  # (T*B, C, H, W): all T in one call
             # Nothing else reads the current (batch norm's backward uses its input): the
             # LIF kernel keeps its membranes in the current's memory.
             spikes, rate = lif_maxpool(
