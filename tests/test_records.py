@@ -7,7 +7,9 @@ from spikessl.records import (
     describe,
     load_records,
     pretrain_diverged_epoch,
+    replacing,
     seed_summary,
+    write_atomic,
     write_seed_tables,
     write_tables,
 )
@@ -137,3 +139,24 @@ def test_compare_needs_two_seeds_of_each():
     )
     # the margin is that of the rounded means the tables show: 95.33 - 92.67
     assert compare(describe([95.0, 95.0, 96.0]), describe([92.0, 93.0, 93.0]))[0] == 2.66
+
+
+def test_replacing_two_writers_of_one_path_never_share_a_file(tmp_path):
+    path = tmp_path / "results.csv"
+    write_atomic(path, "old\n")
+    with replacing(path) as first, replacing(path) as second:  # e.g. two sweeps, one folder
+        first.write(b"first\n")
+        second.write(b"second\n")
+        assert path.read_text() == "old\n"  # nothing visible before the block ends
+    assert path.read_text() == "first\n"  # the last to finish wins, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+
+
+def test_replacing_keeps_the_old_file_when_the_write_fails(tmp_path):
+    path = tmp_path / "summary.json"
+    write_atomic(path, "{}\n")
+    with pytest.raises(OSError, match="disk full"), replacing(path) as fh:
+        fh.write(b'{"half": ')
+        raise OSError("disk full")
+    assert path.read_text() == "{}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]

@@ -35,6 +35,7 @@ from spikessl.evaluate import (
     test_accuracy,
 )
 from spikessl.losses import nt_xent
+from spikessl.records import write_atomic
 from spikessl.train import LoopSettings, Task, fit
 
 
@@ -130,7 +131,7 @@ def claim_run_dir(run_dir: Path, wait: Callable[[], None] | None = None) -> Iter
 
 def _finish(run_dir: Path, summary: dict) -> dict:
     summary["run_dir"] = str(run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -13,21 +13,39 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 SSL, SUPERVISED = "finetune_test_accuracy", "supervised_test_accuracy"
 ACCURACIES = ("knn_accuracy", SSL, SUPERVISED)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temporary file then rename: an interrupted write never leaves half a record."""
-    tmp = path.with_name(f".{path.name}.tmp")
+@contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` when the block ends without error.
+
+    Written under a unique temporary name in the same folder, flushed to disk, then renamed
+    over ``path``: a crash never leaves half a file, an error keeps the previous one, and
+    two processes writing the same path never share a temporary file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        tmp.write_text(text)
+        with open(tmp, "xb") as fh:  # "x": never another writer's file
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` written to ``path`` through ``replacing``: never half a record."""
+    with replacing(path) as fh:
+        fh.write(text.encode())
 
 
 def read_record(path: Path) -> dict:

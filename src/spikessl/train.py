@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import signal
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from spikessl import _native
 from spikessl.distributed import World, all_mean, any_process, my_slice
+from spikessl.records import replacing
 
 SILENT, SATURATED = 1e-4, 0.99  # firing rates that starve the surrogate gradient
 # an epoch's loss above twice the lowest so far, and this much above it, is a divergence
@@ -81,16 +81,9 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """Write to a temporary file, fsync, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``torch.save`` through ``records.replacing``: a crash never leaves half a file."""
+    with replacing(path) as fh:
+        torch.save(obj, fh)
 
 
 def check_rates(rates: Tensor, where: str) -> str | None:
@@ -354,7 +347,8 @@ def fit(
                 kept = run_dir / "checkpoint-before-divergence.pt"
                 if not kept.exists():  # the first divergence only; nothing is said twice
                     # a history means an earlier epoch ended here, and save() wrote its state
-                    shutil.copyfile(run_dir / "checkpoint.pt", kept)
+                    with open(run_dir / "checkpoint.pt", "rb") as src, replacing(kept) as dst:
+                        shutil.copyfileobj(src, dst)
                     msg += f" (the last checkpoint before this epoch's end: {kept})"
                     warnings.warn(msg, RuntimeWarning, stacklevel=2)
             history.append(record)
