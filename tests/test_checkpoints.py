@@ -1,6 +1,7 @@
 """Checkpoints: clear errors for unreadable or mismatched files, a lossless safetensors export."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -71,3 +72,18 @@ def test_export_safetensors_round_trip(pretrained, capsys):
         assert json.loads(fh.metadata()["spikessl_config"]) == checkpoint["config"]
     assert main(["export", str(tmp / "nowhere")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    folder = tmp / "exports"
+    folder.mkdir()  # --out an existing folder: the file goes in it
+    assert main(["export", str(tmp / "pretrain"), "--out", str(folder)]) == 0
+    assert json.loads(capsys.readouterr().out)["safetensors"] == str(folder / "model.safetensors")
+    assert (folder / "model.safetensors").stat().st_size > 0
+
+
+def test_encoder_settings_that_differ_from_the_checkpoint_say_how_to_match(pretrained):
+    cfg, tmp = pretrained
+    checkpoint = load_checkpoint(tmp / "pretrain")
+    other = load_config("mnist-quick", [*TINY, "encoder.conv_channels=[16,32]"])
+    saved = tuple(checkpoint["config"]["encoder"]["conv_channels"])
+    want = re.escape(f"conv_channels: checkpoint {saved} vs config (16, 32). Drop --config")
+    with pytest.raises(ValueError, match=want):
+        pretrained_encoder(checkpoint, other)

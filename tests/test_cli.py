@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,23 @@ def test_bad_settings_exit_2(argv: list[str], needles: list[str]) -> None:
     assert_error(argv, *needles)
 
 
+def test_a_checkpoint_passed_as_config(runs: dict) -> None:
+    checkpoint = str(runs["root"] / "pre" / "checkpoint.pt")
+    assert_error(["pretrain", "--config", checkpoint], "is not a YAML text file")
+
+
+def test_a_run_dir_that_cannot_be_written(tmp_path) -> None:
+    (tmp_path / "file").write_text("")
+    run_dir = str(tmp_path / "file" / "run")  # below a file: no folder can be made
+    assert_error(["pretrain", *TINY, "--run-dir", run_dir], "Not a directory", "--run-dir")
+
+
+def test_mps_where_there_is_none(monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device=mps but no Apple GPU"):
+        pipeline.resolve_device("mps")
+
+
 def test_missing_config_file(tmp_path) -> None:
     assert_error(["pretrain", "--config", str(tmp_path / "mine.yaml")], "mine.yaml", "not found")
 
@@ -316,6 +334,30 @@ def test_knn_on_pretrained(runs: dict) -> None:
     assert result["knn_accuracy"] == pytest.approx(pre["knn_accuracy"])
 
 
+def test_finetune_refuses_what_is_not_a_finished_pretraining(runs: dict, tmp_path) -> None:
+    sup = runs["root"] / "sup"
+    assert_error(["finetune", "--pretrained", str(sup)], "is a supervised run, not a pretraining")
+    unfinished = tmp_path / "pre"  # the pretraining run as it stood before its summary
+    unfinished.mkdir()
+    shutil.copy(runs["root"] / "pre" / "checkpoint.pt", unfinished)
+    assert_error(
+        ["finetune", "--pretrained", str(unfinished)],
+        "unfinished pretraining run (epoch 1 of 1)",
+        f"spikessl pretrain --resume {unfinished}",
+    )
+    # a checkpoint file named on purpose is taken as given; knn reads any encoder
+    check_pretrained(["finetune", "--pretrained", str(unfinished / "checkpoint.pt")])
+    check_pretrained(["knn", "--pretrained", str(sup)])
+
+
+def check_pretrained(argv: list[str]) -> None:
+    """``commands.check_pretrained`` on these arguments (raises if it refuses them)."""
+    from spikessl import checkpoints, commands
+
+    args = cli._parser().parse_args(argv)
+    commands.check_pretrained(args, checkpoints.load_checkpoint(args.pretrained))
+
+
 def test_probe_on_pretrained(runs: dict) -> None:
     code, out, err = runs["probe"]
     assert code == 0, err
@@ -402,6 +444,17 @@ def test_neighbors_writes_the_figure(runs: dict) -> None:
     assert_accuracy(result["top1_label_agreement"])
 
 
+def test_neighbors_checks_the_output_name_before_encoding(runs: dict, monkeypatch) -> None:
+    from spikessl import figures
+
+    def encode(*args, **kwargs):
+        raise AssertionError("the test set was encoded before the name was checked")
+
+    monkeypatch.setattr(figures, "neighbours_figure", encode)
+    pre = str(runs["root"] / "pre")
+    assert_error(["neighbors", "--pretrained", pre, "--out", "nb.pdf"], "name the output *.png")
+
+
 def test_neighbors_requires_pretrained() -> None:
     assert_error(["neighbors"], "needs --pretrained")
 
@@ -455,8 +508,13 @@ def test_compare_draws_a_sweep_records_two_curves(tmp_path) -> None:
     assert json.loads(stdout)["final"] == {"ssl": 61.5, "sup": 40.0}
 
 
-def test_compare_rejects_a_file_that_is_not_a_record(tmp_path) -> None:
+def test_compare_rejects_a_file_that_is_not_a_record(runs: dict, tmp_path) -> None:
     out = str(tmp_path / "x.png")
+    checkpoint = str(runs["root"] / "fin" / "checkpoint.pt")  # binary, not JSON
+    assert_error(["compare", checkpoint, "--out", out], "is not a sweep record")
+    fin = str(runs["root"] / "fin")
+    (tmp_path / "d.png").mkdir()  # a folder where the PNG belongs
+    assert_error(["compare", fin, "--out", str(tmp_path / "d.png")], "choose another --out")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert_error(["compare", str(bad), "--out", out], "corrupt")

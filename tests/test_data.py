@@ -595,3 +595,23 @@ def test_catalog_train_size_is_the_real_training_split(name):
     # SPIKESSL_DATA points at ../shared/datasets (conftest): the real files
     _, labels = data.load_dataset(name, download=False)
     assert len(labels) == data.get_info(name).train_size
+
+
+@pytest.mark.parametrize("key", ["train_limit", "test_limit"])
+def test_a_limit_beyond_the_smallest_class_says_which_limit_fits(tmp_path, key):
+    from spikessl.config import load_config
+
+    written = make_idx_dataset(tmp_path, n=100)
+    split = "train" if key == "train_limit" else "test"
+    fits = 10 * int(np.bincount(written[split][1], minlength=10).min())
+    assert fits > 0  # seed 0 draws every class
+
+    def load(limit: int) -> data.Data:
+        limits = {"train_limit": 0, "test_limit": 0, key: limit}
+        cfg = load_config("mnist-quick", {"data": {"root": str(tmp_path), **limits}})
+        return data.load_data(cfg, torch.device("cpu"))
+
+    fix = rf"data\.{key}={fits + 10} asks for .* set data\.{key} <= {fits}, or data\.{key}=0"
+    with pytest.raises(ValueError, match=fix):
+        load(fits + 10)
+    assert len(getattr(load(fits), f"{split}_labels")) == fits

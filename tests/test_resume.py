@@ -146,6 +146,15 @@ def test_resume_refuses_overrides_and_wrong_command(tmp_path, reference, capsys)
     assert "pretrain run" in capsys.readouterr().err
 
 
+def test_resume_names_the_directory_and_refuses_a_finished_run(reference, capsys):
+    ckpt = reference / "checkpoint.pt"
+    assert main(["pretrain", "--resume", str(ckpt), "--no-progress"]) == 2
+    fix = f"not a file in it: spikessl pretrain --resume {reference}"
+    assert fix in capsys.readouterr().err
+    assert main(["pretrain", "--resume", str(reference), "--no-progress"]) == 2
+    assert "is a finished run" in capsys.readouterr().err
+
+
 def test_nonfinite_loss_stops_or_skips(tmp_path, monkeypatch):
     real, calls = pipeline.nt_xent, []
 

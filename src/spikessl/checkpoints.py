@@ -84,7 +84,12 @@ def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:
             for k in to_dict(saved)
             if getattr(saved, k) != getattr(cfg.encoder, k)
         ]
-        raise ValueError("the checkpoint's encoder differs from the config's: " + "; ".join(diff))
+        raise ValueError(
+            "the checkpoint's encoder differs from the config's: "
+            + "; ".join(diff)
+            + ". Drop --config and the encoder.* overrides (the pretraining run's own config is "
+            "the default), or set them to the checkpoint's values"
+        )
     encoder = SpikingEncoder(saved)
     state = {
         k[len("encoder.") :]: v for k, v in checkpoint["model"].items() if k.startswith("encoder.")

@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         "resolved config goes into the file's metadata).",
     )
     export.add_argument("run", help="run directory or checkpoint.pt")
-    export.add_argument("--out", default=None, help="default: <run>/model.safetensors")
+    export.add_argument(
+        "--out", default=None, help="file or folder (default: <run>/model.safetensors)"
+    )
     compare = sub.add_parser(
         "compare",
         help="PNG of per-epoch test accuracy of runs, e.g. SSL + fine-tune vs supervised",
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("finetune", "neighbors") and pretrained is None and resume is None:
             raise ValueError(f"{args.command} needs --pretrained RUN_DIR (a pretraining run)")
         checkpoint = checkpoints.load_checkpoint(pretrained) if pretrained else None
+        if checkpoint is not None:
+            commands.check_pretrained(args, checkpoint)
         cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         run_dir = args.run_dir or (getattr(args, "resume", None))
@@ -235,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
         print(f"spikessl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. --run-dir or --out where nothing can be written
+        print(f"spikessl {args.command}: error: {commands.os_error(err)}", file=sys.stderr)
         return 2
     except Interrupted as stop:
         distributed.shutdown()

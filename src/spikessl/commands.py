@@ -19,6 +19,15 @@ from spikessl.config import Config, load_config, parse_overrides
 DEFAULT_CONFIG = "paper-mnist"  # the preset when --config is not given
 
 
+def os_error(err: OSError) -> str:
+    """A failed read or write of a path, with what to check."""
+    where = f": {err.filename}" if err.filename else ""
+    return (
+        f"{err.strerror or err}{where} (a folder where a file belongs? no permission? a full "
+        "disk?); fix the path or choose another --out / --run-dir"
+    )
+
+
 def reproduce(args: argparse.Namespace, progress: bool) -> dict:
     from spikessl import reproduce as protocol
 
@@ -62,10 +71,15 @@ def export(args: argparse.Namespace, extra: list[str], parser) -> int:
     try:
         checkpoint = checkpoints.load_checkpoint(args.run)
         run = Path(args.run)
-        out = args.out or (run if run.is_dir() else run.parent) / "model.safetensors"
-        path = checkpoints.export_safetensors(checkpoint, out)
+        out = Path(args.out or (run if run.is_dir() else run.parent))
+        path = checkpoints.export_safetensors(
+            checkpoint, out / "model.safetensors" if out.is_dir() else out
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"spikessl export: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"spikessl export: error: {os_error(err)}", file=sys.stderr)
         return 2
     print(json.dumps({"command": "export", "safetensors": str(path)}))
     return 0
@@ -105,6 +119,11 @@ def record_curves(path: str) -> dict[str, dict[int, float]]:
     only where the record holds a baseline, so a committed record redraws Figs. 6-7."""
     try:
         record = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not a sweep record (a JSON text file): pass a record written by "
+            "`spikessl sweep` or `spikessl reproduce`, or a run directory"
+        ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is corrupt ({err}); rerun the sweep that wrote it") from None
     curves = {
@@ -149,6 +168,9 @@ def compare(args: argparse.Namespace, extra: list[str], parser) -> int:
         path = figures.curves(series, args.out, title)
     except (ValueError, FileNotFoundError) as err:
         print(f"spikessl compare: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"spikessl compare: error: {os_error(err)}", file=sys.stderr)
         return 2
     print(
         json.dumps(
@@ -211,10 +233,32 @@ def neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
 
     pretrained = Path(args.pretrained)
     out = args.out or (pretrained if pretrained.is_dir() else pretrained.parent) / "neighbors.png"
+    figures.png_path(out)  # a wrong name fails now, not after encoding the test set
     path, agreement = figures.neighbours_figure(
         checkpoint, cfg, out, n_queries=args.queries, k=args.k, seed=cfg.seed
     )
     return {"command": "neighbors", "png": str(path), "top1_label_agreement": agreement}
+
+
+def check_pretrained(args: argparse.Namespace, checkpoint: dict) -> None:
+    """Fine-tuning starts from a finished pretraining run, or from a checkpoint file named
+    on purpose (e.g. ``checkpoint-before-divergence.pt``): its result is reported as SSL."""
+    if args.command != "finetune":  # knn, probe, neighbors may read any encoder
+        return
+    run = Path(args.pretrained)
+    command = checkpoint.get("command", "pretrain")
+    if command != "pretrain":
+        raise ValueError(
+            f"{run} is a {command} run, not a pretraining run: pass the directory that "
+            "`spikessl pretrain` wrote (fine-tuning's result is reported as SSL + fine-tune)"
+        )
+    if run.is_dir() and not (run / "summary.json").exists():
+        epochs = checkpoint["config"].get("pretrain", {}).get("epochs", "?")
+        raise ValueError(
+            f"{run} is an unfinished pretraining run (epoch {checkpoint.get('epoch', '?')} of "
+            f"{epochs}): finish it with `spikessl pretrain --resume {run}`, or pass "
+            f"{run / 'checkpoint.pt'} to fine-tune from its last saved epoch anyway"
+        )
 
 
 def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
@@ -226,12 +270,23 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             "--resume continues with the run's own config: drop --config and "
             "key=value overrides (they would make the result differ)"
         )
-    checkpoint = checkpoints.load_checkpoint(args.resume)
+    run = Path(args.resume)
+    if run.is_file():
+        raise ValueError(
+            f"--resume takes the run directory, not a file in it: "
+            f"spikessl {args.command} --resume {run.parent}"
+        )
+    checkpoint = checkpoints.load_checkpoint(run)
     if "loop" not in checkpoint:
         raise ValueError(f"{args.resume} has no resumable training state")
     command = checkpoint.get("command", "pretrain")
     if command != args.command:
         raise ValueError(f"{args.resume} is a {command} run: use spikessl {command} --resume")
+    if (run / "summary.json").exists():
+        raise ValueError(
+            f"{run} is a finished run (its result is in {run / 'summary.json'}): nothing to "
+            "resume; to train again, choose a new --run-dir"
+        )
     return checkpoint
 
 

@@ -273,7 +273,13 @@ def _read_yaml(spec: str) -> dict:
             raise FileNotFoundError(
                 f"config file {spec} not found; or use a preset: {', '.join(preset_names())}"
             )
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"config {spec} is not a YAML text file (a checkpoint? pass a run to "
+                "--pretrained, or use its config.yaml)"
+            ) from None
     else:
         if spec not in preset_names():
             close = difflib.get_close_matches(spec, preset_names(), n=1)

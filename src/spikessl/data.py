@@ -127,6 +127,19 @@ def stratified_split(
     return _as_index_tensor(np.flatnonzero(is_unlabelled)), _as_index_tensor(labelled)
 
 
+def _limited(labels: Tensor, limit: int, key: str, cfg: Config, info: DatasetInfo) -> Tensor:
+    """``subset_per_class`` for ``data.train_limit``/``test_limit``, in the user's terms."""
+    counts = np.bincount(_labels_array(labels), minlength=info.num_classes)
+    per_class = max(limit // len(counts), 1)
+    if per_class > counts.min():
+        raise ValueError(
+            f"{key}={limit} asks for {per_class} images of each of {len(counts)} classes, but "
+            f"this split of {cfg.data.name} has {counts.min()} of class {counts.argmin()}: set "
+            f"{key} <= {counts.min() * len(counts)}, or {key}=0 for the whole split"
+        )
+    return subset_per_class(labels, per_class, cfg.seed)
+
+
 def subset_per_class(labels: torch.Tensor, n_per_class: int, seed: int = 0) -> torch.Tensor:
     """Sorted int64 indices of ``n_per_class`` random samples from every class.
 
@@ -186,10 +199,10 @@ def load_data(cfg: Config, device: torch.device) -> Data:
     x_tr, y_tr = load_dataset(cfg.data.name, cfg.data.root, train=True)
     x_te, y_te = load_dataset(cfg.data.name, cfg.data.root, train=False)
     if cfg.data.train_limit:
-        keep = subset_per_class(y_tr, max(cfg.data.train_limit // info.num_classes, 1), cfg.seed)
+        keep = _limited(y_tr, cfg.data.train_limit, "data.train_limit", cfg, info)
         x_tr, y_tr = x_tr[keep], y_tr[keep]
     if cfg.data.test_limit:
-        keep = subset_per_class(y_te, max(cfg.data.test_limit // info.num_classes, 1), cfg.seed)
+        keep = _limited(y_te, cfg.data.test_limit, "data.test_limit", cfg, info)
         x_te, y_te = x_te[keep], y_te[keep]
     unlabelled, labelled = stratified_split(y_tr, cfg.data.labelled_fraction, cfg.seed)
     shape = (1, info.channels, 1, 1)

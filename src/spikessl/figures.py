@@ -125,10 +125,16 @@ def label_agreement(query_labels: Tensor, neighbour_labels: Tensor) -> float:
     return 100.0 * same.double().mean().item()
 
 
-def _save(fig: Figure, out: str | Path) -> Path:
+def png_path(out: str | Path) -> Path:
+    """``out`` as a Path, or a ValueError if it is not named *.png (check before the work)."""
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"figures are written as PNG: name the output *.png, got {out}")
+    return out
+
+
+def _save(fig: Figure, out: str | Path) -> Path:
+    out = png_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     fig.savefig(out, dpi=DPI, format="png")

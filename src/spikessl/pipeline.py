@@ -47,6 +47,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
+    mps = getattr(torch.backends, "mps", None)
+    if name == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError("device=mps but no Apple GPU (MPS) is available; use device=cpu or auto")
     return torch.device(name)
 
 
