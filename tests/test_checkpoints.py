@@ -2,6 +2,7 @@
 
 import json
 import re
+import zipfile
 
 import pytest
 import torch
@@ -38,6 +39,17 @@ def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
     (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
     with pytest.raises(ValueError, match="the archive is damaged"):
         load_checkpoint(tmp_path / "damaged.pt")
+    with (
+        zipfile.ZipFile(tmp_path / "whole.pt") as whole,
+        zipfile.ZipFile(tmp_path / "pickle.pt", "w") as out,
+    ):  # the archive intact, its pickled dict garbled
+        for item in whole.infolist():
+            data = whole.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                data = data[:10] + b"\x00garbage\xff" * 3 + data[40:]
+            out.writestr(item, data)
+    with pytest.raises(ValueError, match=r"damaged \(its pickled data does not parse\)"):
+        load_checkpoint(tmp_path / "pickle.pt")
     torch.save({"model": {}, "config": {}, "extra": NotATensor()}, tmp_path / "code.pt")
     with pytest.raises(ValueError, match="could run code from the file"):
         load_checkpoint(tmp_path / "code.pt")

@@ -559,3 +559,17 @@ def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:
 def test_sweep_rejects_a_bad_grid_value_before_running(tmp_path) -> None:
     assert_error(["sweep", "time_steps=4,x", "--records", str(tmp_path)], "time_steps", "int")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_checkpoint_whose_saved_config_this_version_cannot_read(runs: dict, tmp_path) -> None:
+    checkpoint = torch.load(runs["root"] / "pre" / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["encoder"]["dendrites"] = 3  # a key from another version
+    (tmp_path / "old").mkdir()
+    torch.save(checkpoint, tmp_path / "old" / "checkpoint.pt")
+    assert_error(
+        ["knn", "--pretrained", str(tmp_path / "old")],
+        f"the config saved in {tmp_path / 'old'} does not load in this spikessl version",
+        "encoder.dendrites",
+    )
+    # the user's own mistake is still reported as theirs
+    assert_error(["knn", "--pretrained", str(runs["root"] / "pre"), "knn.kk=3"], "knn.kk")

@@ -34,8 +34,13 @@ def load_checkpoint(path: str | Path) -> dict:
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused an object that would run code
-        raise ValueError(
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # not a refused class: damaged pickled data
+            raise ValueError(
+                f"cannot read checkpoint {path}: the archive is damaged (its pickled data does "
+                "not parse); take the run's other checkpoint or rerun the stage"
+            ) from None
+        raise ValueError(  # weights_only refused an object that would run code
             f"cannot read checkpoint {path}: it holds objects other than tensors and plain "
             "containers, which spikessl never writes; it is not loaded, since that could run "
             "code from the file (export the model's state_dict with torch.save to use it)"

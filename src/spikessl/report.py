@@ -405,7 +405,7 @@ def write_outputs(
         "Label efficiency": label_efficiency_markdown(efficiency),
     }
     title = f"{name}: the paper's Tables I-IV and Figs. 5-7, budget `{budget}`"
-    (records_dir / "README.md").write_text(readme(title, command, settings, found, sections))
+    write_atomic(records_dir / "README.md", readme(title, command, settings, found, sections))
     written = [*texts, *(p for p in pngs.values() if p), "README.md"]
     written += ["results.csv", "results.md"] if found else []
     keys = ("finetune_test_accuracy", "knn_accuracy", "supervised_test_accuracy")
