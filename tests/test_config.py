@@ -693,3 +693,9 @@ def test_random_spec_strings_raise_only_value_or_file_errors(
         return
     with pytest.raises((ValueError, FileNotFoundError)):
         load_config(spec)
+
+
+def test_type_errors_show_the_form_that_works() -> None:
+    assert "quote it to keep it a string: out_dir=\"'123'\"" in load_error(["out_dir=123"])
+    assert load_config("mnist-quick", ["out_dir='123'"]).out_dir == "123"  # the form it shows
+    assert "e.g. encoder.fc_sizes=[128]" in load_error(["encoder.fc_sizes=0"])

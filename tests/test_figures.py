@@ -221,7 +221,7 @@ def test_neighbours_figure_end_to_end(tiny_pretrained):
 
 def test_neighbours_figure_rejects_impossible_requests(tiny_pretrained):
     cfg, checkpoint, tmp = tiny_pretrained
-    with pytest.raises(ValueError, match="n_queries >= 1"):
+    with pytest.raises(ValueError, match="got --queries 0 -k"):
         figures.neighbours_figure(checkpoint, cfg, tmp / "x.png", n_queries=0)
     with pytest.raises(ValueError, match="labelled training images"):
         figures.neighbours_figure(checkpoint, cfg, tmp / "x.png", k=1000)

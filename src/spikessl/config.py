@@ -358,7 +358,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, str):  # "8,16" or "crop+rotate" from the command line
             value = [_scalar(v) for v in value.replace("+", ",").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key} must be a list, got {value!r}")
+            raise ValueError(f"{key} must be a list, got {value!r}: e.g. {key}=[128] or 8,16")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
@@ -376,7 +376,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint in (int, bool, str) and type(value) is hint:
         return value
     expected = getattr(hint, "__name__", hint)
-    raise ValueError(f"{key}={value!r} has the wrong type: expected {expected}")
+    hint_text = ""
+    if hint is str:  # key=123 on the command line is read as a number
+        hint_text = f"; quote it to keep it a string: {key}=\"'{value}'\""
+    raise ValueError(f"{key}={value!r} has the wrong type: expected {expected}{hint_text}")
 
 
 def _scalar(text: str) -> Any:

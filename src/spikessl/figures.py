@@ -337,7 +337,10 @@ def neighbours_figure(
     a test image's nearest bank neighbour has its label, i.e. the 1-NN accuracy.
     """
     if n_queries < 1 or k < 1:
-        raise ValueError(f"need n_queries >= 1 and k >= 1, got n_queries={n_queries}, k={k}")
+        raise ValueError(
+            f"need at least one query and one neighbour, got --queries {n_queries} -k {k}: "
+            "pass --queries N -k K with N, K >= 1"
+        )
     device = pipeline.resolve_device(cfg.device)
     data = load_data(cfg, device)
     encoder = pretrained_encoder(checkpoint, cfg).to(device)
