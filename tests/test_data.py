@@ -281,6 +281,7 @@ def test_idx_count_mismatch(tmp_path):
     with pytest.raises(ValueError, match="5 images but 4 labels") as err:
         data.load_dataset("mnist", tmp_path, download=False)
     assert "train-labels-idx1-ubyte" in str(err.value)
+    assert "delete them and download again" in str(err.value)
 
 
 def test_idx_label_out_of_range(tmp_path):
@@ -289,6 +290,7 @@ def test_idx_label_out_of_range(tmp_path):
     with pytest.raises(ValueError, match="10 classes") as err:
         data.load_dataset("mnist", tmp_path, train=False, download=False)
     assert "t10k-labels-idx1-ubyte" in str(err.value)
+    assert "delete them and download again" in str(err.value)
 
 
 def test_idx_wrong_image_size(tmp_path):
@@ -297,6 +299,7 @@ def test_idx_wrong_image_size(tmp_path):
     with pytest.raises(ValueError, match="28, 28") as err:
         data.load_dataset("mnist", tmp_path, download=False)
     assert "train-images-idx3-ubyte" in str(err.value)
+    assert "delete them and download again" in str(err.value)
 
 
 def test_cifar_count_mismatch_and_label_range(tmp_path):
@@ -315,6 +318,7 @@ def test_cifar_count_mismatch_and_label_range(tmp_path):
     with pytest.raises(ValueError, match="10 classes") as err:
         data.load_dataset("cifar10", tmp_path, train=False, download=False)
     assert str(path) in str(err.value)
+    assert "delete them and download again" in str(err.value)
 
 
 def test_cifar_wrong_structure(tmp_path):

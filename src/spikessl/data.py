@@ -74,7 +74,15 @@ def load_dataset(
     root = Path(root).expanduser() if root is not None else default_data_root()
     folder = ensure_files(info, root, train, download)
     loader = load_idx if info.format == "idx" else load_cifar
-    images, labels = loader(info, folder, train)
+    try:
+        images, labels = loader(info, folder, train)
+    except ValueError as err:  # every reader error names the file; say what to do about it
+        if "download again" in str(err):
+            raise
+        raise ValueError(
+            f"{err}. The {info.name} files in {folder} are damaged or not the dataset's: "
+            "delete them and download again, or copy good ones there"
+        ) from None
     images = np.ascontiguousarray(images)
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64, copy=False))
 
