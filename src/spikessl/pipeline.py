@@ -40,15 +40,15 @@ from spikessl.train import LoopSettings, Task, fit
 
 
 def resolve_device(name: str) -> torch.device:
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+        return torch.device("mps" if has_mps else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
-    mps = getattr(torch.backends, "mps", None)
-    if name == "mps" and not (mps is not None and mps.is_available()):
+    if name == "mps" and not has_mps:
         raise ValueError("device=mps but no Apple GPU (MPS) is available; use device=cpu or auto")
     return torch.device(name)
 
