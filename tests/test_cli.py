@@ -163,6 +163,7 @@ def assert_error(argv: list[str], *needles: str) -> str:
         (["pretrain", "--config", "paper-mnst"], ["paper-mnst", "Did you mean 'paper-mnist'?"]),
         (["pipeline", "--config", "nope"], ["nope", "paper-mnist"]),
         (["pretrain", "--device", "gpu"], ["device", "gpu"]),
+        (["pretrain", "device=cuda:3"], ["CUDA_VISIBLE_DEVICES=3 and device=cuda"]),
     ],
 )
 def test_bad_settings_exit_2(argv: list[str], needles: list[str]) -> None:

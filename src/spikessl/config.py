@@ -193,7 +193,9 @@ class Config:
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         _check(self.time_steps >= 1, "time_steps", self.time_steps, ">= 1, e.g. 30 as in the paper")
-        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+        gpu = self.device.partition("cuda:")[2]  # device=cuda:N: torch's name, not ours
+        pick = f"; to pick GPU {gpu}, set CUDA_VISIBLE_DEVICES={gpu} and device=cuda" if gpu else ""
+        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}{pick}")
         _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, ">= 1")
         _check(
             self.checkpoint_every >= 0,
