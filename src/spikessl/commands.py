@@ -253,6 +253,8 @@ def check_pretrained(args: argparse.Namespace, checkpoint: dict) -> None:
     on purpose (e.g. ``checkpoint-before-divergence.pt``): its result is reported as SSL."""
     if args.command != "finetune":  # knn, probe, neighbors may read any encoder
         return
+    from spikessl import pipeline
+
     run = Path(args.pretrained)
     command = checkpoint.get("command", "pretrain")
     if command != "pretrain":
@@ -260,7 +262,7 @@ def check_pretrained(args: argparse.Namespace, checkpoint: dict) -> None:
             f"{run} is a {command} run, not a pretraining run: pass the directory that "
             "`spikessl pretrain` wrote (fine-tuning's result is reported as SSL + fine-tune)"
         )
-    if run.is_dir() and not (run / "summary.json").exists():
+    if run.is_dir() and not pipeline.finished(run):
         epochs = checkpoint["config"].get("pretrain", {}).get("epochs", "?")
         raise ValueError(
             f"{run} is an unfinished pretraining run (epoch {checkpoint.get('epoch', '?')} of "
@@ -278,6 +280,8 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             "--resume continues with the run's own config: drop --config and "
             "key=value overrides (they would make the result differ)"
         )
+    from spikessl import pipeline
+
     run = Path(args.resume)
     if run.is_file():
         raise ValueError(
@@ -290,7 +294,7 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
     command = checkpoint.get("command", "pretrain")
     if command != args.command:
         raise ValueError(f"{args.resume} is a {command} run: use spikessl {command} --resume")
-    if (run / "summary.json").exists():
+    if pipeline.finished(run):
         raise ValueError(
             f"{run} is a finished run (its result is in {run / 'summary.json'}): nothing to "
             "resume; to train again, choose a new --run-dir"

@@ -87,7 +87,7 @@ def new_run_dir(
 ) -> Path:
     """The run's directory, with its resolved config written (by the main process)."""
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, command)
-    if (run_dir / "summary.json").exists():
+    if finished(run_dir):
         raise FileExistsError(f"{run_dir} already holds a finished run; choose another --run-dir")
     if not resuming and (run_dir / "checkpoint.pt").exists():
         raise FileExistsError(
@@ -130,6 +130,11 @@ def claim_run_dir(run_dir: Path, wait: Callable[[], None] | None = None) -> Iter
             wait()
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (``_finish`` wrote its summary)."""
+    return (run_dir / "summary.json").exists()
 
 
 def _finish(run_dir: Path, summary: dict) -> dict:
