@@ -67,6 +67,8 @@ def test_checkpoint_of_another_version_lists_the_mismatch(pretrained):
         pretrained_encoder({**checkpoint, "model": model}, cfg)
     with pytest.raises(ValueError, match=r"fcs\.0\.weight: shape \(128, 99\)"):
         pretrained_encoder({**checkpoint, "model": model}, cfg)
+    with pytest.raises(ValueError, match="no 'encoder' settings"):  # hand-made, not a KeyError
+        pretrained_encoder({**checkpoint, "config": {"seed": 0}}, cfg)
 
 
 def test_export_safetensors_round_trip(pretrained, capsys):

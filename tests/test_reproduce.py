@@ -13,6 +13,7 @@ from tiny import TINY
 
 from spikessl import cli, pipeline, reproduce
 from spikessl.config import load_config, parse_overrides
+from spikessl.report import GENERATED_BY_REPRODUCE
 from spikessl.reproduce import BEST, base_config, paper_rows, plan
 from spikessl.sweep import pretrain_key
 
@@ -197,8 +198,20 @@ def test_report_only_tabulates_what_is_recorded_and_trains_nothing(tmp_path, mon
     assert json.loads(out)["recorded"] == 0
     tables = (records / "tables.md").read_text()
     assert "| 10 | 78.21% | — | — | — |" in tables  # the paper's number, none of ours yet
-    assert "0 of 15 cells recorded" in (records / "README.md").read_text()
+    readme = (records / "README.md").read_text()
+    assert readme.startswith(GENERATED_BY_REPRODUCE + "\n# MNIST: the paper's Tables")
+    assert "0 of 15 cells recorded" in readme
     assert not (tmp_path / "runs").exists()
+    # a README edited by hand (its first line gone) is kept, the tables are rewritten
+    (records / "README.md").write_text("# MNIST, with my notes\n")
+    (records / "tables.md").write_text("stale")
+    code, out, err, _ = reproduce_untrained(
+        tmp_path, monkeypatch, "--dataset", "mnist", "--budget", "paper", "--report-only"
+    )
+    assert code == 0 and "kept" in err and "written by hand" in err
+    assert (records / "README.md").read_text() == "# MNIST, with my notes\n"
+    assert (records / "tables.md").read_text() == tables
+    assert str(records / "README.md") not in json.loads(out)["outputs"]
 
 
 def test_records_made_with_other_settings_stop_before_training(tmp_path, monkeypatch) -> None:

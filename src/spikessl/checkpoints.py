@@ -82,6 +82,11 @@ def export_safetensors(checkpoint: dict, path: str | Path) -> Path:
 
 def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:
     """The encoder of a pretraining checkpoint, checked against ``cfg.encoder``."""
+    if not isinstance(checkpoint["config"].get("encoder"), dict):
+        raise ValueError(
+            "the checkpoint's config has no 'encoder' settings, so its weights cannot be placed "
+            "in a network: pass a checkpoint written by spikessl pretrain (its run directory)"
+        )
     saved = from_dict(EncoderConfig, checkpoint["config"]["encoder"], "encoder")
     if saved != cfg.encoder:
         diff = [

@@ -315,8 +315,14 @@ def readme(title: str, command: str, settings: str, records: list[dict], section
     return "\n".join(lines) + "\n"
 
 
-# the first line of a README that ``spikessl sweep`` wrote and may rewrite
+# the first line of a README that ``spikessl sweep`` (or ``reproduce``) wrote and may rewrite
 GENERATED = "<!-- written by spikessl sweep, which rewrites it: delete this line to edit it -->"
+GENERATED_BY_REPRODUCE = GENERATED.replace("spikessl sweep", "spikessl reproduce")
+
+
+def written_by_hand(path: Path, marker: str) -> bool:
+    """Whether ``path`` exists without ``marker`` as its first line (so it is not rewritten)."""
+    return path.exists() and path.read_text().partition("\n")[0] != marker
 
 
 def write_sweep_readme(
@@ -326,7 +332,7 @@ def write_sweep_readme(
     the results tables from ``results.md`` (and ``seeds.md``, when ``records`` span seeds)
     beside it. A README without the ``GENERATED`` first line (written or edited by hand) is
     kept: returns False."""
-    if path.exists() and path.read_text().partition("\n")[0] != GENERATED:
+    if written_by_hand(path, GENERATED):
         return False
     budgets = {
         (r["config"]["pretrain"]["epochs"], r["config"]["finetune"]["epochs"])
@@ -372,7 +378,7 @@ def write_outputs(
     }
     records_dir.mkdir(parents=True, exist_ok=True)
     for file, text in texts.items():
-        (records_dir / file).write_text(text)
+        write_atomic(records_dir / file, text)
 
     best = records.get(best_cell.name)
     fig = "6" if contents.dataset == "mnist" else "7"
@@ -405,8 +411,14 @@ def write_outputs(
         "Label efficiency": label_efficiency_markdown(efficiency),
     }
     title = f"{name}: the paper's Tables I-IV and Figs. 5-7, budget `{budget}`"
-    write_atomic(records_dir / "README.md", readme(title, command, settings, found, sections))
-    written = [*texts, *(p for p in pngs.values() if p), "README.md"]
+    written = [*texts, *(p for p in pngs.values() if p)]
+    readme_path = records_dir / "README.md"
+    if written_by_hand(readme_path, GENERATED_BY_REPRODUCE):
+        log(f"reproduce: kept {readme_path}: written by hand (delete it to have it rewritten)")
+    else:
+        text = readme(title, command, settings, found, sections)
+        write_atomic(readme_path, GENERATED_BY_REPRODUCE + "\n" + text)
+        written.append("README.md")
     written += ["results.csv", "results.md"] if found else []
     keys = ("finetune_test_accuracy", "knn_accuracy", "supervised_test_accuracy")
     return {
