@@ -226,6 +226,14 @@ def test_truncated_gzip(tmp_path):
     with pytest.raises(ValueError, match="gzip") as err:
         data.read_idx(path)
     assert str(path) in str(err.value)
+    # in a dataset folder, load_dataset says what to do about it, once
+    make_idx_dataset(tmp_path, n=4)
+    images = tmp_path / "MNIST/raw/train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:40])
+    with pytest.raises(ValueError, match="gzip") as err:
+        data.load_dataset("mnist", tmp_path, download=False)
+    assert str(images) in str(err.value)
+    assert str(err.value).count("download again") == 1
 
 
 def test_not_gzip_bytes_in_gz(tmp_path):

@@ -76,9 +76,7 @@ def load_dataset(
     loader = load_idx if info.format == "idx" else load_cifar
     try:
         images, labels = loader(info, folder, train)
-    except ValueError as err:  # every reader error names the file; say what to do about it
-        if "download again" in str(err):
-            raise
+    except ValueError as err:  # every reader error names the file and what is wrong with it
         raise ValueError(
             f"{err}. The {info.name} files in {folder} are damaged or not the dataset's: "
             "delete them and download again, or copy good ones there"

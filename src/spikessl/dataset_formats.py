@@ -6,7 +6,8 @@
 
 Files are validated by *structure* (counts, dtype, shape, label range), never by checksum:
 re-encoded copies such as the shared JPEG-decoded CIFAR-10 are legitimate. A file that fails
-raises ``ValueError`` naming it.
+raises ``ValueError`` naming it and what is wrong; what to do about it (delete the files and
+download again) is ``data.load_dataset``'s to add, as the one that knows where they came from.
 """
 
 from __future__ import annotations
@@ -47,9 +48,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-            raise ValueError(
-                f"{path}: not a valid gzip file or truncated ({exc}); delete it and download again"
-            ) from exc
+            raise ValueError(f"{path}: not a valid gzip file or truncated ({exc})") from exc
     if len(raw) < 4:
         raise ValueError(f"{path}: file too short for an IDX header ({len(raw)} bytes)")
     magic = int.from_bytes(raw[:4], "big")
@@ -67,7 +66,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) - header != expected:
         raise ValueError(
             f"{path}: header announces shape {dims} ({expected} bytes of data) but the file holds "
-            f"{len(raw) - header}; it is truncated or corrupt, delete it and download again"
+            f"{len(raw) - header}: it is truncated or corrupt"
         )
     # Copy so the result is writable (torch.from_numpy warns on read-only buffers).
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
@@ -168,8 +167,7 @@ def _load_pickle(path: Path) -> Any:
         raise
     except Exception as exc:  # unpickling corrupt bytes can raise almost any exception type
         raise ValueError(
-            f"{path}: corrupt or truncated pickle ({type(exc).__name__}: {exc}); "
-            "delete it and download again"
+            f"{path}: corrupt or truncated pickle ({type(exc).__name__}: {exc})"
         ) from exc
 
 
