@@ -120,6 +120,28 @@ def test_matches_plain_reference(detach_reset, beta, theta, k):
     assert rel_err(x1.grad, x2.grad) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("steps", [None, 6])
+def test_low_precision_current_integrates_in_float32(dtype, steps):
+    # under precision=bf16 the convolutions hand the LIF bf16 currents: the membrane must be
+    # integrated in float32 (a bf16 membrane rounds 0.9 * u to 3 significant digits) and the
+    # result equal the float32 run on the same (rounded) values; spikes and grads come back in
+    # the input's dtype
+    torch.manual_seed(4)
+    shape = (6, 4, 9) if steps is None else (4, 9)
+    low = (torch.randn(shape) * 0.8 + 0.5).to(dtype).requires_grad_()
+    full = low.detach().float().requires_grad_()
+    s_low, m_low = lif_multistep(low, 0.9, 1.0, 5.0, steps=steps)
+    s_full, m_full = lif_multistep(full, 0.9, 1.0, 5.0, steps=steps)
+    assert s_low.dtype == dtype and m_low.dtype == torch.float32
+    assert torch.equal(s_low.float(), s_full) and torch.equal(m_low, m_full)
+    w = torch.randn(s_full.shape).to(dtype).float()  # exact in dtype: equal upstream grads
+    (s_low.float() * w).sum().backward()
+    (s_full * w).sum().backward()
+    assert low.grad.dtype == dtype
+    assert torch.equal(low.grad, full.grad.to(dtype))  # float32 backward, rounded once
+
+
 def test_constant_input_equals_repeated_input():
     torch.manual_seed(1)
     x = (torch.rand(4, 3, 5) * 1.5).requires_grad_()
