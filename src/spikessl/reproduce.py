@@ -13,8 +13,8 @@ test accuracy after fine-tuning on 20% of the labels. This runs that protocol as
 
 Then it writes next to the records ``tables.{md,csv}``, ``label-efficiency.{md,csv,png}``,
 ``fig5-neighbors.png``, ``fig6-mnist-...png`` or ``fig7-cifar10-...png`` and ``README.md``
-(``spikessl.report``). Every number there comes from the records; a cell not run yet shows
-as "—".
+(``spikessl.report``; a README whose first line is not reproduce's marker, edited by hand, is
+kept). Every number there comes from the records; a cell not run yet shows as "—".
 """
 
 from __future__ import annotations
