@@ -133,11 +133,12 @@ def claim_run_dir(run_dir: Path, wait: Callable[[], None] | None = None) -> Iter
 
 
 def finished(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a finished run (``_finish`` wrote its summary)."""
+    """Whether ``run_dir`` holds a finished run (``write_summary`` wrote its summary)."""
     return (run_dir / "summary.json").exists()
 
 
-def _finish(run_dir: Path, summary: dict) -> dict:
+def write_summary(run_dir: Path, summary: dict) -> dict:
+    """Write ``summary.json``, the mark of a finished run, atomically (a kill leaves none)."""
     summary["run_dir"] = str(run_dir)
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -211,7 +212,7 @@ def pretrain(
     history = fit(task, x, y, settings, run_dir, extra, world, resume)
     if not world.is_main:
         return {}
-    return _finish(
+    return write_summary(
         run_dir,
         {
             "command": "pretrain",
@@ -324,7 +325,7 @@ def finetune(
     )
     if not world.is_main:
         return {}
-    return _finish(
+    return write_summary(
         run_dir,
         {
             "command": command,

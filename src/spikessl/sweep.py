@@ -396,14 +396,15 @@ def _stage_claimed(
     what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
 ) -> dict:
     from spikessl.checkpoints import load_checkpoint
+    from spikessl.pipeline import finished, write_summary
 
     summary_path = run_dir / "summary.json"
-    if summary_path.exists():
+    if finished(run_dir):
         try:
             summary = json.loads(summary_path.read_text())
             log(f"  {what}: finished earlier, reusing {run_dir}")
             return summary
-        except json.JSONDecodeError:  # killed while writing it: the checkpoint rewrites it
+        except json.JSONDecodeError:  # half-written by an older version: the checkpoint redoes it
             summary_path.unlink()
     resume, before = None, 0.0
     if (run_dir / "checkpoint.pt").exists():
@@ -422,7 +423,7 @@ def _stage_claimed(
     if resume is not None:  # the summary timed only the resumed part: add the rest
         summary["wall_seconds"] = round(summary["wall_seconds"] + before, 1)
         summary["resumed"] = True
-        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_summary(run_dir, summary)
     return summary
 
 
