@@ -91,6 +91,12 @@ def test_export_safetensors_round_trip(pretrained, capsys):
     assert main(["export", str(tmp / "pretrain"), "--out", str(folder)]) == 0
     assert json.loads(capsys.readouterr().out)["safetensors"] == str(folder / "model.safetensors")
     assert (folder / "model.safetensors").stat().st_size > 0
+    # --out below a file: the OS error, with what to check, and exit status 2
+    assert (
+        main(["export", str(tmp / "pretrain"), "--out", str(folder / "model.safetensors" / "m")])
+        == 2
+    )
+    assert "choose another --out" in capsys.readouterr().err
 
 
 def test_encoder_settings_that_differ_from_the_checkpoint_say_how_to_match(pretrained):

@@ -210,13 +210,30 @@ def _dispatch(args: argparse.Namespace, cfg, run_dir, progress: bool, resume, ch
         return commands.run_pipeline(cfg, args.run_dir, args.baseline, progress)
 
 
+# what a user can mend (a bad value, a missing or unwritable path, a diverged run): one line, exit 2
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def _error(command: str, err: Exception) -> int:
+    """Print ``err`` as ``spikessl COMMAND: error: ...``: spikessl's own messages as they are,
+    the operating system's failed reads and writes (those with an errno) with what to check."""
+    plain = not isinstance(err, OSError) or err.errno is None
+    print(f"spikessl {command}: error: {err if plain else commands.os_error(err)}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "export":
-        return commands.export(args, extra, parser)  # overrides may also follow the options
-    if args.command == "compare":
-        return commands.compare(args, extra, parser)
+    if args.command in ("export", "compare"):  # no config: every argument is an option
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        try:
+            result = getattr(commands, args.command)(args)
+        except USER_ERRORS as err:
+            return _error(args.command, err)
+        print(json.dumps(result))
+        return 0
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -237,12 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.run_dir or (getattr(args, "resume", None))
         with _claimed(args.command, run_dir):
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
-        print(f"spikessl {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # e.g. --run-dir or --out where nothing can be written
-        print(f"spikessl {args.command}: error: {commands.os_error(err)}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return _error(args.command, err)
     except Interrupted as stop:
         distributed.shutdown()
         where = str(stop).rsplit("checkpoint saved in ", 1)[-1]

@@ -69,28 +69,17 @@ def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 
-def export(args: argparse.Namespace, extra: list[str], parser) -> int:
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from pathlib import Path
-
+def export(args: argparse.Namespace) -> dict:
+    """Write a run's weights as safetensors (beside the checkpoint unless --out says where)."""
     from spikessl import checkpoints
 
-    try:
-        checkpoint = checkpoints.load_checkpoint(args.run)
-        run = Path(args.run)
-        out = Path(args.out or (run if run.is_dir() else run.parent))
-        path = checkpoints.export_safetensors(
-            checkpoint, out / "model.safetensors" if out.is_dir() else out
-        )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"spikessl export: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"spikessl export: error: {os_error(err)}", file=sys.stderr)
-        return 2
-    print(json.dumps({"command": "export", "safetensors": str(path)}))
-    return 0
+    checkpoint = checkpoints.load_checkpoint(args.run)
+    run = Path(args.run)
+    out = Path(args.out or (run if run.is_dir() else run.parent))
+    path = checkpoints.export_safetensors(
+        checkpoint, out / "model.safetensors" if out.is_dir() else out
+    )
+    return {"command": "export", "safetensors": str(path)}
 
 
 RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervised only"}
@@ -147,49 +136,32 @@ def record_curves(path: str) -> dict[str, dict[int, float]]:
     return curves
 
 
-def compare(args: argparse.Namespace, extra: list[str], parser) -> int:
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+def compare(args: argparse.Namespace) -> dict:
+    """One PNG of per-epoch test accuracy from run directories and sweep records."""
     from spikessl import figures
 
-    try:
-        curves: list[tuple[str, str, dict[int, float]]] = []  # (label, source, values)
-        for run in args.runs:
-            if Path(run).is_file():  # a sweep record: one curve per method it holds
-                curves += [(label, run, values) for label, values in record_curves(run).items()]
-            else:
-                command, values = run_curve(run)
-                curves.append((RUN_LABELS.get(command, run), run, values))
-        if args.labels is not None and len(args.labels) != len(curves):
-            raise ValueError(
-                f"--labels needs one label per curve ({len(curves)}: one per run directory, "
-                "one per method a record holds)"
-            )
-        if args.labels:
-            curves = [(label, run, values) for label, (_, run, values) in zip(args.labels, curves)]
-        labels = [label for label, _, _ in curves]
-        series = {  # the same method from two runs or records: each named after its source
-            (label if labels.count(label) == 1 else f"{label} ({run})"): values
-            for label, run, values in curves
-        }
-        title = args.title or "Test accuracy per epoch"
-        path = figures.curves(series, args.out, title)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"spikessl compare: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"spikessl compare: error: {os_error(err)}", file=sys.stderr)
-        return 2
-    print(
-        json.dumps(
-            {
-                "command": "compare",
-                "png": str(path),
-                "final": {k: v[max(v)] for k, v in series.items()},
-            }
+    curves: list[tuple[str, str, dict[int, float]]] = []  # (label, source, values)
+    for run in args.runs:
+        if Path(run).is_file():  # a sweep record: one curve per method it holds
+            curves += [(label, run, values) for label, values in record_curves(run).items()]
+        else:
+            command, values = run_curve(run)
+            curves.append((RUN_LABELS.get(command, run), run, values))
+    if args.labels is not None and len(args.labels) != len(curves):
+        raise ValueError(
+            f"--labels needs one label per curve ({len(curves)}: one per run directory, "
+            "one per method a record holds)"
         )
-    )
-    return 0
+    if args.labels:
+        curves = [(label, run, values) for label, (_, run, values) in zip(args.labels, curves)]
+    labels = [label for label, _, _ in curves]
+    series = {  # the same method from two runs or records: each named after its source
+        (label if labels.count(label) == 1 else f"{label} ({run})"): values
+        for label, run, values in curves
+    }
+    path = figures.curves(series, args.out, args.title or "Test accuracy per epoch")
+    final = {k: v[max(v)] for k, v in series.items()}
+    return {"command": "compare", "png": str(path), "final": final}
 
 
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
