@@ -58,14 +58,17 @@ def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     if args.config is None and checkpoint is not None:
         # Fine-tuning defaults to the pretraining run's own settings: same split, same net.
         try:
-            load_config(checkpoint["config"])  # the saved settings alone: are they readable?
-        except ValueError as err:
-            run = getattr(args, "pretrained", None) or getattr(args, "resume", None)
-            raise ValueError(
-                f"the config saved in {run} does not load in this spikessl version ({err}); "
-                "pass --config with the run's settings, or use the version that wrote it"
-            ) from None
-        return load_config(checkpoint["config"], overrides)
+            return load_config(checkpoint["config"], overrides)
+        except ValueError:
+            try:  # whose fault: the saved settings, or the overrides (their message stands)?
+                load_config(checkpoint["config"])
+            except ValueError as err:
+                run = getattr(args, "pretrained", None) or getattr(args, "resume", None)
+                raise ValueError(
+                    f"the config saved in {run} does not load in this spikessl version ({err}); "
+                    "pass --config with the run's settings, or use the version that wrote it"
+                ) from None
+            raise
     return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 
