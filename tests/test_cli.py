@@ -575,3 +575,18 @@ def test_a_checkpoint_whose_saved_config_this_version_cannot_read(runs: dict, tm
     # the user's own mistake is still reported as theirs
     err = assert_error(["knn", "--pretrained", str(runs["root"] / "pre"), "knn.kk=3"], "knn.kk")
     assert "does not load in this spikessl version" not in err
+
+
+def test_error_lines_say_what_to_check_for_the_operating_systems_failures(capsys) -> None:
+    from spikessl.cli import _error
+
+    assert _error("knn", FileExistsError("runs/x already holds a finished run; choose ...")) == 2
+    assert capsys.readouterr().err == (
+        "spikessl knn: error: runs/x already holds a finished run; choose ...\n"
+    )  # spikessl's own message (no errno) as it is
+    _error("export", FileNotFoundError(2, "No such file or directory", "/nope/m.safetensors"))
+    err = capsys.readouterr().err
+    assert "No such file or directory: /nope/m.safetensors; check the path" in err
+    _error("export", PermissionError(13, "Permission denied", "/root/m.safetensors"))
+    err = capsys.readouterr().err
+    assert "Permission denied: /root/m.safetensors (" in err and "choose another --out" in err
