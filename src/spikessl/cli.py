@@ -217,9 +217,20 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 def _error(command: str, err: Exception) -> int:
     """Print ``err`` as ``spikessl COMMAND: error: ...``: spikessl's own messages as they are,
     the operating system's failed reads and writes (those with an errno) with what to check."""
-    plain = not isinstance(err, OSError) or err.errno is None
-    print(f"spikessl {command}: error: {err if plain else commands.os_error(err)}", file=sys.stderr)
+    text = _os_error(err) if isinstance(err, OSError) and err.errno is not None else err
+    print(f"spikessl {command}: error: {text}", file=sys.stderr)
     return 2
+
+
+def _os_error(err: OSError) -> str:
+    """A failed read or write of a path, with what to check."""
+    where = f": {err.filename}" if err.filename else ""
+    if isinstance(err, FileNotFoundError):
+        return f"{err.strerror or err}{where}; check the path (a typo? a folder not made yet?)"
+    return (
+        f"{err.strerror or err}{where} (a folder where a file belongs? no permission? a full "
+        "disk?); fix the path or choose another --out / --run-dir"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,17 +19,6 @@ from spikessl.config import Config, load_config, parse_overrides
 DEFAULT_CONFIG = "paper-mnist"  # the preset when --config is not given
 
 
-def os_error(err: OSError) -> str:
-    """A failed read or write of a path, with what to check."""
-    where = f": {err.filename}" if err.filename else ""
-    if isinstance(err, FileNotFoundError):
-        return f"{err.strerror or err}{where}; check the path (a typo? a folder not made yet?)"
-    return (
-        f"{err.strerror or err}{where} (a folder where a file belongs? no permission? a full "
-        "disk?); fix the path or choose another --out / --run-dir"
-    )
-
-
 def reproduce(args: argparse.Namespace, progress: bool) -> dict:
     from spikessl import reproduce as protocol
 
