@@ -13,9 +13,9 @@ from tiny import TINY
 
 from spikessl import cli, pipeline, reproduce
 from spikessl.config import load_config, parse_overrides
+from spikessl.grid import pretrain_key
 from spikessl.report import GENERATED_BY_REPRODUCE
 from spikessl.reproduce import BEST, base_config, paper_rows, plan
-from spikessl.sweep import pretrain_key
 
 
 def forbidden(*args, **kwargs):

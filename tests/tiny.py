@@ -14,3 +14,10 @@ TINY = [
     "finetune.batch_size=32",
     "knn.k=5",
 ]
+
+
+def tiny_base(*extra: str) -> dict:
+    """The ``mnist-quick`` preset shrunk by ``TINY`` (and ``extra``), as a config tree."""
+    from spikessl.config import load_config, to_dict
+
+    return to_dict(load_config("mnist-quick", [*TINY, *extra]))

@@ -40,7 +40,7 @@ def reproduce(args: argparse.Namespace, progress: bool) -> dict:
 
 
 def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
-    # a sweep's grid values (key=v1,v2) are parsed and checked by sweep.expand_grid
+    # a sweep's grid values (key=v1,v2) are parsed and checked by grid.expand_grid
     overrides = {} if args.command == "sweep" else parse_overrides(args.overrides)
     if args.data_dir:  # taken literally, not parsed as YAML
         overrides.setdefault("data", {})["root"] = args.data_dir
@@ -159,9 +159,9 @@ def compare(args: argparse.Namespace) -> dict:
 
 
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
-    from spikessl import report
-    from spikessl import sweep as grid
+    from spikessl import grid, report
     from spikessl.config import to_dict
+    from spikessl.sweep import run_sweep
 
     # one value: a setting of every cell; several: a grid axis (cells are named after these)
     axes = [o for o in args.overrides if len(grid.split_values(o.partition("=")[2])) > 1]
@@ -169,7 +169,7 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     base = to_dict(load_config(to_dict(cfg), parse_overrides(fixed)))
     cells = grid.expand_grid(base, axes)
     runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
-    records = grid.run_sweep(cells, args.records, runs_root, args.baseline, progress)
+    records = run_sweep(cells, args.records, runs_root, args.baseline, progress)
     if records:  # the command that remakes the folder (machine-local paths left out)
         preset = args.config or DEFAULT_CONFIG
         parts = ["spikessl", "sweep", "--config", preset, *args.overrides]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spikessl import sweep
+from spikessl import grid
 from spikessl.records import (
     compare,
     csv_text,
@@ -49,7 +49,7 @@ class Contents:
     settings: str  # the README's paragraph on every cell's settings
     titles: Mapping[str, str]  # table number -> what it varies
     layout: tuple[dict, ...]  # Tables I-IV's rows, before the records: see ``table_rows``
-    best: sweep.Cell  # the best setting: Table IV, Figs. 5-7
+    best: grid.Cell  # the best setting: Table IV, Figs. 5-7
     cells: tuple[str, ...]  # every planned cell
     label_cells: tuple[str, ...]  # the label-efficiency curve's cells
 
@@ -196,7 +196,7 @@ def label_efficiency_csv(summary: list[dict]) -> str:
 # --- figures -------------------------------------------------------------------------------
 
 
-def neighbours_png(record: dict, cell: sweep.Cell, out: Path, log: Callable[[str], None]) -> bool:
+def neighbours_png(record: dict, cell: grid.Cell, out: Path, log: Callable[[str], None]) -> bool:
     """Fig. 5 from the best cell's pretraining checkpoint; whether ``out`` exists after."""
     run_dir = Path(record["run_dirs"]["pretrain"])
     checkpoint = run_dir / "checkpoint.pt"

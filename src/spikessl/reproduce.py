@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spikessl import report, sweep
+from spikessl import grid, report, sweep
 from spikessl.config import load_config, parse_overrides, to_dict
 from spikessl.dataset_catalog import DATASETS as DATASET_INFO
 from spikessl.records import load_records
@@ -67,7 +67,7 @@ class Step:
     """One ``sweep.run_sweep`` call of the plan."""
 
     what: str  # "tables" or "label efficiency"
-    cells: tuple[sweep.Cell, ...]
+    cells: tuple[grid.Cell, ...]
     baseline: bool
 
 
@@ -111,21 +111,21 @@ def row_cell(base: dict, key: str, setting: str) -> str:
     """The cell measuring ``key=setting``: the best cell where that is the base's own value."""
     if load_config(base, parse_overrides([f"{key}={setting}"])) == load_config(base):
         return best_name(base)
-    return sweep.cell_name(((key, setting),))
+    return grid.cell_name(((key, setting),))
 
 
 def plan(base: dict, seeds: Sequence[int]) -> list[Step]:
     """The sweeps to run, in order; every cell's config is built and checked here."""
     if not seeds:
         raise ValueError("--seeds: give at least one seed, e.g. 0,1,2")
-    best = sweep.expand_grid(base, [f"time_steps={base['time_steps']}"])
+    best = grid.expand_grid(base, [f"time_steps={base['time_steps']}"])
     steps = [Step("tables", tuple(best), True)]
     for (_, _, key), paper in TABLES.items():
         # every row the best cell does not measure, the paper's own best setting included
         # when an override moved the base off it (views=crop-rotate still gets rotate-noise)
         values = [v for v in paper if row_cell(base, key, v) != best[0].name]
         if values:
-            cells = sweep.expand_grid(base, [f"{key}={','.join(values)}"])
+            cells = grid.expand_grid(base, [f"{key}={','.join(values)}"])
             steps.append(Step("tables", tuple(cells), False))
     # the best cell already fine-tunes on the labelled part: it is that fraction's point
     own = base["data"]["labelled_fraction"]
@@ -139,11 +139,11 @@ def plan(base: dict, seeds: Sequence[int]) -> list[Step]:
         cells = []
         for subset, cell_base in ((True, few), (False, base)):
             chosen = [f for f in fractions if (f < own) == subset]
-            grid = [
+            axes = [
                 f"seed={','.join(map(str, group))}",
                 f"finetune.label_fraction={','.join(map(str, chosen))}",
             ]
-            cells += sweep.expand_grid(cell_base, grid) if chosen else []
+            cells += grid.expand_grid(cell_base, axes) if chosen else []
         cells.sort(key=lambda c: int(dict(c.overrides)["seed"]))  # seed by seed, fractions rising
         steps.append(Step("label efficiency", tuple(cells), True))
     return steps
@@ -183,7 +183,7 @@ def cell_states(steps: list[Step], records_dir: Path) -> dict[str, str]:
             found = load_records(records_dir, [cell.name])
             if not found:
                 states[cell.name] = "to run"
-            elif not sweep.record_matches(found[0], cell):
+            elif not grid.record_matches(found[0], cell):
                 states[cell.name] = "conflict"
             elif step.baseline and "supervised_test_accuracy" not in found[0]:
                 states[cell.name] = "needs the supervised baseline"

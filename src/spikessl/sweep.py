@@ -1,8 +1,8 @@
 """Grids of full protocol runs (pretrain -> kNN -> fine-tune [-> supervised]), resumable.
 
 ``spikessl sweep --config mnist-quick time_steps=5,10 finetune.lr=1e-3,1e-2`` runs every
-combination of the listed values as one *cell*. A long grid must survive interruption and a
-move to another machine, so:
+cell of the grid (``spikessl.grid``: its cells, names and keys). A long grid must survive
+interruption and a move to another machine, so:
 
 * every finished cell leaves a small JSON record in a records directory meant to be committed
   (e.g. ``docs/results/mnist-quick/``), and a rerun skips the cells recorded there;
@@ -21,23 +21,18 @@ and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl
 from __future__ import annotations
 
 import functools
-import hashlib
-import itertools
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
-from spikessl.config import Config, load_config, parse_overrides, to_dict
+from spikessl.config import to_dict
+from spikessl.grid import PRETRAIN_UNUSED, Cell, record_matches, stage_dir, supervised_unused
 from spikessl.records import (
     load_records,
     read_record,
@@ -45,142 +40,6 @@ from spikessl.records import (
     write_seed_tables,
     write_tables,
 )
-
-# Settings that do not change a run's results: never part of a key, so a grid recorded on a
-# laptop is still recognised on a GPU machine with another data folder.
-IGNORED = ("device", "out_dir", "eval_batch_size", "checkpoint_every", "data.root")
-
-_OPEN, _CLOSE = "[{(", "]})"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One combination of grid values, with its resolved config."""
-
-    overrides: tuple[tuple[str, str], ...]  # (dotted key, raw value text), in grid order
-    config: Config
-    name: str  # filesystem-safe and readable: "time_steps=10__pretrain.batch_size=256"
-    key: str  # hash of every setting that changes the results
-
-
-def split_values(text: str) -> list[str]:
-    """``"10,30"`` -> ``["10", "30"]``, splitting only at top-level commas.
-
-    Commas inside brackets, braces or quotes belong to one value, so
-    ``"[32,64],[64,128]"`` is two values (two lists).
-    """
-    values, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE:
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"grid values {text!r}: {ch!r} closes nothing")
-        elif ch == "," and depth == 0:
-            values.append(text[start:i])
-            start = i + 1
-    if quote or depth:
-        raise ValueError(f"grid values {text!r}: unbalanced quotes or brackets")
-    values = [v.strip() for v in [*values, text[start:]]]
-    if not all(values):
-        raise ValueError(f"grid values {text!r}: an empty value (stray comma?)")
-    return values
-
-
-def expand_grid(base: str | dict, grid: list[str]) -> list[Cell]:
-    """Cells of the cartesian product of ``grid`` (``"key=v1,v2"`` items; first varies slowest).
-
-    ``base`` is a preset name, a YAML path or a config dict (settings shared by every cell,
-    e.g. ``to_dict(load_config(preset, ["device=cuda"]))``). Every cell's config is built and
-    validated here, so a typo in the last value fails before the first cell trains.
-    """
-    axes: dict[str, list[str]] = {}
-    for item in grid:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"grid item {item!r} must look like key=v1,v2, e.g. time_steps=10,30")
-        if key in axes:
-            raise ValueError(f"grid key {key} is given twice; list its values once: {key}=v1,v2")
-        axes[key] = split_values(text)
-    cells = []
-    for combo in itertools.product(*axes.values()):
-        overrides = tuple(zip(axes, combo))
-        name = cell_name(overrides)
-        try:
-            config = load_config(base, parse_overrides([f"{k}={v}" for k, v in overrides]))
-        except ValueError as err:
-            raise ValueError(f"grid cell {name}: {err}") from None
-        cells.append(Cell(overrides, config, name, cell_key(config)))
-    names = [c.name for c in cells]
-    if len(set(names)) < len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"grid values give the same cell name twice: {', '.join(twice)}")
-    return cells
-
-
-def cell_name(overrides: tuple[tuple[str, str], ...]) -> str:
-    """``(("encoder.conv_channels", "[32,64]"),)`` -> ``"encoder.conv_channels=32-64"``."""
-    parts = []
-    for key, value in overrides:
-        value = re.sub(r"[\[\]{}()'\"\s]", "", value)
-        parts.append(f"{key}={re.sub(r'[^A-Za-z0-9._+=-]', '-', value)}")
-    name = "__".join(parts) or "base"
-    if len(name) > 150:  # file names stop at 255 bytes; keep it unique with a hash
-        name = f"{name[:140]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    return name
-
-
-def _relevant(cfg: Config, drop: tuple[str, ...] = ()) -> dict:
-    """``to_dict(cfg)`` without ``IGNORED`` and ``drop`` (dotted keys or whole sections)."""
-    return _prune(to_dict(cfg), drop)
-
-
-def _prune(tree: dict, drop: tuple[str, ...] = ()) -> dict:
-    """A config tree (modified in place) without ``IGNORED`` and ``drop``."""
-    for dotted in (*IGNORED, *drop):
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    return tree
-
-
-def _digest(tree: dict) -> str:
-    canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-def cell_key(cfg: Config) -> str:
-    """12 hex digits identifying every setting that changes a cell's results."""
-    return _digest(_relevant(cfg))
-
-
-def pretrain_key(cfg: Config) -> str:
-    """Like ``cell_key`` without the fine-tuning settings: pretraining never reads them."""
-    return _digest(_relevant(cfg, PRETRAIN_UNUSED))
-
-
-def supervised_key(cfg: Config) -> str:
-    """Like ``cell_key`` without the pretraining-only settings the baseline never reads."""
-    return _digest(_relevant(cfg, _supervised_unused(cfg)))
-
-
-PRETRAIN_UNUSED = ("finetune",)
-
-
-def _supervised_unused(cfg: Config) -> tuple[str, ...]:
-    # Fine-tuning augmentations reuse the augment section's strengths (not its views).
-    augment = ("augment.views",) if cfg.finetune.augment else ("augment",)
-    # no pretrained encoder to fine-tune or take prototypes from
-    unused = ("finetune.encoder_lr_factor", "finetune.linear_probe", "finetune.head_init")
-    return ("pretrain", "knn", *augment, *unused)
 
 
 def log_to_stderr(message: str) -> None:
@@ -239,56 +98,6 @@ def run_sweep(
     return records
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def same_settings(old: dict, new: dict) -> bool:
-    """Whether config trees ``old`` and ``new`` hold the same settings (``IGNORED`` aside),
-    except config fields added to spikessl since ``old`` was written, which ``new`` leaves at
-    their defaults: a grid stays resumable across an upgrade of spikessl."""
-
-    def flat(tree: dict) -> dict:  # JSON's view: tuples and lists alike
-        return _flat(_prune(json.loads(json.dumps(tree))))
-
-    old, new, default = flat(old), flat(new), flat(to_dict(Config()))
-    return all(k in new and new[k] == v for k, v in old.items()) and all(
-        k in old or (k in default and default[k] == v) for k, v in new.items()
-    )
-
-
-def record_matches(record: dict, cell: Cell) -> bool:
-    """Whether ``record`` measured ``cell``: the same key, or ``same_settings``."""
-    if record["key"] == cell.key:
-        return True
-    config = record.get("config")
-    return isinstance(config, dict) and same_settings(config, _relevant(cell.config))
-
-
-def _stage_dir(runs_root: Path, template: str, cfg: Config, drop: tuple[str, ...] = ()) -> Path:
-    """``runs_root / template.format(key)``, the key hashing ``cfg`` without ``drop``; or when
-    that does not exist, a run directory of the same template made by an earlier spikessl for
-    the same settings (its key also hashed config fields added since, left here at defaults)."""
-    settings = _relevant(cfg, drop)
-    path = runs_root / template.format(_digest(settings))
-    if path.exists():
-        return path
-    for config_yaml in sorted(runs_root.glob(template.format("*") + "/config.yaml")):
-        try:
-            old = yaml.safe_load(config_yaml.read_text())
-        except (OSError, yaml.YAMLError):
-            continue  # not a run of ours: never reused
-        if isinstance(old, dict) and same_settings(_prune(old, drop), settings):
-            return config_yaml.parent
-    return path
-
-
 def _recorded(records_dir: Path, cell: Cell) -> dict | None:
     path = records_dir / f"{cell.name}.json"
     if not path.exists():
@@ -307,8 +116,8 @@ def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], 
     from spikessl import checkpoints, pipeline  # torch: only when something trains
 
     cfg = cell.config
-    pre_dir = _stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
-    ft_dir = _stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
+    pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
+    ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
     pre = _stage(
         "pretrain", pre_dir, log, lambda r: pipeline.pretrain(cfg, pre_dir, progress, resume=r)
     )
@@ -357,7 +166,7 @@ def _add_supervised(
 ) -> dict:
     from spikessl import pipeline
 
-    run_dir = _stage_dir(runs_root, "supervised-{}", cell.config, _supervised_unused(cell.config))
+    run_dir = stage_dir(runs_root, "supervised-{}", cell.config, supervised_unused(cell.config))
     sup = _stage(
         "supervised",
         run_dir,

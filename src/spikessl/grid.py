@@ -1,0 +1,210 @@
+"""A grid's cells and the keys that identify them (what ``spikessl sweep`` runs).
+
+``time_steps=10,30 finetune.lr=1e-3,1e-2`` is a grid: every combination of the listed values
+is one *cell*, with a readable name (``time_steps=10__finetune.lr=1e-3``, its record's file
+name) and a *key*, a hash of every setting that changes its results. A stage of a cell is
+keyed by the settings it reads: cells that differ only in fine-tuning settings share one
+pretraining key, and the supervised baseline ignores pretraining settings. Settings added to
+spikessl after a record or run directory was made count as the same when left at their
+defaults (``same_settings``), so a grid stays resumable across an upgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from spikessl.config import Config, load_config, parse_overrides, to_dict
+
+# Settings that do not change a run's results: never part of a key, so a grid recorded on a
+# laptop is still recognised on a GPU machine with another data folder.
+IGNORED = ("device", "out_dir", "eval_batch_size", "checkpoint_every", "data.root")
+
+_OPEN, _CLOSE = "[{(", "]})"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of grid values, with its resolved config."""
+
+    overrides: tuple[tuple[str, str], ...]  # (dotted key, raw value text), in grid order
+    config: Config
+    name: str  # filesystem-safe and readable: "time_steps=10__pretrain.batch_size=256"
+    key: str  # hash of every setting that changes the results
+
+
+def split_values(text: str) -> list[str]:
+    """``"10,30"`` -> ``["10", "30"]``, splitting only at top-level commas.
+
+    Commas inside brackets, braces or quotes belong to one value, so
+    ``"[32,64],[64,128]"`` is two values (two lists).
+    """
+    values, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"grid values {text!r}: {ch!r} closes nothing")
+        elif ch == "," and depth == 0:
+            values.append(text[start:i])
+            start = i + 1
+    if quote or depth:
+        raise ValueError(f"grid values {text!r}: unbalanced quotes or brackets")
+    values = [v.strip() for v in [*values, text[start:]]]
+    if not all(values):
+        raise ValueError(f"grid values {text!r}: an empty value (stray comma?)")
+    return values
+
+
+def expand_grid(base: str | dict, grid: list[str]) -> list[Cell]:
+    """Cells of the cartesian product of ``grid`` (``"key=v1,v2"`` items; first varies slowest).
+
+    ``base`` is a preset name, a YAML path or a config dict (settings shared by every cell,
+    e.g. ``to_dict(load_config(preset, ["device=cuda"]))``). Every cell's config is built and
+    validated here, so a typo in the last value fails before the first cell trains.
+    """
+    axes: dict[str, list[str]] = {}
+    for item in grid:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"grid item {item!r} must look like key=v1,v2, e.g. time_steps=10,30")
+        if key in axes:
+            raise ValueError(f"grid key {key} is given twice; list its values once: {key}=v1,v2")
+        axes[key] = split_values(text)
+    cells = []
+    for combo in itertools.product(*axes.values()):
+        overrides = tuple(zip(axes, combo))
+        name = cell_name(overrides)
+        try:
+            config = load_config(base, parse_overrides([f"{k}={v}" for k, v in overrides]))
+        except ValueError as err:
+            raise ValueError(f"grid cell {name}: {err}") from None
+        cells.append(Cell(overrides, config, name, cell_key(config)))
+    names = [c.name for c in cells]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"grid values give the same cell name twice: {', '.join(twice)}")
+    return cells
+
+
+def cell_name(overrides: tuple[tuple[str, str], ...]) -> str:
+    """``(("encoder.conv_channels", "[32,64]"),)`` -> ``"encoder.conv_channels=32-64"``."""
+    parts = []
+    for key, value in overrides:
+        value = re.sub(r"[\[\]{}()'\"\s]", "", value)
+        parts.append(f"{key}={re.sub(r'[^A-Za-z0-9._+=-]', '-', value)}")
+    name = "__".join(parts) or "base"
+    if len(name) > 150:  # file names stop at 255 bytes; keep it unique with a hash
+        name = f"{name[:140]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _relevant(cfg: Config, drop: tuple[str, ...] = ()) -> dict:
+    """``to_dict(cfg)`` without ``IGNORED`` and ``drop`` (dotted keys or whole sections)."""
+    return _prune(to_dict(cfg), drop)
+
+
+def _prune(tree: dict, drop: tuple[str, ...] = ()) -> dict:
+    """A config tree (modified in place) without ``IGNORED`` and ``drop``."""
+    for dotted in (*IGNORED, *drop):
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return tree
+
+
+def _digest(tree: dict) -> str:
+    canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+PRETRAIN_UNUSED = ("finetune",)  # pretraining never reads these
+
+
+def supervised_unused(cfg: Config) -> tuple[str, ...]:
+    """The settings the supervised baseline never reads: pretraining, kNN and the rest."""
+    # Fine-tuning augmentations reuse the augment section's strengths (not its views).
+    augment = ("augment.views",) if cfg.finetune.augment else ("augment",)
+    # no pretrained encoder to fine-tune or take prototypes from
+    unused = ("finetune.encoder_lr_factor", "finetune.linear_probe", "finetune.head_init")
+    return ("pretrain", "knn", *augment, *unused)
+
+
+def cell_key(cfg: Config) -> str:
+    """12 hex digits identifying every setting that changes a cell's results."""
+    return _digest(_relevant(cfg))
+
+
+def pretrain_key(cfg: Config) -> str:
+    """Like ``cell_key`` without the fine-tuning settings: pretraining never reads them."""
+    return _digest(_relevant(cfg, PRETRAIN_UNUSED))
+
+
+def supervised_key(cfg: Config) -> str:
+    """Like ``cell_key`` without the pretraining-only settings the baseline never reads."""
+    return _digest(_relevant(cfg, supervised_unused(cfg)))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def same_settings(old: dict, new: dict) -> bool:
+    """Whether config trees ``old`` and ``new`` hold the same settings (``IGNORED`` aside),
+    except config fields added to spikessl since ``old`` was written, which ``new`` leaves at
+    their defaults: a grid stays resumable across an upgrade of spikessl."""
+
+    def flat(tree: dict) -> dict:  # JSON's view: tuples and lists alike
+        return _flat(_prune(json.loads(json.dumps(tree))))
+
+    old, new, default = flat(old), flat(new), flat(to_dict(Config()))
+    return all(k in new and new[k] == v for k, v in old.items()) and all(
+        k in old or (k in default and default[k] == v) for k, v in new.items()
+    )
+
+
+def record_matches(record: dict, cell: Cell) -> bool:
+    """Whether ``record`` measured ``cell``: the same key, or ``same_settings``."""
+    if record["key"] == cell.key:
+        return True
+    config = record.get("config")
+    return isinstance(config, dict) and same_settings(config, _relevant(cell.config))
+
+
+def stage_dir(runs_root: Path, template: str, cfg: Config, drop: tuple[str, ...] = ()) -> Path:
+    """``runs_root / template.format(key)``, the key hashing ``cfg`` without ``drop``; or when
+    that does not exist, a run directory of the same template made by an earlier spikessl for
+    the same settings (its key also hashed config fields added since, left here at defaults)."""
+    settings = _relevant(cfg, drop)
+    path = runs_root / template.format(_digest(settings))
+    if path.exists():
+        return path
+    for config_yaml in sorted(runs_root.glob(template.format("*") + "/config.yaml")):
+        try:
+            old = yaml.safe_load(config_yaml.read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # not a run of ours: never reused
+        if isinstance(old, dict) and same_settings(_prune(old, drop), settings):
+            return config_yaml.parent
+    return path
