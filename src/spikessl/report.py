@@ -320,9 +320,14 @@ GENERATED = "<!-- written by spikessl sweep, which rewrites it: delete this line
 GENERATED_BY_REPRODUCE = GENERATED.replace("spikessl sweep", "spikessl reproduce")
 
 
-def written_by_hand(path: Path, marker: str) -> bool:
-    """Whether ``path`` exists without ``marker`` as its first line (so it is not rewritten)."""
-    return path.exists() and path.read_text().partition("\n")[0] != marker
+def write_generated(path: Path, marker: str, text: str) -> bool:
+    """Write ``marker`` (a first line saying who rewrites the file) and ``text`` to ``path``,
+    unless ``path`` exists without that first line: written or edited by hand, it is kept
+    (returns False)."""
+    if path.exists() and path.read_text().partition("\n")[0] != marker:
+        return False
+    write_atomic(path, marker + "\n" + text)
+    return True
 
 
 def write_sweep_readme(
@@ -332,8 +337,6 @@ def write_sweep_readme(
     the results tables from ``results.md`` (and ``seeds.md``, when ``records`` span seeds)
     beside it. A README without the ``GENERATED`` first line (written or edited by hand) is
     kept: returns False."""
-    if written_by_hand(path, GENERATED):
-        return False
     budgets = {
         (r["config"]["pretrain"]["epochs"], r["config"]["finetune"]["epochs"])
         for r in records
@@ -348,8 +351,7 @@ def write_sweep_readme(
     seeds = {r["config"]["seed"] for r in records if "config" in r}
     if len(seeds) > 1 and (path.parent / "seeds.md").exists():  # not one left by another grid
         sections["Over seeds"] = (path.parent / "seeds.md").read_text()
-    write_atomic(path, GENERATED + "\n" + readme(title, command, settings, records, sections))
-    return True
+    return write_generated(path, GENERATED, readme(title, command, settings, records, sections))
 
 
 # --- the records folder --------------------------------------------------------------------
@@ -413,12 +415,11 @@ def write_outputs(
     title = f"{name}: the paper's Tables I-IV and Figs. 5-7, budget `{budget}`"
     written = [*texts, *(p for p in pngs.values() if p)]
     readme_path = records_dir / "README.md"
-    if written_by_hand(readme_path, GENERATED_BY_REPRODUCE):
-        log(f"reproduce: kept {readme_path}: written by hand (delete it to have it rewritten)")
-    else:
-        text = readme(title, command, settings, found, sections)
-        write_atomic(readme_path, GENERATED_BY_REPRODUCE + "\n" + text)
+    text = readme(title, command, settings, found, sections)
+    if write_generated(readme_path, GENERATED_BY_REPRODUCE, text):
         written.append("README.md")
+    else:
+        log(f"reproduce: kept {readme_path}: written by hand (delete it to have it rewritten)")
     written += ["results.csv", "results.md"] if found else []
     keys = ("finetune_test_accuracy", "knn_accuracy", "supervised_test_accuracy")
     return {
