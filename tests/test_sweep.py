@@ -312,7 +312,7 @@ def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, monkeypa
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock")
 def test_a_stage_another_process_is_running_is_waited_for_not_deleted(tmp_path):
-    from spikessl.pipeline import claim_run_dir
+    from spikessl.runs import claim_run_dir
 
     run_dir, logs, reran, got = tmp_path / "pretrain-abc", [], [], []
 

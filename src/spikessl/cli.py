@@ -180,12 +180,12 @@ def _claimed(command: str, run_dir: str | None):
     (a second ``spikessl pretrain --run-dir X``, or a sweep stage on X, is refused instead)."""
     import contextlib
 
-    from spikessl import pipeline
+    from spikessl.runs import claim_run_dir
 
     writes = command in ("pretrain", "finetune", "supervised", "pipeline")
     if not writes or run_dir is None or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0
         return contextlib.nullcontext()
-    return pipeline.claim_run_dir(Path(run_dir))
+    return claim_run_dir(Path(run_dir))
 
 
 def _dispatch(args: argparse.Namespace, cfg, run_dir, progress: bool, resume, checkpoint) -> dict:

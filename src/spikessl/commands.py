@@ -219,7 +219,7 @@ def check_pretrained(args: argparse.Namespace, checkpoint: dict) -> None:
     on purpose (e.g. ``checkpoint-before-divergence.pt``): its result is reported as SSL."""
     if args.command != "finetune":  # knn, probe, neighbors may read any encoder
         return
-    from spikessl import pipeline
+    from spikessl.runs import finished
 
     run = Path(args.pretrained)
     command = checkpoint.get("command", "pretrain")
@@ -228,7 +228,7 @@ def check_pretrained(args: argparse.Namespace, checkpoint: dict) -> None:
             f"{run} is a {command} run, not a pretraining run: pass the directory that "
             "`spikessl pretrain` wrote (fine-tuning's result is reported as SSL + fine-tune)"
         )
-    if run.is_dir() and not pipeline.finished(run):
+    if run.is_dir() and not finished(run):
         epochs = checkpoint["config"].get("pretrain", {}).get("epochs", "?")
         raise ValueError(
             f"{run} is an unfinished pretraining run (epoch {checkpoint.get('epoch', '?')} of "
@@ -246,7 +246,7 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             "--resume continues with the run's own config: drop --config and "
             "key=value overrides (they would make the result differ)"
         )
-    from spikessl import pipeline
+    from spikessl.runs import finished
 
     run = Path(args.resume)
     if run.is_file():
@@ -260,7 +260,7 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
     command = checkpoint.get("command", "pretrain")
     if command != args.command:
         raise ValueError(f"{args.resume} is a {command} run: use spikessl {command} --resume")
-    if pipeline.finished(run):
+    if finished(run):
         raise ValueError(
             f"{run} is a finished run (its result is in {run / 'summary.json'}): nothing to "
             "resume; to train again, choose a new --run-dir"
@@ -271,9 +271,10 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
 def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: bool) -> dict:
     """Pretrain -> kNN -> fine-tune (-> supervised baseline): the paper's protocol."""
     from spikessl import checkpoints, pipeline
+    from spikessl.runs import default_run_dir
 
     t0 = time.perf_counter()
-    root = run_dir or str(pipeline.default_run_dir(cfg, "pipeline"))
+    root = run_dir or str(default_run_dir(cfg, "pipeline"))
     pre = pipeline.pretrain(cfg, os.path.join(root, "pretrain"), progress)
     ckpt = checkpoints.load_checkpoint(pre["run_dir"])
     fin = pipeline.finetune(cfg, ckpt, os.path.join(root, "finetune"), progress)

@@ -7,11 +7,8 @@ loop and writes a run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoin
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from torch import Tensor, nn
 from spikessl import distributed
 from spikessl.augment import build_augment, two_views
 from spikessl.checkpoints import pretrained_encoder
-from spikessl.config import Config, FinetuneConfig, dump_yaml, to_dict
+from spikessl.config import Config, FinetuneConfig, to_dict
 from spikessl.data import Data, load_data, stratified_split
 from spikessl.distributed import World
 from spikessl.encoders import ProjectionHead, SpikingClassifier, SpikingEncoder
@@ -35,7 +32,7 @@ from spikessl.evaluate import (
     test_accuracy,
 )
 from spikessl.losses import nt_xent
-from spikessl.records import write_atomic
+from spikessl.runs import new_run_dir, write_summary
 from spikessl.train import LoopSettings, Task, fit
 
 
@@ -66,82 +63,6 @@ class SimCLR(nn.Module):
             self.projector = ProjectionHead(d, d, projection_dim)
         else:
             self.projector = nn.Identity()
-
-
-def default_run_dir(cfg: Config, command: str) -> Path:
-    """``<out_dir>/<command>-<dataset>-<date-time>``, made unique."""
-    stem = Path(cfg.out_dir) / f"{command}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir, n = stem, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = stem.with_name(f"{stem.name}-{n}")
-    return run_dir
-
-
-def new_run_dir(
-    cfg: Config,
-    command: str,
-    run_dir: str | Path | None = None,
-    world: World | None = None,
-    resuming: bool = False,
-) -> Path:
-    """The run's directory, with its resolved config written (by the main process)."""
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, command)
-    if finished(run_dir):
-        raise FileExistsError(f"{run_dir} already holds a finished run; choose another --run-dir")
-    if not resuming and (run_dir / "checkpoint.pt").exists():
-        raise FileExistsError(
-            f"{run_dir} holds an unfinished run: continue it with --resume {run_dir}, or "
-            "choose another --run-dir"
-        )
-    if world is None or world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    return run_dir
-
-
-@contextlib.contextmanager
-def claim_run_dir(run_dir: Path, wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Keep other processes from writing ``run_dir`` while this one does.
-
-    An advisory lock on ``.locks/<run_dir name>.lock`` beside ``run_dir`` (POSIX ``flock``,
-    released when the process ends, however it ends; outside the run so that deleting the run
-    does not drop it). Held by another process: with ``wait``, call it and wait for the lock;
-    without, raise ``ValueError``. The CLI's training commands and ``sweep``'s stages take it;
-    ``pretrain``/``finetune`` called from Python do not. No ``flock`` (Windows): no lock.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    locks = run_dir.parent / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{run_dir.name}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if wait is None:
-                raise ValueError(
-                    f"another spikessl process is writing {run_dir} (it holds "
-                    f"{lock.name}): let it finish (then --resume {run_dir} if it was "
-                    "interrupted), or choose another --run-dir"
-                ) from None
-            wait()
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def finished(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a finished run (``write_summary`` wrote its summary)."""
-    return (run_dir / "summary.json").exists()
-
-
-def write_summary(run_dir: Path, summary: dict) -> dict:
-    """Write ``summary.json``, the mark of a finished run, atomically (a kill leaves none)."""
-    summary["run_dir"] = str(run_dir)
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def _start(cfg: Config) -> tuple[torch.device, World, Data]:

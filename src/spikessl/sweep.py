@@ -40,6 +40,7 @@ from spikessl.records import (
     write_seed_tables,
     write_tables,
 )
+from spikessl.runs import claim_run_dir, finished, write_summary
 
 
 def log_to_stderr(message: str) -> None:
@@ -194,8 +195,6 @@ def _stage(
     Another spikessl process at work on ``run_dir`` (a second sweep over the same runs) is
     waited for, then its run reused or resumed, never deleted or written over.
     """
-    from spikessl.pipeline import claim_run_dir
-
     wait = f"  {what}: another process is running {run_dir}; waiting for it to finish"
     with claim_run_dir(run_dir, wait=lambda: log(wait)):
         return _stage_claimed(what, run_dir, log, run)
@@ -205,7 +204,6 @@ def _stage_claimed(
     what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
 ) -> dict:
     from spikessl.checkpoints import load_checkpoint
-    from spikessl.pipeline import finished, write_summary
 
     summary_path = run_dir / "summary.json"
     if finished(run_dir):

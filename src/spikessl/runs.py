@@ -1,0 +1,99 @@
+"""Run directories: their default names, the lock that keeps two processes apart, and the
+``summary.json`` that marks a run finished.
+
+A training command writes one directory (``config.yaml``, ``metrics.jsonl``,
+``checkpoint.pt``, ``summary.json``). Its summary is written last and atomically, so a
+directory without one holds an unfinished run: resumable from its checkpoint, never
+mistaken for a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spikessl.config import Config, dump_yaml
+from spikessl.records import write_atomic
+
+if TYPE_CHECKING:  # torch only where something trains
+    from spikessl.distributed import World
+
+
+def default_run_dir(cfg: Config, command: str) -> Path:
+    """``<out_dir>/<command>-<dataset>-<date-time>``, made unique."""
+    stem = Path(cfg.out_dir) / f"{command}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = stem, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = stem.with_name(f"{stem.name}-{n}")
+    return run_dir
+
+
+def new_run_dir(
+    cfg: Config,
+    command: str,
+    run_dir: str | Path | None = None,
+    world: World | None = None,
+    resuming: bool = False,
+) -> Path:
+    """The run's directory, with its resolved config written (by the main process)."""
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, command)
+    if finished(run_dir):
+        raise FileExistsError(f"{run_dir} already holds a finished run; choose another --run-dir")
+    if not resuming and (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(
+            f"{run_dir} holds an unfinished run: continue it with --resume {run_dir}, or "
+            "choose another --run-dir"
+        )
+    if world is None or world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    return run_dir
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: Path, wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Keep other processes from writing ``run_dir`` while this one does.
+
+    An advisory lock on ``.locks/<run_dir name>.lock`` beside ``run_dir`` (POSIX ``flock``,
+    released when the process ends, however it ends; outside the run so that deleting the run
+    does not drop it). Held by another process: with ``wait``, call it and wait for the lock;
+    without, raise ``ValueError``. The CLI's training commands and ``sweep``'s stages take it;
+    ``pretrain``/``finetune`` called from Python do not. No ``flock`` (Windows): no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    locks = run_dir.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{run_dir.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait is None:
+                raise ValueError(
+                    f"another spikessl process is writing {run_dir} (it holds "
+                    f"{lock.name}): let it finish (then --resume {run_dir} if it was "
+                    "interrupted), or choose another --run-dir"
+                ) from None
+            wait()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (``write_summary`` wrote its summary)."""
+    return (run_dir / "summary.json").exists()
+
+
+def write_summary(run_dir: Path, summary: dict) -> dict:
+    """Write ``summary.json``, the mark of a finished run, atomically (a kill leaves none)."""
+    summary["run_dir"] = str(run_dir)
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
