@@ -425,6 +425,29 @@ def test_fit_clips_the_gradient_norm_before_each_step(
         assert min(norms) > 1e-2  # unclipped: the toy's gradients are of order 0.1
 
 
+@pytest.mark.parametrize(
+    ("scale", "reason"),
+    [
+        (1.0, None),
+        (float("nan"), "loss is nan"),
+        (float("inf"), "loss is inf"),
+        ("grad", "gradients are not finite"),  # a finite loss whose gradient overflows
+    ],
+)
+def test_backward_and_step_steps_only_when_loss_and_gradients_are_finite(scale, reason) -> None:
+    w = nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    if scale == "grad":
+        w.register_hook(lambda grad: grad * float("inf"))
+    loss = (w**2).sum() * (1.0 if scale == "grad" else scale)
+    before = w.detach().clone()
+    assert train._backward_and_step(loss, optimizer, [w], 0.0, train.World()) == reason
+    if reason is None:  # one SGD step on sum(w^2): w - 0.1 * 2w
+        assert torch.equal(w.detach(), before - 0.1 * 2 * before)
+    else:
+        assert torch.equal(w.detach(), before)  # nothing stepped
+
+
 def test_fit_healthy_rates_do_not_warn(tmp_path: Path) -> None:
     x, y = separable_data(32)
     with warnings.catch_warnings(record=True) as caught:

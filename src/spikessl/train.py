@@ -168,6 +168,25 @@ def _grads_finite(params: list[Tensor]) -> bool:
     return not grads or bool(torch.stack([g.float().norm() for g in grads]).isfinite().all())
 
 
+def _backward_and_step(
+    loss: Tensor, optimizer: torch.optim.Optimizer, params: list[Tensor], clip: float, world: World
+) -> str | None:
+    """Backward, gradient clipping (``clip`` > 0) and one optimiser step, unless the loss or a
+    gradient is not finite: then nothing is stepped and the reason is returned. Under
+    torchrun every process skips, or none."""
+    optimizer.zero_grad(set_to_none=True)
+    bad = None if torch.isfinite(loss) else f"loss is {loss.item()}"
+    if any_process(bad is not None, world):
+        return bad or "loss is not finite in another process"
+    loss.backward()  # under torchrun, DDP averages the gradients here
+    if not _grads_finite(params):
+        return "gradients are not finite"
+    if clip:
+        nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    return None
+
+
 def fit(
     task: Task,
     images: Tensor,
@@ -269,13 +288,7 @@ def fit(
                         settings.schedule, step, total, settings.warmup_steps
                     )
                 loss, rates = task.loss(images[idx], labels[idx])
-                optimizer.zero_grad(set_to_none=True)
-                bad = None if torch.isfinite(loss) else f"loss is {loss.item()}"
-                if any_process(bad is not None, world):  # every process skips, or none
-                    bad = bad or "loss is not finite in another process"
-                else:
-                    loss.backward()  # under torchrun, DDP averages the gradients here
-                    bad = None if _grads_finite(params) else "gradients are not finite"
+                bad = _backward_and_step(loss, optimizer, params, settings.grad_clip, world)
                 if bad is not None and settings.on_nonfinite == "stop":
                     kept = (
                         f"; the last good checkpoint is {run_dir / 'checkpoint.pt'}"
@@ -287,11 +300,7 @@ def fit(
                         f"learning rate (lower lr) or an exploding input (on_nonfinite=skip "
                         f"skips such steps){kept}"
                     )
-                if bad is None:
-                    if settings.grad_clip:
-                        nn.utils.clip_grad_norm_(params, settings.grad_clip)
-                    optimizer.step()
-                else:
+                if bad is not None:
                     sums["skipped"] += 1
                     warnings.warn(
                         f"{task.name} step {step}: {bad}; step skipped",
