@@ -76,8 +76,18 @@ def test_help(command: str | None) -> None:
         for name in cli.COMMANDS:
             assert name in out
     else:
-        assert "key=value" in out and "--config" in out and "--run-dir" in out
-        assert ("--pretrained" in out) == (command in ("finetune", "knn", "probe", "neighbors"))
+        reads_a_run = command in ("finetune", "knn", "probe", "neighbors")
+        assert "key=value" in out and "--config" in out
+        assert ("--pretrained" in out) == reads_a_run
+        assert ("pretrained run's own config" in out) == reads_a_run
+        # only the commands that write runs take a place to write them
+        assert ("--run-dir" in out) == (command not in ("knn", "probe", "neighbors"))
+        assert ("grid axis" in out) == (command == "sweep")
+
+
+def test_a_command_that_writes_no_run_refuses_run_dir() -> None:
+    code, _, err = run_main(["knn", "--run-dir", "runs/x", "--no-progress"])
+    assert code == 2 and "unrecognized arguments: --run-dir" in err
 
 
 def test_python_dash_m_help() -> None:

@@ -25,6 +25,16 @@ COMMANDS = {
     "sweep": "a grid of pipeline runs (key=v1,v2 ...), resumable, recorded, tabulated",
     "neighbors": "PNG grid of test images and their nearest neighbours in latent space (Fig. 5)",
 }
+RUN_DIR_HELP = {  # the commands that write runs
+    **dict.fromkeys(
+        ("pretrain", "finetune", "supervised"),
+        "where to write the run (default: a new folder in out_dir)",
+    ),
+    "pipeline": "folder for its pretrain/, finetune/ (and supervised/) runs (default: a new "
+    "folder in out_dir)",
+    "sweep": "root of the cells' run directories, shared by cells and reused on a rerun "
+    "(default: <out_dir>/sweep)",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,23 +75,26 @@ def _parser() -> argparse.ArgumentParser:
             "overrides",
             nargs="*",
             metavar="key=value",
-            help="config overrides, dotted for sections: pretrain.lr=3e-4",
+            help="config overrides, dotted for sections: pretrain.lr=3e-4"
+            + (
+                "; several comma-separated values make a grid axis: time_steps=10,30"
+                if name == "sweep"
+                else ""
+            ),
         )
+        reuses = name in ("finetune", "knn", "probe", "neighbors")
         p.add_argument(
             "--config",
             default=None,
             help=f"preset ({', '.join(preset_names())}) or YAML file; default "
-            "paper-mnist, or the pretrained run's own config",
+            + ("the pretrained run's own config, else paper-mnist" if reuses else "paper-mnist"),
         )
         p.add_argument(
             "--data-dir", default=None, help="dataset root (default $SPIKESSL_DATA, else ./data)"
         )
         p.add_argument("--device", default=None, help="auto|cpu|cuda|mps")
-        p.add_argument(
-            "--run-dir",
-            default=None,
-            help="where to write the run (default: a new folder in out_dir)",
-        )
+        if name in RUN_DIR_HELP:  # knn, probe and neighbors write no run
+            p.add_argument("--run-dir", default=None, help=RUN_DIR_HELP[name])
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "neighbors":
             p.add_argument("--out", default=None, help="PNG (default <pretrained>/neighbors.png)")
@@ -262,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             commands.check_pretrained(args, checkpoint)
         cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
-        run_dir = args.run_dir or (getattr(args, "resume", None))
+        run_dir = getattr(args, "run_dir", None) or getattr(args, "resume", None)
         with _claimed(args.command, run_dir):
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
     except USER_ERRORS as err:
