@@ -168,6 +168,55 @@ def _grads_finite(params: list[Tensor]) -> bool:
     return not grads or bool(torch.stack([g.float().norm() for g in grads]).isfinite().all())
 
 
+def _sizes(name: str, n: int, batch: int, settings: LoopSettings) -> tuple[int, int, int]:
+    """Steps per epoch, steps in all, and images per epoch, for ``n`` images in global
+    batches of ``batch``; a ``ValueError`` that says what to change when they cannot train."""
+    steps_per_epoch = n // batch if settings.drop_last else math.ceil(n / batch)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"{name}: {n} training images do not fill one batch of {batch}; lower "
+            "batch_size or use more data"
+        )
+    total = steps_per_epoch * settings.epochs
+    if settings.warmup_steps >= total:
+        raise ValueError(
+            f"{name}: warmup_steps={settings.warmup_steps} leaves none of its {total} "
+            "optimiser steps at the full learning rate; lower warmup_steps (in the pretrain "
+            "or finetune section) below that, e.g. to a tenth of it"
+        )
+    return steps_per_epoch, total, steps_per_epoch * batch if settings.drop_last else n
+
+
+def _nonfinite(
+    name: str, bad: str, epoch: int, step: int, policy: str, checkpoint: Path | None
+) -> None:
+    """A step skipped for a non-finite loss or gradient: raise (``policy`` "stop", naming
+    the last good ``checkpoint`` if there is one) or warn ("skip")."""
+    if policy == "stop":
+        kept = (
+            f"; the last good checkpoint is {checkpoint}"
+            if checkpoint is not None and checkpoint.exists()
+            else ""
+        )
+        raise FloatingPointError(
+            f"{name}: {bad} at epoch {epoch}, step {step}: likely a too-high learning rate "
+            f"(lower lr) or an exploding input (on_nonfinite=skip skips such steps){kept}"
+        )
+    warnings.warn(f"{name} step {step}: {bad}; step skipped", RuntimeWarning, stacklevel=3)
+
+
+def _keep_before_divergence(run_dir: Path, msg: str) -> None:
+    """On the first diverging epoch, keep a copy of the last checkpoint saved before this
+    epoch's end (the epoch's own is written after this) and warn; later ones say nothing."""
+    kept = run_dir / "checkpoint-before-divergence.pt"
+    if kept.exists():
+        return
+    with open(run_dir / "checkpoint.pt", "rb") as src, replacing(kept) as dst:
+        shutil.copyfileobj(src, dst)
+    msg += f" (the last checkpoint before this epoch's end: {kept})"
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
 def _backward_and_step(
     loss: Tensor, optimizer: torch.optim.Optimizer, params: list[Tensor], clip: float, world: World
 ) -> str | None:
@@ -213,20 +262,7 @@ def fit(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     n, batch = images.shape[0], settings.batch_size * world.size  # global batch
-    steps_per_epoch = n // batch if settings.drop_last else math.ceil(n / batch)
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"{task.name}: {n} training images do not fill one batch of {batch}; lower "
-            "batch_size or use more data"
-        )
-    total = steps_per_epoch * settings.epochs
-    if settings.warmup_steps >= total:
-        raise ValueError(
-            f"{task.name}: warmup_steps={settings.warmup_steps} leaves none of its {total} "
-            "optimiser steps at the full learning rate; lower warmup_steps (in the pretrain "
-            "or finetune section) below that, e.g. to a tenth of it"
-        )
-    seen = steps_per_epoch * batch if settings.drop_last else n  # images per epoch
+    steps_per_epoch, total, seen = _sizes(task.name, n, batch, settings)
     shuffle = torch.Generator().manual_seed(settings.seed)
     history: list[dict] = []
     done_epochs, epoch_step, step = 0, 0, 0
@@ -289,24 +325,10 @@ def fit(
                     )
                 loss, rates = task.loss(images[idx], labels[idx])
                 bad = _backward_and_step(loss, optimizer, params, settings.grad_clip, world)
-                if bad is not None and settings.on_nonfinite == "stop":
-                    kept = (
-                        f"; the last good checkpoint is {run_dir / 'checkpoint.pt'}"
-                        if (run_dir / "checkpoint.pt").exists() and main
-                        else ""
-                    )
-                    raise FloatingPointError(
-                        f"{task.name}: {bad} at epoch {epoch}, step {step}: likely a too-high "
-                        f"learning rate (lower lr) or an exploding input (on_nonfinite=skip "
-                        f"skips such steps){kept}"
-                    )
-                if bad is not None:
+                if bad is not None:  # stops the run, or warns and counts the skipped step
+                    last = run_dir / "checkpoint.pt" if main else None
+                    _nonfinite(task.name, bad, epoch, step, settings.on_nonfinite, last)
                     sums["skipped"] += 1
-                    warnings.warn(
-                        f"{task.name} step {step}: {bad}; step skipped",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
                 step += 1
                 epoch_step = b + 1
                 if bad is None:
@@ -353,13 +375,7 @@ def fit(
             where = f"{task.name} epoch {epoch}"
             if main and (msg := check_divergence(history, record["loss"], where)):
                 record["diverging"] = True
-                kept = run_dir / "checkpoint-before-divergence.pt"
-                if not kept.exists():  # the first divergence only; nothing is said twice
-                    # a history means an earlier epoch ended here, and save() wrote its state
-                    with open(run_dir / "checkpoint.pt", "rb") as src, replacing(kept) as dst:
-                        shutil.copyfileobj(src, dst)
-                    msg += f" (the last checkpoint before this epoch's end: {kept})"
-                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                _keep_before_divergence(run_dir, msg)
             history.append(record)
             done_epochs, epoch_step = epoch, 0
             sums = {"loss": 0.0, "images": 0, "rates": None, "seconds": 0.0, "skipped": 0}
