@@ -215,3 +215,10 @@ def test_bad_architecture_is_rejected(kwargs, match):
 def test_zero_time_steps_rejected():
     with pytest.raises(ValueError, match="time steps"):
         build_encoder(EncoderConfig())(torch.rand(1, 1, 28, 28), 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (2, 1, 32, 32), (1, 28, 28)])
+def test_images_that_do_not_fit_the_encoder_get_a_clear_error(shape):
+    encoder = build_encoder("paper-mnist")  # [B, 1, 28, 28]
+    with pytest.raises(ValueError, match=r"take.*\[B, 1, 28, 28\]"):
+        encoder(torch.rand(*shape), 2)

@@ -81,3 +81,13 @@ def test_gradient_pulls_positives_together():
 def test_bad_input_is_rejected(args, match):
     with pytest.raises(ValueError, match=match):
         nt_xent(*args)
+
+
+def test_nt_xent_is_float32_inside_a_bf16_autocast_region():
+    torch.manual_seed(0)
+    z1, z2 = torch.rand(16, 32) * 10, torch.rand(16, 32) * 10  # spike-count-like latents
+    reference = nt_xent(z1, z2, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = nt_xent(z1, z2, 0.1)
+    assert inside.dtype == torch.float32
+    assert torch.equal(inside, reference)

@@ -2,6 +2,9 @@
 
 import copy
 import functools
+import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,3 +260,40 @@ def test_native_declines_what_it_cannot_run():
     s, _ = lif_multistep(x64, 0.9)  # auto: the eager path serves float64
     assert s.dtype == torch.float64
     assert not _native.usable(torch.rand(4, 3).T)  # non-contiguous
+
+
+@pytest.mark.parametrize(
+    ("shape", "T", "pool", "constant", "needle"),
+    [
+        ((7, 2, 4, 4), 2, 2, False, "7 rows are not T=2 steps"),  # the kernel would drop row 6
+        ((2, 4, 4), 2, 2, False, "3-D"),
+        ((4, 2, 4, 4), 0, 2, False, "T=0"),
+        ((4, 2, 4, 4), 2, 0, False, "pool=0"),
+        ((4, 2, 3, 3), 2, 4, True, "does not fit a 3x3 map"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["auto", "eager"])
+def test_lif_maxpool_rejects_inputs_it_would_mis_shape(shape, T, pool, constant, needle, backend):
+    x = torch.rand(*shape)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        lif_maxpool(LIF(), x, pool, T, constant=constant, backend=backend, overwrite=True)
+
+
+def test_the_kernels_are_built_beside_their_cache_file(monkeypatch, tmp_path):
+    # os.replace cannot cross filesystems (a tmpfs /tmp, an NFS home): build next to the target
+    def fake_compiler(cmd, **_):
+        Path(cmd[cmd.index("-o") + 1]).write_bytes(b"built")
+
+    moved, real_replace = [], os.replace
+
+    def replace(src, dst):
+        moved.append(Path(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(_native.subprocess, "run", fake_compiler)
+    monkeypatch.setattr(_native.os, "replace", replace)
+    target = tmp_path / "cache" / "spikessl" / "lif.so"
+    _native._build("int unused;", target)
+    assert target.read_bytes() == b"built"
+    assert moved[0].parent.parent == target.parent  # a temporary folder inside the cache's
+    assert sorted(p.name for p in target.parent.iterdir()) == ["lif.so"]  # and it is gone

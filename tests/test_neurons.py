@@ -1,5 +1,7 @@
 """LIF neuron, eq. (6): hand traces, a plain autograd reference, and snntorch itself."""
 
+import re
+
 import pytest
 import snntorch as snn
 import torch
@@ -218,3 +220,32 @@ def test_unused_membrane_output_and_eval_without_grad():
 def test_invalid_parameters_are_rejected(kwargs):
     with pytest.raises(ValueError, match="|".join(kwargs)):
         LIF(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("current", "kwargs", "needle"),
+    [
+        (torch.rand(3, 4), {"steps": 0}, "steps=0"),
+        (torch.rand(3, 4), {"steps": -1}, "steps=-1"),
+        (torch.rand(3, 4), {"steps": 2.5}, "steps=2.5"),
+        (torch.ones(3, 4, dtype=torch.long), {}, "float tensor"),
+        (torch.rand(0, 4), {}, "no time steps"),
+        (torch.rand(3, 4), {"threshold": -1.0}, "threshold=-1.0"),
+        (torch.rand(3, 4), {"beta": torch.full((4,), 0.9)}, "one number"),
+    ],
+)
+def test_lif_multistep_rejects_bad_input_with_a_clear_error(current, kwargs, needle):
+    args = {"beta": 0.9, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        lif_multistep(current, **args)
+
+
+def test_float64_spike_gradients_stay_float64():
+    # float64 runs the eager loop: dL/dS must not be rounded through float32 on the way
+    x = torch.linspace(0.5, 1.5, 7, dtype=torch.float64)[None].requires_grad_()  # T=1
+    w = torch.rand(1, 7, dtype=torch.float64) / 3.0  # many digits below float32's
+    spikes, _ = lif_multistep(x, 0.9, 1.0, 4.0)
+    (spikes * w).sum().backward()
+    expected = sigmoid_surrogate(x.detach() - 1.0, 4.0) * w
+    assert x.grad.dtype == torch.float64
+    torch.testing.assert_close(x.grad, expected, rtol=1e-14, atol=0.0)

@@ -41,7 +41,10 @@ def _build(source: str, target: Path) -> None:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise OSError("no C compiler (gcc/cc) found")
-    with tempfile.TemporaryDirectory() as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # built beside the target: os.replace cannot move a file across filesystems (a tmpfs
+    # /tmp, an NFS home), and a failed build would fall back to the slow loop everywhere
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src = Path(tmp) / "lif.c"
         src.write_text(source)
         objects = []
@@ -53,7 +56,6 @@ def _build(source: str, target: Path) -> None:
         out = Path(tmp) / target.name
         cmd = [cc, "-shared", "-fopenmp", *objects, "-o", str(out), "-lm"]
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(out, target)  # atomic: concurrent processes never load half a file
 
 

@@ -149,6 +149,17 @@ class SpikingEncoder(nn.Module):
         """Output spike trains and per-layer firing rates for ``images`` over ``T`` steps."""
         if T < 1:
             raise ValueError(f"T={T}: the number of time steps must be >= 1")
+        c = self.cfg
+        if images.dim() != 4 or tuple(images.shape[1:]) != (
+            c.in_channels,
+            c.image_size,
+            c.image_size,
+        ):
+            raise ValueError(
+                f"images of shape {list(images.shape)} do not fit this encoder: it takes "
+                f"[B, {c.in_channels}, {c.image_size}, {c.image_size}] (encoder.in_channels, "
+                "encoder.image_size); build it with the dataset's settings"
+            )
         B = images.shape[0]
         rates = []
         # Direct encoding: constant current, so conv + norm run once, the LIF T times.

@@ -25,8 +25,9 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     n = z1.shape[0]
     if n < 2:
         raise ValueError("NT-Xent needs at least 2 images per batch to have negatives")
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D); an all-zero row stays 0
-    logits = z @ z.T / temperature  # (2N, 2N) cosine similarities / tau
-    logits.fill_diagonal_(float("-inf"))  # j != i
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits, positives)
+    with torch.autocast(z1.device.type, enabled=False):  # float32 even under precision=bf16
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D); an all-zero row stays 0
+        logits = z @ z.T / temperature  # (2N, 2N) cosine similarities / tau
+        logits.fill_diagonal_(float("-inf"))  # j != i
+        positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+        return F.cross_entropy(logits, positives)

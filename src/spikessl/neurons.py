@@ -90,7 +90,7 @@ class _LIFFunction(torch.autograd.Function):
         threshold, slope, constant, detach_reset, b, native = ctx.config
         want_beta = ctx.needs_input_grad[1]
         args = (constant, detach_reset, b, threshold, slope, want_beta)
-        grad_spikes = None if grad_spikes is None else grad_spikes.float()
+        grad_spikes = None if grad_spikes is None else grad_spikes.to(mem.dtype)
         if native:
             grads = [None if g is None else g.contiguous() for g in (grad_spikes, grad_mem)]
             grad_current, grad_beta = _native.backward(mem, *grads, *args)
@@ -119,8 +119,20 @@ def lif_multistep(
     """
     if backend not in ("auto", "native", "eager"):
         raise ValueError(f"backend={backend!r}; use 'auto', 'native' or 'eager'")
+    if not current.is_floating_point():
+        raise ValueError(f"current must be a float tensor, got {current.dtype}; use .float()")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps={steps!r}: give the number of time steps, an int >= 1")
+    if steps is None and (current.dim() < 1 or current.shape[0] < 1):
+        raise ValueError(f"current {list(current.shape)} has no time steps: expected [T, ...]")
+    if not threshold > 0 or not slope > 0:
+        raise ValueError(f"threshold={threshold} and slope={slope} must both be > 0")
     if not torch.is_tensor(beta):
         beta = torch.tensor(float(beta), device=current.device)
+    if beta.numel() != 1:
+        raise ValueError(
+            f"beta must be one number (the layer's leak), got shape {list(beta.shape)}"
+        )
     return _LIFFunction.apply(
         current, beta, float(threshold), float(slope), steps, detach_reset, backend
     )

@@ -94,6 +94,7 @@ def lif_maxpool(
     kernel may reuse ``current``'s memory (its contents are then undefined; pass it only
     when nothing else reads ``current`` afterwards, e.g. a batch norm's output).
     """
+    _check_pool_input(current, pool, T, constant)
     if backend != "eager" and _native.usable(current, dtypes=_native.FLOATS):
         return _LIFPoolFunction.apply(
             current,
@@ -119,3 +120,21 @@ def lif_maxpool(
     if memory_format is not None:
         pooled = pooled.contiguous(memory_format=memory_format)
     return pooled, spikes.detach().mean()
+
+
+def _check_pool_input(current: Tensor, pool: int, T: int, constant: bool) -> None:
+    """A ``ValueError`` for what the fused kernel would otherwise drop or mis-shape."""
+    if current.dim() != 4:
+        raise ValueError(f"current must be [T*B, C, H, W] (or [B, C, H, W]), got {current.dim()}-D")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T={T!r}: give the number of time steps, an int >= 1")
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+        raise ValueError(f"pool={pool!r}: give the pooling window, an int >= 1")
+    n, _, h, w = current.shape
+    if min(h, w) < pool:
+        raise ValueError(f"a {pool}x{pool} pooling window does not fit a {h}x{w} map")
+    if not constant and n % T:
+        raise ValueError(
+            f"{n} rows are not T={T} steps of a batch: a time-varying current has T*B rows "
+            "(step t of image b at row t*B + b)"
+        )
