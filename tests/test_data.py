@@ -132,6 +132,8 @@ def test_default_data_root(monkeypatch, tmp_path):
     assert data.default_data_root() == tmp_path
     monkeypatch.delenv("SPIKESSL_DATA")
     assert data.default_data_root() == Path("./data")
+    monkeypatch.setenv("SPIKESSL_DATA", "~/datasets")  # quoted in a shell or a unit file
+    assert data.default_data_root() == Path.home() / "datasets"
 
 
 def test_root_none_uses_environment(monkeypatch, tmp_path):
@@ -270,6 +272,15 @@ def test_truncated_payload(tmp_path, cut):
     path = tmp_path / "short"
     path.write_bytes(idx_bytes(np.zeros((3, 28, 28), np.uint8))[:-cut])
     with pytest.raises(ValueError) as err:
+        data.read_idx(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_header_whose_size_overflows_64_bits_names_the_file(tmp_path):
+    path = tmp_path / "forged"  # dims 2^31 x 2^31 x 4: 2^64 bytes, which wraps to 0 in int64
+    dims = b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4))
+    path.write_bytes(bytes([0, 0, 8, 3]) + dims)
+    with pytest.raises(ValueError, match="header announces") as err:
         data.read_idx(path)
     assert str(path) in str(err.value)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from spikessl.data import stratified_split
 from spikessl.evaluate import (
     PROBE_WEIGHT_DECAYS,
     accuracy,
@@ -174,6 +175,15 @@ def test_knn_mismatched_lengths() -> None:
     bank, labels, queries, classes = random_problem(seed=10)
     with pytest.raises(ValueError, match="same length"):
         knn_predict(bank, labels[:-1], queries, classes)
+
+
+def test_knn_refuses_an_empty_bank_and_a_bad_chunk_size() -> None:
+    bank, labels, queries, classes = random_problem(seed=11)
+    with pytest.raises(ValueError, match="memory bank"):  # it used to answer class 0 for all
+        knn_predict(bank[:0], labels[:0], queries, classes)
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        knn_predict(bank, labels, queries, classes, chunk_size=0)
+    assert knn_predict(bank, labels, queries[:0], classes).shape == (0,)  # no queries: none
 
 
 # ------------------------------------------------------------------------------------------
@@ -384,6 +394,11 @@ def test_linear_probe_chooses_by_held_out_accuracy_and_refits_on_all() -> None:
     assert torch.equal(preds, refit(queries).argmax(1))
     again = linear_probe(latents, labels, queries, classes, (1e-4, 1e-2, 1.0))
     assert torch.equal(again[0], preds) and again[1:] == (chosen, held_out)
+    # each held-out accuracy is the score, on the seeded stratified 20%, of a fit on the 80%
+    fit, held = stratified_split(labels, 0.2, 0)
+    for wd, acc in held_out.items():
+        layer = fit_logistic(latents[fit], labels[fit], classes, wd)
+        assert acc == accuracy(layer(latents[held].float()).argmax(1), labels[held])
 
 
 def test_linear_probe_bad_inputs() -> None:

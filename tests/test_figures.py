@@ -158,6 +158,22 @@ def test_curves_writes_a_png(tmp_path):
         figures.curves({}, tmp_path / "bad.png", "t")
 
 
+def test_a_figure_interrupted_mid_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    out = tmp_path / "fig6.png"
+    figures.curves({"a": [1.0, 2.0]}, out, "first")
+    before = out.read_bytes()
+
+    def killed(self, fh, **_):
+        fh.write(b"\x89PNG half")  # a partial file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(figures.Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        figures.curves({"a": [3.0, 4.0]}, out, "second")
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["fig6.png"]  # no temporary file left
+
+
 def test_summarise_seeds_skips_empty_entries():
     points = figures.summarise_seeds([0.01, 0.05, 0.1], [[90.0, 92.0, 97.0], [], [95.0]])
     assert points == [(1.0, 93.0, 90.0, 97.0), (10.0, 95.0, 95.0, 95.0)]

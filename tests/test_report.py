@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 
+import pytest
+
 from spikessl.report import (
     label_efficiency_csv,
     label_efficiency_markdown,
@@ -93,6 +95,13 @@ def record(fraction: float, seed: int, ssl: float | None, sup: float | None, ste
     if sup is not None:
         r["supervised_test_accuracy"] = sup
     return r
+
+
+def test_two_records_of_one_fraction_and_seed_are_refused_not_overwritten() -> None:
+    a, b = record(0.1, 0, 80.0, 79.0), record(0.1, 0, 70.0, 79.0)
+    a["cell"], b["cell"] = "base", "seed=0__finetune.label_fraction=0.1"
+    with pytest.raises(ValueError, match=r"cells base and seed=0__.* both measure 10% .* seed 0"):
+        label_efficiency_summary([a, b])
 
 
 def test_label_efficiency_summary_math() -> None:

@@ -125,6 +125,7 @@ def test_an_override_on_a_table_axis_still_measures_the_papers_rows() -> None:
         (lambda: base_config("mnist", "quick", ["data.name=cifar10"]), "--dataset"),
         (lambda: base_config("svhn", "quick"), "--dataset"),
         (lambda: base_config("mnist", "slow"), "--budget"),
+        (lambda: base_config("mnist", "quick", ["finetune.label_fraction=0.1"]), "varies it"),
         (lambda: reproduce.parse_seeds("0,x"), "integers"),
         (lambda: reproduce.parse_seeds("1,1"), "distinct"),
     ],

@@ -274,6 +274,16 @@ def test_interrupted_pretraining_resumes_to_the_same_result(swept, tmp_path, mon
     assert json.loads((pre_dir / "summary.json").read_text())["knn_accuracy"] == a_knn
 
 
+def test_a_corrupt_summary_without_a_checkpoint_is_kept_not_retrained(tmp_path):
+    run_dir = tmp_path / "pretrain-abc"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text('{"command": "pre')  # cut short, checkpoint gone
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    with pytest.raises(ValueError, match="no checkpoint.pt to redo"):
+        _stage("pretrain", run_dir, lambda _: None, forbidden)
+    assert (run_dir / "metrics.jsonl").exists()  # the run's files are all still there
+
+
 def test_resumed_wall_time_counts_each_epoch_once(tmp_path):
     # a run may change the state it resumes from (fit() extended it in place before it took
     # copies): the seconds before the interruption are read before it runs, or the resumed

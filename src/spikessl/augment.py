@@ -91,10 +91,15 @@ def _check_prob(name: str, value: float) -> None:
 
 
 def _check_range(name: str, value: tuple[float, ...], low: float, high: float) -> None:
-    """Check (min, max) with low < min <= max <= high: kornia samples uniformly in it."""
-    if len(value) != 2 or not (low < value[0] <= value[1] <= high):
+    """Check finite (min, max) with low < min <= max <= high: kornia samples uniformly in it."""
+    if (
+        len(value) != 2
+        or not all(map(math.isfinite, value))
+        or not low < value[0] <= value[1] <= high
+    ):
+        bound = f" <= {high}" if math.isfinite(high) else ", both finite"
         raise ValueError(
-            f"{name}={value!r} is invalid; use (min, max) with {low} < min <= max <= {high}."
+            f"{name}={value!r} is invalid; use (min, max) with {low} < min <= max{bound}."
         )
 
 
@@ -149,7 +154,12 @@ class AugmentConfig:
         _check_prob("flip_p", self.flip_p)
         _check_prob("jitter_p", self.jitter_p)
         _check_prob("p", self.p)
-        if len(self.jitter) != 4 or min(self.jitter) < 0.0 or self.jitter[3] > 0.5:
+        if (
+            len(self.jitter) != 4
+            or not all(map(math.isfinite, self.jitter))
+            or min(self.jitter) < 0.0
+            or self.jitter[3] > 0.5
+        ):
             raise ValueError(
                 f"jitter={self.jitter!r} is invalid; use (brightness, contrast, saturation, hue) "
                 "with all values >= 0 and hue <= 0.5."

@@ -32,8 +32,10 @@ class DataConfig:
     name: str = "mnist"
     root: str | None = None  # None: $SPIKESSL_DATA, else ./data
     labelled_fraction: float = 0.2  # the rest of the training set is the unlabelled part
-    train_limit: int = 0  # >0: use only this many training images (quick runs, tests)
-    test_limit: int = 0  # >0: evaluate on only this many test images
+    # >0: a class-balanced subset of about this many images (quick runs, tests): limit //
+    # classes of each class, at least one (train_limit=5 on MNIST gives 10 images)
+    train_limit: int = 0
+    test_limit: int = 0  # >0: the same for the test images
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:

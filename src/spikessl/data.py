@@ -56,7 +56,7 @@ def get_info(name: str) -> DatasetInfo:
 
 def default_data_root() -> Path:
     """Data folder used when none is given: ``$SPIKESSL_DATA`` if set, else ``./data``."""
-    return Path(os.environ.get("SPIKESSL_DATA") or "./data")
+    return Path(os.environ.get("SPIKESSL_DATA") or "./data").expanduser()
 
 
 def load_dataset(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import importlib
+import math
 import pickle
 import zlib
 from pathlib import Path
@@ -62,7 +63,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise ValueError(f"{path}: IDX header truncated ({len(raw)} of {header} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: a forged header cannot wrap around
     if len(raw) - header != expected:
         raise ValueError(
             f"{path}: header announces shape {dims} ({expected} bytes of data) but the file holds "

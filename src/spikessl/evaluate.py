@@ -62,9 +62,13 @@ def knn_predict(
         raise ValueError("train_features and train_labels must have the same length")
     if temperature <= 0 or k < 1:
         raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, t={temperature}")
+    if train_features.shape[0] == 0:
+        raise ValueError("kNN needs a memory bank: the training latents are empty")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: queries per chunk must be >= 1")
     k = min(k, train_features.shape[0])
-    if query_features.shape[0] == 0 or k == 0:
-        return torch.zeros(query_features.shape[0], dtype=torch.long, device=query_features.device)
+    if query_features.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=query_features.device)
     bank = F.normalize(train_features.float(), dim=1)  # (N, D)
     preds = []
     for start in range(0, query_features.shape[0], chunk_size):

@@ -23,6 +23,7 @@ from spikessl.checkpoints import pretrained_encoder
 from spikessl.config import Config
 from spikessl.data import load_data
 from spikessl.evaluate import batched_outputs, precision
+from spikessl.records import replacing
 
 DPI = 120
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -134,10 +135,13 @@ def png_path(out: str | Path) -> Path:
 
 
 def _save(fig: Figure, out: str | Path) -> Path:
+    """``fig`` as ``out`` (PNG), atomically: a kill mid-write leaves the previous file or none,
+    never a truncated one that a rerun would take for a finished figure."""
     out = png_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=DPI, format="png")
+    with replacing(out) as fh:
+        fig.savefig(fh, dpi=DPI, format="png")
     return out
 
 

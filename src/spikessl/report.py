@@ -136,12 +136,20 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
     """
     found: dict[float, dict[str, dict[int, float]]] = {}
     steps: dict[float, int] = {}  # fine-tuning optimiser steps (records since min_steps)
+    cells: dict[tuple[float, int], str | None] = {}  # (fraction, seed) -> the record's cell
     for record in records:
         config = record["config"]
         fraction = config["finetune"]["label_fraction"] or config["data"]["labelled_fraction"]
         if record.get("finetune_steps"):
             steps[float(fraction)] = record["finetune_steps"]
         seed = config["seed"]
+        if (float(fraction), int(seed)) in cells:
+            raise ValueError(
+                f"cells {cells[float(fraction), int(seed)]} and {record.get('cell')} both "
+                f"measure {_percent(float(fraction))} of the labels with seed {seed}: one "
+                "label-efficiency point each"
+            )
+        cells[float(fraction), int(seed)] = record.get("cell")
         methods = found.setdefault(float(fraction), {m: {} for m in METHODS})
         for method, field in METHODS.items():
             if record.get(field) is not None:

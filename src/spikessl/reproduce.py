@@ -89,6 +89,13 @@ def base_config(
     cfg = load_config(f"paper-{dataset}", tree)
     if cfg.data.name != dataset:
         raise ValueError(f"data.name={cfg.data.name} contradicts --dataset {dataset}: drop it")
+    if cfg.finetune.label_fraction:  # the best cell would then duplicate a curve point
+        raise ValueError(
+            f"finetune.label_fraction={cfg.finetune.label_fraction}: reproduce varies it itself "
+            "(the label-efficiency curve, on top of the labelled part's tables); drop it, or "
+            "run one fraction with `spikessl sweep --config paper-<dataset> "
+            "finetune.label_fraction=...`"
+        )
     return to_dict(cfg)
 
 

@@ -212,6 +212,11 @@ def _stage_claimed(
             log(f"  {what}: finished earlier, reusing {run_dir}")
             return summary
         except json.JSONDecodeError:  # half-written by an older version: the checkpoint redoes it
+            if not (run_dir / "checkpoint.pt").exists():  # nothing to redo it from: keep the run
+                raise ValueError(
+                    f"{summary_path} is corrupt and {run_dir} has no checkpoint.pt to redo the "
+                    f"run's last epoch from: delete {run_dir} to rerun this stage"
+                ) from None
             summary_path.unlink()
     resume, before = None, 0.0
     if (run_dir / "checkpoint.pt").exists():
