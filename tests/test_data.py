@@ -490,11 +490,30 @@ def test_download_cifar_archive_success(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py"]  # temp removed
 
 
-def test_download_cifar_archive_with_unsafe_path(tmp_path, monkeypatch):
+def tar_gz_link(name: str, target: str, kind: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        entry = tarfile.TarInfo(name)
+        entry.type, entry.linkname = kind, target
+        tar.addfile(entry)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("archive", "needle"),
+    [  # one archive per case: the first unsafe member stops extraction
+        (lambda: tar_gz({"../escaped": b"x"}), "unsafe member path"),
+        (lambda: tar_gz({"/abs": b"y"}), "unsafe member path"),
+        (lambda: tar_gz({"a/../../escaped": b"x"}), "unsafe member path"),
+        (lambda: tar_gz_link("link", "/etc/passwd", tarfile.SYMTYPE), "non-regular member"),
+        (lambda: tar_gz_link("hard", "../escaped", tarfile.LNKTYPE), "non-regular member"),
+    ],
+)
+def test_download_cifar_archive_with_unsafe_path(tmp_path, monkeypatch, archive, needle):
     root = tmp_path / "root"
     root.mkdir()
-    patch_cifar10_download(monkeypatch, tar_gz({"../escaped": b"x", "/abs": b"y"}))
-    with pytest.raises(FileNotFoundError, match="unsafe member path"):
+    patch_cifar10_download(monkeypatch, archive())
+    with pytest.raises(FileNotFoundError, match=needle):
         data.load_dataset("cifar10", root, download=True)
     assert not (tmp_path / "escaped").exists()
     assert list(root.iterdir()) == []
