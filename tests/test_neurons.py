@@ -80,11 +80,12 @@ def test_membrane_equal_to_threshold_does_not_spike():
     assert spikes.sum() == 0
 
 
-def test_surrogate_values():
-    x = torch.tensor([0.0, 0.1, -0.3, 2.0])
+def test_surrogate_is_the_derivative_of_a_steep_sigmoid():
+    # independent reference: autograd's derivative of sigmoid(k x), the smooth step it stands for
     for k in (1.0, 4.0, 25.0):
-        sig = torch.sigmoid(k * x)
-        torch.testing.assert_close(sigmoid_surrogate(x, k), k * sig * (1 - sig))
+        x = torch.tensor([0.0, 0.1, -0.3, 2.0], dtype=torch.float64, requires_grad=True)
+        (derivative,) = torch.autograd.grad(torch.sigmoid(k * x).sum(), x)
+        torch.testing.assert_close(sigmoid_surrogate(x.detach(), k), derivative)
     assert sigmoid_surrogate(torch.tensor(0.0), 25.0).item() == pytest.approx(25.0 / 4)
 
 
@@ -206,7 +207,7 @@ def test_gradients_stay_finite_far_from_threshold():
     assert x.grad[:, 0].abs().max() < 1e-30  # sigmoid derivative vanishes far from theta
 
 
-def test_unused_membrane_output_and_eval_without_grad():
+def test_without_grad_the_spikes_are_binary_and_keep_the_input_dtype():
     x = torch.rand(5, 2, 3)
     with torch.no_grad():
         s = LIF()(x)
