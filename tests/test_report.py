@@ -104,6 +104,17 @@ def test_two_records_of_one_fraction_and_seed_are_refused_not_overwritten() -> N
         label_efficiency_summary([a, b])
 
 
+def test_label_efficiency_margin_pairs_the_seeds_that_have_both_methods() -> None:
+    records = [
+        record(0.01, 0, 50.0, 40.0),
+        record(0.01, 1, 54.0, 44.0),
+        record(0.01, 2, 90.0, None),  # its baseline not run yet
+    ]
+    (one,) = label_efficiency_summary(records)
+    assert one["methods"]["SSL + fine-tune"]["n"] == 3  # every seed is shown
+    assert (one["margin"], one["spread"]) == (10.0, 4.0)  # seeds 0 and 1 only: 52 - 42
+
+
 def test_label_efficiency_summary_math() -> None:
     records = [
         record(0.1, 0, 80.0, 79.0),

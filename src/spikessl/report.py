@@ -132,7 +132,8 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
     """Per labelled fraction: each method's per-seed accuracies, mean/min/max, the margin.
 
     ``margin``: SSL mean minus supervised mean; ``spread``: the larger of the two methods'
-    max - min over seeds; ``verdict`` compares them (needs two seeds of each).
+    max - min over seeds; ``verdict`` compares them (needs two seeds of each). All three use
+    the seeds that have both methods' results.
     """
     found: dict[float, dict[str, dict[int, float]]] = {}
     steps: dict[float, int] = {}  # fine-tuning optimiser steps (records since min_steps)
@@ -160,8 +161,13 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
         for method, by_seed in methods.items():
             values = [by_seed[s] for s in sorted(by_seed)]
             stats[method] = {"seeds": sorted(by_seed), "accuracies": values, **describe(values)}
-        ssl, sup = stats.values()
-        margin, spread, verdict = compare(ssl, sup)
+        # the margin over the seeds that have both: a seed whose baseline is not run yet
+        # would otherwise weigh on one side only (as in records.seed_summary)
+        ssl_seeds, sup_seeds = methods.values()
+        paired = sorted(set(ssl_seeds) & set(sup_seeds))
+        margin, spread, verdict = compare(
+            *(describe([by_seed[s] for s in paired]) for by_seed in (ssl_seeds, sup_seeds))
+        )
         entry = {"fraction": fraction, "methods": stats, "margin": margin, "spread": spread}
         summary.append(entry | {"steps": steps.get(fraction), "verdict": verdict})
     return summary
