@@ -222,3 +222,13 @@ def test_images_that_do_not_fit_the_encoder_get_a_clear_error(shape):
     encoder = build_encoder("paper-mnist")  # [B, 1, 28, 28]
     with pytest.raises(ValueError, match=r"take.*\[B, 1, 28, 28\]"):
         encoder(torch.rand(*shape), 2)
+
+
+def test_spike_counts_stay_exact_under_bf16_autocast_beyond_256_steps():
+    torch.manual_seed(0)
+    encoder, x = build_encoder("paper-mnist"), torch.rand(4, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spikes = encoder.trace(x, 300).spikes  # bf16 0/1 spikes
+        counts = encoder(x, 300)
+    assert counts.dtype == torch.float32 and counts.max() > 256  # bf16 sums round odd counts
+    assert torch.equal(counts, spikes.float().sum(0))

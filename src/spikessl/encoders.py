@@ -191,7 +191,7 @@ class SpikingEncoder(nn.Module):
         return SpikeTrace(spikes, torch.stack(rates))
 
     def forward(self, images: Tensor, T: int) -> Tensor:
-        return self.trace(images, T).spikes.sum(0)  # (B, D) spike counts
+        return self.trace(images, T).spikes.float().sum(0)  # (B, D) spike counts, exact in float32
 
 
 class SpikingClassifier(nn.Module):
@@ -216,7 +216,7 @@ class SpikingClassifier(nn.Module):
         return SpikeTrace(spikes, torch.cat([hidden.rates, spikes.detach().mean()[None]]))
 
     def forward(self, images: Tensor, T: int) -> Tensor:
-        return self.trace(images, T).spikes.sum(0)
+        return self.trace(images, T).spikes.float().sum(0)  # bf16 would round counts above 256
 
 
 class ProjectionHead(nn.Module):
