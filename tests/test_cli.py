@@ -85,6 +85,17 @@ def test_help(command: str | None) -> None:
         assert ("grid axis" in out) == (command == "sweep")
 
 
+def test_a_data_override_that_is_not_a_section_with_data_dir(tmp_path) -> None:
+    code, _, err = run_main(["knn", "data=3", "--data-dir", str(tmp_path), "--no-progress"])
+    assert code == 2 and "data is a section" in err and "Traceback" not in err
+
+
+def test_pipeline_refuses_torchrun(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_main(["pipeline", "--config", "mnist-quick", "--no-progress"])
+    assert code == 2 and "pipeline runs in one process" in err
+
+
 def test_a_command_that_writes_no_run_refuses_run_dir() -> None:
     code, _, err = run_main(["knn", "--run-dir", "runs/x", "--no-progress"])
     assert code == 2 and "unrecognized arguments: --run-dir" in err

@@ -101,7 +101,7 @@ def test_two_processes_equal_one_with_the_concatenated_batch(tmp_path):
 
 
 def test_torchrun_cli_smoke(tmp_path):
-    run_dir = tmp_path / "run"
+    runs = tmp_path / "runs"
     cmd = [
         sys.executable,
         "-m",
@@ -122,12 +122,12 @@ def test_torchrun_cli_smoke(tmp_path):
         "knn.k=5",
         "device=cpu",
         "--no-progress",
-        "--run-dir",
-        str(run_dir),
+        f"out_dir={runs}",  # no --run-dir: rank 0 names the run, and every rank uses it
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = runs.iterdir()  # one run folder, not one per process
     summary = json.loads((run_dir / "summary.json").read_text())
     assert 0 < summary["knn_accuracy"] <= 100
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()

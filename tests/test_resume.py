@@ -147,6 +147,16 @@ def test_resume_refuses_overrides_and_wrong_command(tmp_path, reference, capsys)
     assert "pretrain run" in capsys.readouterr().err
 
 
+def test_resume_refuses_another_run_dir(tmp_path, reference, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("kept\n")
+    argv = ["pretrain", "--resume", str(reference), "--run-dir", str(other), "--no-progress"]
+    assert main(argv) == 2
+    assert "drop --run-dir" in capsys.readouterr().err
+    assert (other / "metrics.jsonl").read_text() == "kept\n"  # the other run is untouched
+
+
 def test_resume_names_the_directory_and_refuses_a_finished_run(reference, capsys):
     ckpt = reference / "checkpoint.pt"
     assert main(["pretrain", "--resume", str(ckpt), "--no-progress"]) == 2

@@ -22,11 +22,11 @@ def test_default_run_dir_is_named_after_command_dataset_and_time_and_never_reuse
     first = default_run_dir(cfg, "pretrain")
     assert first.parent == tmp_path / "runs"
     assert re.fullmatch(r"pretrain-mnist-\d{8}-\d{6}", first.name)
+    assert first.is_dir()  # claimed: a second process started now gets another name
     monkeypatch.setattr("spikessl.runs.time.strftime", lambda _: "20261205-101010")
-    for name in ("pretrain-mnist-20261205-101010", "pretrain-mnist-20261205-101010-2"):
-        assert default_run_dir(cfg, "pretrain").name == name
-        (tmp_path / "runs" / name).mkdir(parents=True)  # two runs started in the same second
-    assert default_run_dir(cfg, "pretrain").name == "pretrain-mnist-20261205-101010-3"
+    names = [default_run_dir(cfg, "pretrain").name for _ in range(3)]  # in the same second
+    stem = "pretrain-mnist-20261205-101010"
+    assert names == [stem, f"{stem}-2", f"{stem}-3"]
 
 
 def test_new_run_dir_writes_the_resolved_config(cfg, tmp_path):

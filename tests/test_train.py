@@ -448,6 +448,21 @@ def test_backward_and_step_steps_only_when_loss_and_gradients_are_finite(scale, 
         assert torch.equal(w.detach(), before)  # nothing stepped
 
 
+def test_an_epoch_whose_steps_were_all_skipped_has_no_loss_and_flags_no_divergence(
+    tmp_path: Path,
+) -> None:
+    x, y = separable_data(32)  # 2 steps per epoch: both of epoch 1 give a NaN loss
+    task = make_task(shift=lambda call: float("nan") if call < 2 else 0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(task, x, y, settings(epochs=3, on_nonfinite="skip"), tmp_path)
+    records = read_metrics(tmp_path)
+    assert math.isnan(records[0]["loss"]) and records[0]["skipped_steps"] == 2
+    assert all(math.isfinite(r["loss"]) for r in records[1:])
+    assert not any(r.get("diverging") for r in records)  # 0.0 would have made later ones so
+    assert not any("diverging" in str(w.message) for w in caught)
+
+
 def test_fit_healthy_rates_do_not_warn(tmp_path: Path) -> None:
     x, y = separable_data(32)
     with warnings.catch_warnings(record=True) as caught:

@@ -43,7 +43,11 @@ def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     # a sweep's grid values (key=v1,v2) are parsed and checked by grid.expand_grid
     overrides = {} if args.command == "sweep" else parse_overrides(args.overrides)
     if args.data_dir:  # taken literally, not parsed as YAML
-        overrides.setdefault("data", {})["root"] = args.data_dir
+        if not isinstance(overrides.setdefault("data", {}), dict):
+            raise ValueError(
+                f"data={overrides['data']!r}: data is a section; set its keys, e.g. data.name=mnist"
+            )
+        overrides["data"]["root"] = args.data_dir
     if args.device:
         overrides["device"] = args.device
     if args.config is None and checkpoint is not None:
@@ -249,6 +253,11 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
     from spikessl.runs import finished
 
     run = Path(args.resume)
+    if args.run_dir and Path(args.run_dir).resolve() != run.resolve():
+        raise ValueError(
+            f"--resume continues {run} in its own directory: drop --run-dir {args.run_dir} "
+            "(it would write the resumed run over another one)"
+        )
     if run.is_file():
         raise ValueError(
             f"--resume takes the run directory, not a file in it: "
@@ -270,6 +279,11 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
 
 def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: bool) -> dict:
     """Pretrain -> kNN -> fine-tune (-> supervised baseline): the paper's protocol."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "pipeline runs in one process: under torchrun, run `spikessl pretrain`, then "
+            "`spikessl finetune --pretrained RUN_DIR` (and `spikessl supervised`)"
+        )
     from spikessl import checkpoints, pipeline
     from spikessl.runs import default_run_dir
 

@@ -72,6 +72,15 @@ def gather(z: Tensor, world: World) -> Tensor:
     return torch.cat(dist_nn.all_gather(z))
 
 
+def broadcast_object(obj: object, world: World) -> object:
+    """Rank 0's ``obj`` (picklable) on every process, e.g. a run directory named by the clock."""
+    if world.size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def my_slice(batch: Tensor, world: World) -> Tensor:
     """This process's contiguous share of a global batch (in rank order, as ``gather``)."""
     if world.size == 1:

@@ -24,13 +24,18 @@ if TYPE_CHECKING:  # torch only where something trains
 
 
 def default_run_dir(cfg: Config, command: str) -> Path:
-    """``<out_dir>/<command>-<dataset>-<date-time>``, made unique."""
+    """``<out_dir>/<command>-<dataset>-<date-time>``, made unique and created here: two
+    processes started in the same second never share one (``mkdir`` claims the name)."""
     stem = Path(cfg.out_dir) / f"{command}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
     run_dir, n = stem, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = stem.with_name(f"{stem.name}-{n}")
-    return run_dir
+    while True:
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            n += 1
+            run_dir = stem.with_name(f"{stem.name}-{n}")
 
 
 def new_run_dir(
@@ -40,8 +45,16 @@ def new_run_dir(
     world: World | None = None,
     resuming: bool = False,
 ) -> Path:
-    """The run's directory, with its resolved config written (by the main process)."""
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, command)
+    """The run's directory, with its resolved config written (by the main process). Without
+    ``run_dir`` the main process names a new one and, under torchrun, tells the others."""
+    if run_dir is None:
+        main = world is None or world.is_main
+        run_dir = default_run_dir(cfg, command) if main else None
+        if world is not None and world.size > 1:
+            from spikessl.distributed import broadcast_object
+
+            run_dir = broadcast_object(run_dir, world)
+    run_dir = Path(run_dir)
     if finished(run_dir):
         raise FileExistsError(f"{run_dir} already holds a finished run; choose another --run-dir")
     if not resuming and (run_dir / "checkpoint.pt").exists():

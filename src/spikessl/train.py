@@ -108,9 +108,10 @@ def check_divergence(history: list[dict], loss: float, where: str) -> str | None
     Measured: a 32-channel MNIST encoder's NT-Xent went 0.92 -> 2.23 -> 5.08 in two epochs
     and did not come back, and the loop went on without a word.
     """
-    if not history or not math.isfinite(loss):
+    finite = [h for h in history if math.isfinite(h["loss"])]  # NaN: every step was skipped
+    if not finite or not math.isfinite(loss):
         return None  # a non-finite loss is on_nonfinite's business
-    best = min(history, key=lambda h: h["loss"])
+    best = min(finite, key=lambda h: h["loss"])
     if loss <= 2 * best["loss"] or loss - best["loss"] <= DIVERGED_BY:
         return None
     return (
@@ -273,6 +274,8 @@ def fit(
         loop = resume["loop"]
         # copies: the caller's checkpoint dict stays as it was loaded
         history, sums = list(loop["history"]), dict(loop["sums"])
+        if torch.is_tensor(sums["rates"]):  # saved from the training device, loaded on the CPU
+            sums["rates"] = sums["rates"].to(images.device)
         done_epochs, epoch_step, step = loop["epoch"], loop["epoch_step"], loop["step"]
         shuffle.set_state(loop["shuffle_state"])
         set_rng_state(loop["rng"])
@@ -360,7 +363,7 @@ def fit(
             record = {
                 "epoch": epoch,
                 "step": step,
-                "loss": all_mean(sums["loss"], world) / max(all_mean(sums["images"], world), 1),
+                "loss": _mean_loss(sums, world),
                 "lr": optimizer.param_groups[0]["lr"],
                 "firing_rates": [round(r, 5) for r in rates_epoch],
                 "seconds": round(seconds, 2),
@@ -386,6 +389,13 @@ def fit(
             if main:
                 _print_epoch(task.name, record, rates_epoch)
     return history
+
+
+def _mean_loss(sums: dict, world: World) -> float:
+    """The epoch's loss per image over every process; NaN when every step was skipped (0.0
+    would pass for the best epoch yet, and flag every later one as diverging)."""
+    images = all_mean(sums["images"], world)
+    return all_mean(sums["loss"], world) / images if images else float("nan")
 
 
 def _print_epoch(name: str, record: dict, rates: list[float]) -> None:
