@@ -101,6 +101,15 @@ def test_finetune_rejects_a_checkpoint_of_another_architecture(tmp_path, pretrai
         pipeline.finetune(cfg, checkpoint, tmp_path / "ft", progress=False)
 
 
+def test_finetune_refuses_a_labelled_part_the_pretraining_did_not_leave_out(tmp_path, pretrained):
+    cfg, _, tmp = pretrained
+    checkpoint = load_checkpoint(tmp / "pretrain")
+    other_seed = replace(cfg, seed=cfg.seed + 1)  # another 80/20 split
+    with pytest.raises(ValueError, match="not the one this pretraining run left out"):
+        pipeline.finetune(other_seed, checkpoint, tmp_path / "ft", progress=False)
+    assert not (tmp_path / "ft").exists()
+
+
 def test_linear_probe_leaves_the_encoder_untouched(tmp_path, pretrained):
     _, _, tmp = pretrained
     checkpoint = load_checkpoint(tmp / "pretrain")

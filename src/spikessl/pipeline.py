@@ -184,6 +184,8 @@ def finetune(
     else:
         command = "finetune" if checkpoint is not None else "supervised"
         encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
+        if checkpoint is not None:
+            _check_same_split(checkpoint, data)
     pretrained = command == "finetune"
     model = SpikingClassifier(encoder, data.num_classes).to(device)
     ft = cfg.finetune
@@ -259,6 +261,18 @@ def finetune(
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
     )
+
+
+def _check_same_split(checkpoint: dict, data: Data) -> None:
+    """The labelled part must be the one the pretraining left out (the paper's 80/20)."""
+    saved = checkpoint.get("split", {}).get("labelled")
+    if saved is not None and not torch.equal(saved.cpu(), data.labelled.cpu()):
+        raise ValueError(
+            "fine-tuning's labelled part is not the one this pretraining run left out: its seed, "
+            "data.labelled_fraction or data.train_limit differ from the run's, so images it "
+            "pretrained on would be fine-tuned on. Drop those overrides (the run's own config is "
+            "the default), or pretrain with them"
+        )
 
 
 @torch.no_grad()
