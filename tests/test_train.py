@@ -368,6 +368,22 @@ def test_fit_too_small_dataset(tmp_path: Path, n: int, drop_last: bool) -> None:
         fit(make_task(), x, y, settings(batch_size=16, drop_last=drop_last), tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("n", "processes", "expected"),
+    [
+        (257, 1, (2, 6, 257)),  # a last batch of one image: kept
+        (257, 2, (1, 3, 256)),  # one image for two processes: one would get none, dropped
+        (258, 2, (2, 6, 258)),  # one each: kept
+        (256, 2, (1, 3, 256)),
+    ],
+)
+def test_a_partial_last_batch_is_kept_only_if_every_process_gets_an_image(
+    n: int, processes: int, expected: tuple[int, int, int]
+) -> None:
+    loop = settings(epochs=3, batch_size=256, drop_last=False)
+    assert train._sizes("toy", n, 256, loop, processes) == expected
+
+
 def test_fit_small_dataset_without_drop_last(tmp_path: Path) -> None:
     x, y = separable_data(15)
     history = fit(make_task(), x, y, settings(epochs=2, batch_size=16, drop_last=False), tmp_path)

@@ -169,10 +169,15 @@ def _grads_finite(params: list[Tensor]) -> bool:
     return not grads or bool(torch.stack([g.float().norm() for g in grads]).isfinite().all())
 
 
-def _sizes(name: str, n: int, batch: int, settings: LoopSettings) -> tuple[int, int, int]:
+def _sizes(
+    name: str, n: int, batch: int, settings: LoopSettings, processes: int = 1
+) -> tuple[int, int, int]:
     """Steps per epoch, steps in all, and images per epoch, for ``n`` images in global
-    batches of ``batch``; a ``ValueError`` that says what to change when they cannot train."""
-    steps_per_epoch = n // batch if settings.drop_last else math.ceil(n / batch)
+    batches of ``batch``; a ``ValueError`` that says what to change when they cannot train.
+    Without ``drop_last`` a last, partial batch is kept unless it has fewer images than
+    ``processes``: some process would get none (a NaN mean loss)."""
+    drop_last = settings.drop_last or 0 < n % batch < processes
+    steps_per_epoch = n // batch if drop_last else math.ceil(n / batch)
     if steps_per_epoch < 1:
         raise ValueError(
             f"{name}: {n} training images do not fill one batch of {batch}; lower "
@@ -185,7 +190,7 @@ def _sizes(name: str, n: int, batch: int, settings: LoopSettings) -> tuple[int, 
             "optimiser steps at the full learning rate; lower warmup_steps (in the pretrain "
             "or finetune section) below that, e.g. to a tenth of it"
         )
-    return steps_per_epoch, total, steps_per_epoch * batch if settings.drop_last else n
+    return steps_per_epoch, total, steps_per_epoch * batch if drop_last else n
 
 
 def _nonfinite(
@@ -263,7 +268,7 @@ def fit(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     n, batch = images.shape[0], settings.batch_size * world.size  # global batch
-    steps_per_epoch, total, seen = _sizes(task.name, n, batch, settings)
+    steps_per_epoch, total, seen = _sizes(task.name, n, batch, settings, world.size)
     shuffle = torch.Generator().manual_seed(settings.seed)
     history: list[dict] = []
     done_epochs, epoch_step, step = 0, 0, 0
