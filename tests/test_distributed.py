@@ -132,6 +132,9 @@ def test_torchrun_cli_smoke(tmp_path):
     assert 0 < summary["knn_accuracy"] <= 100
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1  # rank 0 alone writes
+    loop = torch.load(run_dir / "checkpoint.pt", weights_only=True)["loop"]
+    assert loop["processes"] == 2  # and keeps each process's RNG, to resume each exactly
+    assert not torch.equal(loop["rngs"][0]["torch"], loop["rngs"][1]["torch"])
     assert out.stdout.count('"command": "pretrain"') == 1  # and reports
 
 

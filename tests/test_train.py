@@ -384,6 +384,16 @@ def test_a_partial_last_batch_is_kept_only_if_every_process_gets_an_image(
     assert train._sizes("toy", n, 256, loop, processes) == expected
 
 
+def test_a_run_resumes_only_with_as_many_processes_as_trained_it(tmp_path: Path) -> None:
+    x, y = separable_data(32)
+    fit(make_task(), x, y, settings(epochs=1), tmp_path / "a")
+    checkpoint = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["loop"]["processes"] == 1 and "rngs" not in checkpoint["loop"]
+    checkpoint["loop"]["processes"] = 2  # as if written under torchrun --nproc_per_node 2
+    with pytest.raises(ValueError, match="trained by 2 process.*--nproc_per_node 2"):
+        fit(make_task(), x, y, settings(epochs=2), tmp_path / "a", resume=checkpoint)
+
+
 def test_fit_small_dataset_without_drop_last(tmp_path: Path) -> None:
     x, y = separable_data(15)
     history = fit(make_task(), x, y, settings(epochs=2, batch_size=16, drop_last=False), tmp_path)

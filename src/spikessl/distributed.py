@@ -12,6 +12,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -79,6 +80,19 @@ def broadcast_object(obj: object, world: World) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(obj: object, world: World) -> list:
+    """Every process's ``obj`` (what a checkpoint may hold: tensors, numbers, strings...), in
+    rank order, on every process. Sent as ``torch.save`` bytes: ``all_gather_object``'s own
+    pickling of tensors fails in torch 2.13 ("UntypedStorage has no attribute 'dtype'")."""
+    if world.size == 1:
+        return [obj]
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    out: list = [None] * world.size
+    dist.all_gather_object(out, buffer.getvalue())
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
 
 def my_slice(batch: Tensor, world: World) -> Tensor:

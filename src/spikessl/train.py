@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from spikessl import _native
-from spikessl.distributed import World, all_mean, any_process, my_slice
+from spikessl.distributed import World, all_mean, any_process, gather_objects, my_slice
 from spikessl.records import replacing
 
 SILENT, SATURATED = 1e-4, 0.99  # firing rates that starve the surrogate gradient
@@ -277,18 +277,25 @@ def fit(
         task.model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         loop = resume["loop"]
+        if loop.get("processes", 1) != world.size:  # steps, schedule and RNG streams change
+            raise ValueError(
+                f"{run_dir} was trained by {loop.get('processes', 1)} process(es): resume it "
+                f"with as many (torchrun --nproc_per_node {loop.get('processes', 1)}), not "
+                f"{world.size}"
+            )
         # copies: the caller's checkpoint dict stays as it was loaded
         history, sums = list(loop["history"]), dict(loop["sums"])
         if torch.is_tensor(sums["rates"]):  # saved from the training device, loaded on the CPU
             sums["rates"] = sums["rates"].to(images.device)
         done_epochs, epoch_step, step = loop["epoch"], loop["epoch_step"], loop["step"]
         shuffle.set_state(loop["shuffle_state"])
-        set_rng_state(loop["rng"])
+        set_rng_state(loop["rngs"][world.rank] if "rngs" in loop else loop["rng"])
     if main:  # metrics.jsonl always holds exactly the finished epochs of this run
         lines = "".join(json.dumps(r) + "\n" for r in history)
         (run_dir / "metrics.jsonl").write_text(lines)
 
     def save(epoch_start_shuffle: Tensor) -> None:
+        rngs = gather_objects(rng_state(), world)  # every process draws its own augmentations
         if not main:
             return
         loop = {
@@ -296,10 +303,13 @@ def fit(
             "epoch_step": epoch_step,
             "step": step,
             "shuffle_state": epoch_start_shuffle,
-            "rng": rng_state(),
+            "rng": rngs[0],
             "sums": sums,
             "history": history,
+            "processes": world.size,
         }
+        if world.size > 1:
+            loop["rngs"] = rngs
         state = {
             "model": task.model.state_dict(),
             "optimizer": optimizer.state_dict(),
