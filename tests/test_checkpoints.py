@@ -63,7 +63,7 @@ def test_checkpoint_of_another_version_lists_the_mismatch(pretrained):
     model = dict(checkpoint["model"])
     model["encoder.convs.0.bias"] = torch.zeros(12)  # e.g. written before biases were dropped
     model["encoder.fcs.0.weight"] = torch.zeros(128, 99)
-    with pytest.raises(ValueError, match=r"unexpected encoder\.convs\.0\.bias|convs\.0\.bias"):
+    with pytest.raises(ValueError, match=r"unexpected convs\.0\.bias"):  # prefix stripped
         pretrained_encoder({**checkpoint, "model": model}, cfg)
     with pytest.raises(ValueError, match=r"fcs\.0\.weight: shape \(128, 99\)"):
         pretrained_encoder({**checkpoint, "model": model}, cfg)

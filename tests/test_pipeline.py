@@ -305,6 +305,7 @@ def test_prototype_head_centres_and_scales_the_currents_it_gives(norm):
     labels = torch.arange(30) % 3
     data = SimpleNamespace(prepare=lambda x: x.float() / 255.0, num_classes=3)
     pipeline.prototype_head(model, images, labels, data, cfg)
+    assert model.training  # left in the caller's mode (train), though it encodes in eval
     model.eval()
     with torch.no_grad():
         trains = [encoder.trace(data.prepare(img[None]), 5).spikes[:, 0] for img in images]
@@ -321,4 +322,3 @@ def test_prototype_head_centres_and_scales_the_currents_it_gives(norm):
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
         counts = torch.stack([t.sum(0) for t in trains])
         torch.testing.assert_close(model.head.weight, class_prototypes(counts, labels, 3))
-    assert model.training is False  # left as the caller had it (eval here)
