@@ -153,6 +153,7 @@ def test_defaults_are_valid_and_typed() -> None:
         (["pretrain.weight_decay=0"], "pretrain.weight_decay", 0.0),
         (["augment.crop_scale=[0.5, 1]"], "augment.crop_scale", (0.5, 1.0)),
         (["augment.blur_sigma=[1e-1, 2]"], "augment.blur_sigma", (0.1, 2.0)),
+        (["augment.blur_sigma=1e+0,2"], "augment.blur_sigma", (1.0, 2.0)),  # "+" of a number
         (["encoder.conv_channels=[8,16]"], "encoder.conv_channels", (8, 16)),
         (["encoder.conv_channels=[8]", "encoder.kernel_sizes=[3]"], "encoder.kernel_sizes", (3,)),
         (["encoder.fc_sizes=[256, 64]"], "encoder.fc_sizes", (256, 64)),

@@ -360,7 +360,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return _coerce(value, next(a for a in args if a is not type(None)), key)
     if origin is tuple:
         if isinstance(value, str):  # "8,16" or "crop+rotate" from the command line
-            value = [_scalar(v) for v in value.replace("+", ",").split(",") if v.strip()]
+            names = args[0] is str  # "+" joins names; in numbers it is an exponent's sign (1e+0)
+            text = value.replace("+", ",") if names else value
+            value = [_scalar(v) for v in text.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{key} must be a list, got {value!r}: e.g. {key}=[128] or 8,16")
         if len(args) == 2 and args[1] is Ellipsis:
