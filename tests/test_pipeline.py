@@ -110,6 +110,17 @@ def test_finetune_refuses_a_labelled_part_the_pretraining_did_not_leave_out(tmp_
     assert not (tmp_path / "ft").exists()
 
 
+def test_a_batch_the_unlabelled_images_cannot_fill_fails_before_any_work(tmp_path, monkeypatch):
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("the kNN pass should not run")
+
+    monkeypatch.setattr(pipeline, "knn_accuracy", forbidden)
+    cfg = small_config(tmp_path, data={"train_limit": 100}, pretrain={"batch_size": 256})
+    with pytest.raises(ValueError, match="80 training images do not fill one batch of 256"):
+        pipeline.pretrain(cfg, tmp_path / "pre", progress=False)
+    assert not (tmp_path / "pre").exists()
+
+
 def test_linear_probe_leaves_the_encoder_untouched(tmp_path, pretrained):
     _, _, tmp = pretrained
     checkpoint = load_checkpoint(tmp / "pretrain")

@@ -381,7 +381,7 @@ def test_a_partial_last_batch_is_kept_only_if_every_process_gets_an_image(
     n: int, processes: int, expected: tuple[int, int, int]
 ) -> None:
     loop = settings(epochs=3, batch_size=256, drop_last=False)
-    assert train._sizes("toy", n, 256, loop, processes) == expected
+    assert train.epoch_sizes("toy", n, 256, loop, processes) == expected
 
 
 def test_a_run_resumes_only_with_as_many_processes_as_trained_it(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from spikessl.evaluate import (
 )
 from spikessl.losses import nt_xent
 from spikessl.runs import new_run_dir, write_summary
-from spikessl.train import LoopSettings, Task, fit
+from spikessl.train import LoopSettings, Task, epoch_sizes, fit
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,6 +93,9 @@ def pretrain(
     model = SimCLR(SpikingEncoder(cfg.encoder), pre.projection_dim, pre.center).to(device)
     _distribute(model, cfg, world)
     augment = build_augment(cfg.augment, cfg.encoder.image_size, cfg.encoder.in_channels)
+    settings = _loop(cfg, cfg.pretrain, drop_last=True, progress=progress)
+    # a batch the unlabelled images cannot fill fails now, not after the kNN pass below
+    epoch_sizes("pretrain", len(data.unlabelled), pre.batch_size * world.size, settings)
     if resume is not None:
         knn_init = resume["knn_accuracy_at_init"]
     else:
@@ -122,7 +125,6 @@ def pretrain(
         evaluate_every=cfg.knn.every,
     )
     x, y = data.train_images[data.unlabelled], data.train_labels[data.unlabelled]
-    settings = _loop(cfg, cfg.pretrain, drop_last=True, progress=progress)
     t0 = time.perf_counter()
     extra = {
         "command": "pretrain",

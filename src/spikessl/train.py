@@ -169,7 +169,7 @@ def _grads_finite(params: list[Tensor]) -> bool:
     return not grads or bool(torch.stack([g.float().norm() for g in grads]).isfinite().all())
 
 
-def _sizes(
+def epoch_sizes(
     name: str, n: int, batch: int, settings: LoopSettings, processes: int = 1
 ) -> tuple[int, int, int]:
     """Steps per epoch, steps in all, and images per epoch, for ``n`` images in global
@@ -268,7 +268,7 @@ def fit(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     n, batch = images.shape[0], settings.batch_size * world.size  # global batch
-    steps_per_epoch, total, seen = _sizes(task.name, n, batch, settings, world.size)
+    steps_per_epoch, total, seen = epoch_sizes(task.name, n, batch, settings, world.size)
     shuffle = torch.Generator().manual_seed(settings.seed)
     history: list[dict] = []
     done_epochs, epoch_step, step = 0, 0, 0
