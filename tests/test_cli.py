@@ -455,6 +455,56 @@ def test_pipeline_with_baseline(tmp_path) -> None:
     assert json.loads(out) == result  # nothing but the JSON on stdout (summaries: stderr)
 
 
+def test_pipeline_rerun_reuses_finished_stages_and_resumes_the_interrupted_one(
+    tmp_path, monkeypatch
+) -> None:
+    from spikessl import pipeline
+
+    argv = ["pipeline", *TINY, "finetune.epochs=1", "--data-dir", str(DATA), "--no-progress"]
+    argv += ["--run-dir", str(tmp_path / "all")]
+    code, out, err = run_main(argv)
+    assert code == 0, err
+    first = result_json(out)
+    (tmp_path / "all" / "finetune" / "summary.json").unlink()  # as if killed before its end
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("a finished stage was run again")
+
+    resumed = []
+    real_finetune = pipeline.finetune
+
+    def finetune(cfg, checkpoint, run_dir, progress, resume=None):
+        resumed.append(resume is not None)
+        return real_finetune(cfg, checkpoint, run_dir, progress, resume=resume)
+
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    monkeypatch.setattr(pipeline, "finetune", finetune)
+    code, out, err = run_main(argv)
+    assert code == 0, err
+    assert resumed == [True] and "finished earlier, reusing" in err
+    again = result_json(out)
+    for key in ("knn_accuracy", "knn_accuracy_at_init", "finetune_test_accuracy"):
+        assert again[key] == first[key], key
+    code, _, err = run_main([*argv, "finetune.lr=0.5"])  # not what the runs were made with
+    assert code == 2 and "other settings" in err
+
+
+def test_an_interrupted_pipeline_says_how_to_continue_it(tmp_path, monkeypatch) -> None:
+    from spikessl import pipeline
+    from spikessl.train import Interrupted
+
+    def stopped(cfg, run_dir, progress, resume=None):
+        raise Interrupted(
+            15, f"pretrain: stopped by signal 15 at epoch 1, step 3; checkpoint saved in {run_dir}"
+        )
+
+    monkeypatch.setattr(pipeline, "pretrain", stopped)
+    root = tmp_path / "all"
+    code, _, err = run_main(["pipeline", *TINY, "--no-progress", "--run-dir", str(root)])
+    assert code == 128 + 15
+    assert f"spikessl pipeline with the same arguments and --run-dir {root} (finished" in err
+
+
 def test_neighbors_writes_the_figure(runs: dict) -> None:
     out = runs["root"] / "figs" / "nb.png"
     code, stdout, err = run_main(

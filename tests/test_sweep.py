@@ -5,9 +5,6 @@ import json
 import re
 import shutil
 import signal
-import sys
-import threading
-import time
 
 import pytest
 import torch
@@ -18,7 +15,7 @@ from spikessl import pipeline
 from spikessl.checkpoints import load_checkpoint
 from spikessl.config import to_dict
 from spikessl.grid import expand_grid, pretrain_key
-from spikessl.sweep import _stage, cpu_model, run_sweep, speed_probe
+from spikessl.sweep import cpu_model, run_sweep, speed_probe
 from spikessl.train import Interrupted
 
 
@@ -274,34 +271,6 @@ def test_interrupted_pretraining_resumes_to_the_same_result(swept, tmp_path, mon
     assert json.loads((pre_dir / "summary.json").read_text())["knn_accuracy"] == a_knn
 
 
-def test_a_corrupt_summary_without_a_checkpoint_is_kept_not_retrained(tmp_path):
-    run_dir = tmp_path / "pretrain-abc"
-    run_dir.mkdir()
-    (run_dir / "summary.json").write_text('{"command": "pre')  # cut short, checkpoint gone
-    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    with pytest.raises(ValueError, match="no checkpoint.pt to redo"):
-        _stage("pretrain", run_dir, lambda _: None, forbidden)
-    assert (run_dir / "metrics.jsonl").exists()  # the run's files are all still there
-
-
-def test_resumed_wall_time_counts_each_epoch_once(tmp_path):
-    # a run may change the state it resumes from (fit() extended it in place before it took
-    # copies): the seconds before the interruption are read before it runs, or the resumed
-    # epochs would count twice
-    loop = {"history": [{"epoch": 1, "seconds": 10.0}], "sums": {"seconds": 5.0}}
-    checkpoint = {"model": {}, "config": {}, "step": 3, "loop": loop}
-    torch.save(checkpoint, tmp_path / "checkpoint.pt")
-
-    def resumed_run(resume):  # what fit() once did to the state it resumes from
-        resume["loop"]["history"].append({"epoch": 2, "seconds": 7.0})
-        resume["loop"]["sums"]["seconds"] = 7.0
-        return {"wall_seconds": 8.0}
-
-    summary = _stage("pretrain", tmp_path, lambda _: None, resumed_run)
-    assert summary["wall_seconds"] == 10.0 + 5.0 + 8.0 and summary["resumed"] is True
-    assert json.loads((tmp_path / "summary.json").read_text())["wall_seconds"] == 23.0
-
-
 def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, monkeypatch):
     (cell,) = expand_grid(tiny_base(), [])
     pre_dir = tmp_path / "runs" / f"pretrain-{pretrain_key(cell.config)}"
@@ -318,37 +287,6 @@ def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="stop here"):
         run_sweep([cell], tmp_path / "records", tmp_path / "runs", log=lambda _: None)
     assert seen == [(None, False)]
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="no flock")
-def test_a_stage_another_process_is_running_is_waited_for_not_deleted(tmp_path):
-    from spikessl.runs import claim_run_dir
-
-    run_dir, logs, reran, got = tmp_path / "pretrain-abc", [], [], []
-
-    def run(resume):
-        reran.append(resume)
-        return {"wall_seconds": 1.0}
-
-    second = threading.Thread(
-        target=lambda: got.append(_stage("pretrain", run_dir, logs.append, run))
-    )
-    with claim_run_dir(run_dir):  # the first process, in its 1st epoch
-        run_dir.mkdir()
-        (run_dir / "metrics.jsonl").write_text("")  # no checkpoint yet: looks killed
-        second.start()
-        for _ in range(500):
-            if logs:
-                break
-            time.sleep(0.01)
-        assert logs == [
-            f"  pretrain: another process is running {run_dir}; waiting for it to finish"
-        ]
-        assert run_dir.is_dir() and not got  # waiting, not deleting
-        (run_dir / "summary.json").write_text('{"wall_seconds": 2.0}')  # the first one ends
-    second.join(10)
-    assert got == [{"wall_seconds": 2.0}] and reran == []  # its run reused, not redone
-    assert logs[-1] == f"  pretrain: finished earlier, reusing {run_dir}"
 
 
 def test_seeds_are_summarised_when_the_grid_varies_them(tmp_path, monkeypatch):

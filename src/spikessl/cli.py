@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("sweep", "reproduce"):
             again = f"spikessl {args.command} with the same arguments (finished cells are "
             again += "skipped, this one resumes)"
+        if args.command == "pipeline":
+            again = "spikessl pipeline with the same arguments and --run-dir "
+            again += f"{Path(where).parent} (finished stages are reused, this one resumes)"
         print(f"spikessl {args.command}: {stop}. Continue with: {again}", file=sys.stderr)
         return 128 + int(stop.signum)
     distributed.shutdown()

@@ -278,20 +278,37 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
 
 
 def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: bool) -> dict:
-    """Pretrain -> kNN -> fine-tune (-> supervised baseline): the paper's protocol."""
+    """Pretrain -> kNN -> fine-tune (-> supervised baseline): the paper's protocol.
+
+    Rerun with the same ``--run-dir``, it reuses the stages that finished and resumes the one
+    that was interrupted (as ``sweep`` does), if they were run with the same settings.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError(
             "pipeline runs in one process: under torchrun, run `spikessl pretrain`, then "
             "`spikessl finetune --pretrained RUN_DIR` (and `spikessl supervised`)"
         )
     from spikessl import checkpoints, pipeline
-    from spikessl.runs import default_run_dir
+    from spikessl.runs import default_run_dir, run_stage
+    from spikessl.sweep import log_to_stderr
 
     t0 = time.perf_counter()
-    root = run_dir or str(default_run_dir(cfg, "pipeline"))
-    pre = pipeline.pretrain(cfg, os.path.join(root, "pretrain"), progress)
-    ckpt = checkpoints.load_checkpoint(pre["run_dir"])
-    fin = pipeline.finetune(cfg, ckpt, os.path.join(root, "finetune"), progress)
+    root = Path(run_dir) if run_dir else default_run_dir(cfg, "pipeline")
+    pre_dir, ft_dir, sup_dir = root / "pretrain", root / "finetune", root / "supervised"
+    for stage in (pre_dir, ft_dir, sup_dir):
+        _check_same_settings(stage, cfg)
+    log = log_to_stderr
+    pre = run_stage(
+        "pretrain", pre_dir, log, lambda r: pipeline.pretrain(cfg, pre_dir, progress, resume=r)
+    )
+    fin = run_stage(
+        "finetune",
+        ft_dir,
+        log,
+        lambda r: pipeline.finetune(
+            cfg, None if r else checkpoints.load_checkpoint(pre_dir), ft_dir, progress, resume=r
+        ),
+    )
     result = {
         "dataset": cfg.data.name,
         "time_steps": cfg.time_steps,
@@ -300,8 +317,29 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
         "finetune_test_accuracy": fin["test_accuracy"],
     }
     if baseline:
-        sup = pipeline.finetune(cfg, None, os.path.join(root, "supervised"), progress)
+        sup = run_stage(
+            "supervised",
+            sup_dir,
+            log,
+            lambda r: pipeline.finetune(cfg, None, sup_dir, progress, resume=r),
+        )
         result["supervised_test_accuracy"] = sup["test_accuracy"]
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    result["run_dir"] = root
+    result["run_dir"] = str(root)
     return result
+
+
+def _check_same_settings(run_dir: Path, cfg: Config) -> None:
+    """A stage of an earlier ``pipeline`` in ``run_dir`` is reused or resumed only when it
+    was run with ``cfg``'s settings (device, out_dir and the like aside)."""
+    import yaml
+
+    from spikessl.config import to_dict
+    from spikessl.grid import same_settings
+
+    saved = run_dir / "config.yaml"
+    if saved.exists() and not same_settings(yaml.safe_load(saved.read_text()), to_dict(cfg)):
+        raise ValueError(
+            f"{run_dir} holds a run with other settings (its config.yaml): rerun with the "
+            "settings it was started with to continue it, or choose another --run-dir"
+        )

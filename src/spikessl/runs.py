@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,4 +110,58 @@ def write_summary(run_dir: Path, summary: dict) -> dict:
     """Write ``summary.json``, the mark of a finished run, atomically (a kill leaves none)."""
     summary["run_dir"] = str(run_dir)
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_stage(
+    what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
+) -> dict:
+    """Reuse a finished run, resume an interrupted one, or start ``run(resume=None)`` afresh
+    (``run`` gets the checkpoint to resume from, or None); returns the run's summary.
+
+    What ``sweep`` and ``pipeline`` do for each stage. Another spikessl process at work on
+    ``run_dir`` (a second sweep over the same runs) is waited for, then its run reused or
+    resumed, never deleted or written over.
+    """
+    wait = f"  {what}: another process is running {run_dir}; waiting for it to finish"
+    with claim_run_dir(run_dir, wait=lambda: log(wait)):
+        return _run_claimed(what, run_dir, log, run)
+
+
+def _run_claimed(
+    what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
+) -> dict:
+    from spikessl.checkpoints import load_checkpoint
+
+    summary_path = run_dir / "summary.json"
+    if finished(run_dir):
+        try:
+            summary = json.loads(summary_path.read_text())
+            log(f"  {what}: finished earlier, reusing {run_dir}")
+            return summary
+        except json.JSONDecodeError:  # half-written by an older version: the checkpoint redoes it
+            if not (run_dir / "checkpoint.pt").exists():  # nothing to redo it from: keep the run
+                raise ValueError(
+                    f"{summary_path} is corrupt and {run_dir} has no checkpoint.pt to redo the "
+                    f"run's last epoch from: delete {run_dir} to rerun this stage"
+                ) from None
+            summary_path.unlink()
+    resume, before = None, 0.0
+    if (run_dir / "checkpoint.pt").exists():
+        resume = load_checkpoint(run_dir)
+        if "loop" not in resume:
+            raise ValueError(f"{run_dir} has no resumable training state; delete it to rerun")
+        log(f"  {what}: resuming {run_dir} after step {resume['step']}")
+        # seconds trained before the interruption, read before the resumed loop runs
+        loop = resume["loop"]
+        before = sum(r["seconds"] for r in loop["history"]) + loop["sums"]["seconds"]
+    else:
+        if run_dir.exists():  # killed before its first checkpoint: nothing worth keeping
+            shutil.rmtree(run_dir)
+        log(f"  {what}: {run_dir}")
+    summary = run(resume)
+    if resume is not None:  # the summary timed only the resumed part: add the rest
+        summary["wall_seconds"] = round(summary["wall_seconds"] + before, 1)
+        summary["resumed"] = True
+        write_summary(run_dir, summary)
     return summary

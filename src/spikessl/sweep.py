@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from spikessl.records import (
     write_seed_tables,
     write_tables,
 )
-from spikessl.runs import claim_run_dir, finished, write_summary
+from spikessl.runs import run_stage
 
 
 def log_to_stderr(message: str) -> None:
@@ -119,10 +118,10 @@ def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], 
     cfg = cell.config
     pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
     ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
-    pre = _stage(
+    pre = run_stage(
         "pretrain", pre_dir, log, lambda r: pipeline.pretrain(cfg, pre_dir, progress, resume=r)
     )
-    fin = _stage(
+    fin = run_stage(
         "finetune",
         ft_dir,
         log,
@@ -168,7 +167,7 @@ def _add_supervised(
     from spikessl import pipeline
 
     run_dir = stage_dir(runs_root, "supervised-{}", cell.config, supervised_unused(cell.config))
-    sup = _stage(
+    sup = run_stage(
         "supervised",
         run_dir,
         log,
@@ -185,58 +184,6 @@ def _add_supervised(
         "run_dirs": {**record.get("run_dirs", {}), "supervised": str(run_dir)},
         "finished": _now(),
     }
-
-
-def _stage(
-    what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
-) -> dict:
-    """Reuse a finished run, resume an interrupted one, or start ``run(resume=None)`` afresh.
-
-    Another spikessl process at work on ``run_dir`` (a second sweep over the same runs) is
-    waited for, then its run reused or resumed, never deleted or written over.
-    """
-    wait = f"  {what}: another process is running {run_dir}; waiting for it to finish"
-    with claim_run_dir(run_dir, wait=lambda: log(wait)):
-        return _stage_claimed(what, run_dir, log, run)
-
-
-def _stage_claimed(
-    what: str, run_dir: Path, log: Callable[[str], None], run: Callable[[dict | None], dict]
-) -> dict:
-    from spikessl.checkpoints import load_checkpoint
-
-    summary_path = run_dir / "summary.json"
-    if finished(run_dir):
-        try:
-            summary = json.loads(summary_path.read_text())
-            log(f"  {what}: finished earlier, reusing {run_dir}")
-            return summary
-        except json.JSONDecodeError:  # half-written by an older version: the checkpoint redoes it
-            if not (run_dir / "checkpoint.pt").exists():  # nothing to redo it from: keep the run
-                raise ValueError(
-                    f"{summary_path} is corrupt and {run_dir} has no checkpoint.pt to redo the "
-                    f"run's last epoch from: delete {run_dir} to rerun this stage"
-                ) from None
-            summary_path.unlink()
-    resume, before = None, 0.0
-    if (run_dir / "checkpoint.pt").exists():
-        resume = load_checkpoint(run_dir)
-        if "loop" not in resume:
-            raise ValueError(f"{run_dir} has no resumable training state; delete it to rerun")
-        log(f"  {what}: resuming {run_dir} after step {resume['step']}")
-        # seconds trained before the interruption, read before the resumed loop runs
-        loop = resume["loop"]
-        before = sum(r["seconds"] for r in loop["history"]) + loop["sums"]["seconds"]
-    else:
-        if run_dir.exists():  # killed before its first checkpoint: nothing worth keeping
-            shutil.rmtree(run_dir)
-        log(f"  {what}: {run_dir}")
-    summary = run(resume)
-    if resume is not None:  # the summary timed only the resumed part: add the rest
-        summary["wall_seconds"] = round(summary["wall_seconds"] + before, 1)
-        summary["resumed"] = True
-        write_summary(run_dir, summary)
-    return summary
 
 
 def _metrics(run_dir: Path) -> list[dict]:
