@@ -288,8 +288,8 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
             "pipeline runs in one process: under torchrun, run `spikessl pretrain`, then "
             "`spikessl finetune --pretrained RUN_DIR` (and `spikessl supervised`)"
         )
-    from spikessl import checkpoints, pipeline
-    from spikessl.runs import default_run_dir, run_stage
+    from spikessl import pipeline
+    from spikessl.runs import default_run_dir
     from spikessl.sweep import log_to_stderr
 
     t0 = time.perf_counter()
@@ -297,18 +297,7 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
     pre_dir, ft_dir, sup_dir = root / "pretrain", root / "finetune", root / "supervised"
     for stage in (pre_dir, ft_dir, sup_dir):
         _check_same_settings(stage, cfg)
-    log = log_to_stderr
-    pre = run_stage(
-        "pretrain", pre_dir, log, lambda r: pipeline.pretrain(cfg, pre_dir, progress, resume=r)
-    )
-    fin = run_stage(
-        "finetune",
-        ft_dir,
-        log,
-        lambda r: pipeline.finetune(
-            cfg, None if r else checkpoints.load_checkpoint(pre_dir), ft_dir, progress, resume=r
-        ),
-    )
+    pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log_to_stderr)
     result = {
         "dataset": cfg.data.name,
         "time_steps": cfg.time_steps,
@@ -317,12 +306,7 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
         "finetune_test_accuracy": fin["test_accuracy"],
     }
     if baseline:
-        sup = run_stage(
-            "supervised",
-            sup_dir,
-            log,
-            lambda r: pipeline.finetune(cfg, None, sup_dir, progress, resume=r),
-        )
+        sup = pipeline.staged_supervised(cfg, sup_dir, progress, log_to_stderr)
         result["supervised_test_accuracy"] = sup["test_accuracy"]
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     result["run_dir"] = str(root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from spikessl import distributed
 from spikessl.augment import build_augment, two_views
-from spikessl.checkpoints import pretrained_encoder
+from spikessl.checkpoints import load_checkpoint, pretrained_encoder
 from spikessl.config import Config, FinetuneConfig, to_dict
 from spikessl.data import Data, load_data, stratified_split
 from spikessl.distributed import World
@@ -32,7 +33,7 @@ from spikessl.evaluate import (
     test_accuracy,
 )
 from spikessl.losses import nt_xent
-from spikessl.runs import new_run_dir, write_summary
+from spikessl.runs import new_run_dir, run_stage, write_summary
 from spikessl.train import LoopSettings, Task, epoch_sizes, fit
 
 
@@ -147,6 +148,32 @@ def pretrain(
             "unlabelled_images": len(x),
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
+    )
+
+
+def staged(
+    cfg: Config, pre_dir: Path, ft_dir: Path, progress: bool, log: Callable[[str], None]
+) -> tuple[dict, dict]:
+    """Pretraining in ``pre_dir``, then fine-tuning from it in ``ft_dir``: each stage reused
+    when finished and resumed when interrupted (``runs.run_stage``). Their summaries."""
+    pre = run_stage("pretrain", pre_dir, log, lambda r: pretrain(cfg, pre_dir, progress, resume=r))
+    fin = run_stage(
+        "finetune",
+        ft_dir,
+        log,
+        lambda r: finetune(
+            cfg, None if r is not None else load_checkpoint(pre_dir), ft_dir, progress, resume=r
+        ),
+    )
+    return pre, fin
+
+
+def staged_supervised(
+    cfg: Config, run_dir: Path, progress: bool, log: Callable[[str], None]
+) -> dict:
+    """The supervised baseline in ``run_dir``, reused or resumed as in ``staged``."""
+    return run_stage(
+        "supervised", run_dir, log, lambda r: finetune(cfg, None, run_dir, progress, resume=r)
     )
 
 

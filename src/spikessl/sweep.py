@@ -39,7 +39,6 @@ from spikessl.records import (
     write_seed_tables,
     write_tables,
 )
-from spikessl.runs import run_stage
 
 
 def log_to_stderr(message: str) -> None:
@@ -113,26 +112,12 @@ def _recorded(records_dir: Path, cell: Cell) -> dict | None:
 
 
 def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], None]) -> dict:
-    from spikessl import checkpoints, pipeline  # torch: only when something trains
+    from spikessl import pipeline  # torch: only when something trains
 
     cfg = cell.config
     pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
     ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
-    pre = run_stage(
-        "pretrain", pre_dir, log, lambda r: pipeline.pretrain(cfg, pre_dir, progress, resume=r)
-    )
-    fin = run_stage(
-        "finetune",
-        ft_dir,
-        log,
-        lambda r: pipeline.finetune(
-            cfg,
-            None if r is not None else checkpoints.load_checkpoint(pre_dir),
-            ft_dir,
-            progress,
-            resume=r,
-        ),
-    )
+    pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
     pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
     config = to_dict(cfg)
     config["data"].pop("root", None)  # a local path, not a setting
@@ -167,12 +152,7 @@ def _add_supervised(
     from spikessl import pipeline
 
     run_dir = stage_dir(runs_root, "supervised-{}", cell.config, supervised_unused(cell.config))
-    sup = run_stage(
-        "supervised",
-        run_dir,
-        log,
-        lambda r: pipeline.finetune(cell.config, None, run_dir, progress, resume=r),
-    )
+    sup = pipeline.staged_supervised(cell.config, run_dir, progress, log)
     by_epoch = [r["test_accuracy"] for r in _metrics(run_dir) if "test_accuracy" in r]
     return {
         **record,
