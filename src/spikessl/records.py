@@ -204,6 +204,14 @@ def compare(ssl: dict, supervised: dict) -> tuple[float | None, ...]:
     return margin, spread, verdict
 
 
+def compare_paired(ssl: dict, supervised: dict) -> tuple:
+    """``compare`` of per-seed accuracies (``{seed: accuracy}``) over the seeds that have both,
+    in ``ssl``'s order: a seed whose baseline is not run yet would otherwise weigh on one side
+    only. Returns margin, spread, verdict and those seeds."""
+    paired = [seed for seed in ssl if seed in supervised]
+    return (*compare(*(describe([m[s] for s in paired]) for m in (ssl, supervised))), paired)
+
+
 def seed_summary(records: list[dict]) -> list[dict]:
     """Records grouped by their grid values other than ``seed``, in first-seen order.
 
@@ -226,13 +234,13 @@ def seed_summary(records: list[dict]) -> list[dict]:
         for field in ACCURACIES:
             values = [float(r[field]) for r in group["records"] if r.get(field) is not None]
             entry[field] = {"values": values, **describe(values)}
-        paired = [r for r in group["records"] if None not in (r.get(SSL), r.get(SUPERVISED))]
-        margin, spread, verdict = compare(
-            *(describe([float(r[f]) for r in paired]) for f in (SSL, SUPERVISED))
+        ssl, supervised = (
+            {r["config"]["seed"]: float(r[f]) for r in group["records"] if r.get(f) is not None}
+            for f in (SSL, SUPERVISED)
         )
+        margin, spread, verdict, paired = compare_paired(ssl, supervised)
         if paired and len(paired) < len(group["records"]):
-            seeds = " ".join(str(r["config"]["seed"]) for r in paired)
-            verdict += f" (seeds with both: {seeds})"
+            verdict += f" (seeds with both: {' '.join(map(str, paired))})"
         summary.append(entry | {"margin": margin, "spread": spread, "verdict": verdict})
     return summary
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from spikessl import grid
 from spikessl.records import (
-    compare,
+    compare_paired,
     csv_text,
     describe,
     load_records,
@@ -161,13 +161,7 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
         for method, by_seed in methods.items():
             values = [by_seed[s] for s in sorted(by_seed)]
             stats[method] = {"seeds": sorted(by_seed), "accuracies": values, **describe(values)}
-        # the margin over the seeds that have both: a seed whose baseline is not run yet
-        # would otherwise weigh on one side only (as in records.seed_summary)
-        ssl_seeds, sup_seeds = methods.values()
-        paired = sorted(set(ssl_seeds) & set(sup_seeds))
-        margin, spread, verdict = compare(
-            *(describe([by_seed[s] for s in paired]) for by_seed in (ssl_seeds, sup_seeds))
-        )
+        margin, spread, verdict, _ = compare_paired(*methods.values())
         entry = {"fraction": fraction, "methods": stats, "margin": margin, "spread": spread}
         summary.append(entry | {"steps": steps.get(fraction), "verdict": verdict})
     return summary
