@@ -128,3 +128,17 @@ def test_record_from_before_a_new_config_field_still_counts():
     record["config"]["pretrain"]["lr"] = 0.5
     assert not record_matches(record, cell)  # an old setting changed
     assert record_matches({"key": cell.key}, cell)
+
+
+def test_made_with_reads_a_runs_config_and_never_matches_an_unreadable_one(tmp_path):
+    from spikessl.config import dump_yaml
+    from spikessl.grid import made_with
+
+    cfg = load_config(tiny_base())
+    (tmp_path / "config.yaml").write_text(dump_yaml(cfg))
+    assert made_with(tmp_path, to_dict(cfg))
+    assert not made_with(tmp_path, to_dict(load_config(tiny_base("seed=1"))))
+    assert made_with(tmp_path, to_dict(load_config(tiny_base("device=auto"))))  # ignored
+    (tmp_path / "config.yaml").write_text("seed: [unclosed\n")
+    assert not made_with(tmp_path, to_dict(cfg))
+    assert not made_with(tmp_path / "missing", to_dict(cfg))

@@ -316,13 +316,10 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
 def _check_same_settings(run_dir: Path, cfg: Config) -> None:
     """A stage of an earlier ``pipeline`` in ``run_dir`` is reused or resumed only when it
     was run with ``cfg``'s settings (device, out_dir and the like aside)."""
-    import yaml
-
     from spikessl.config import to_dict
-    from spikessl.grid import same_settings
+    from spikessl.grid import made_with
 
-    saved = run_dir / "config.yaml"
-    if saved.exists() and not same_settings(yaml.safe_load(saved.read_text()), to_dict(cfg)):
+    if (run_dir / "config.yaml").exists() and not made_with(run_dir, to_dict(cfg)):
         raise ValueError(
             f"{run_dir} holds a run with other settings (its config.yaml): rerun with the "
             "settings it was started with to continue it, or choose another --run-dir"

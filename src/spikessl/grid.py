@@ -201,10 +201,17 @@ def stage_dir(runs_root: Path, template: str, cfg: Config, drop: tuple[str, ...]
     if path.exists():
         return path
     for config_yaml in sorted(runs_root.glob(template.format("*") + "/config.yaml")):
-        try:
-            old = yaml.safe_load(config_yaml.read_text())
-        except (OSError, yaml.YAMLError):
-            continue  # not a run of ours: never reused
-        if isinstance(old, dict) and same_settings(_prune(old, drop), settings):
+        if made_with(config_yaml.parent, settings, drop):
             return config_yaml.parent
     return path
+
+
+def made_with(run_dir: Path, settings: dict, drop: tuple[str, ...] = ()) -> bool:
+    """Whether the run in ``run_dir`` was made with ``settings`` (a config tree): its
+    ``config.yaml`` without ``drop`` holds the ``same_settings``. An unreadable one does not
+    (not a run of ours: never reused)."""
+    try:
+        old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(old, dict) and same_settings(_prune(old, drop), settings)
