@@ -49,8 +49,8 @@ def new_run_dir(
 ) -> Path:
     """The run's directory, with its resolved config written (by the main process). Without
     ``run_dir`` the main process names a new one and, under torchrun, tells the others."""
+    main = world is None or world.is_main
     if run_dir is None:
-        main = world is None or world.is_main
         run_dir = default_run_dir(cfg, command) if main else None
         if world is not None and world.size > 1:
             from spikessl.distributed import broadcast_object
@@ -64,7 +64,7 @@ def new_run_dir(
             f"{run_dir} holds an unfinished run: continue it with --resume {run_dir}, or "
             "choose another --run-dir"
         )
-    if world is None or world.is_main:
+    if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     return run_dir
