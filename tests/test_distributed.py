@@ -5,11 +5,14 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from spikessl import distributed
+from spikessl import train as loop
 from spikessl.encoders import EncoderConfig, SpikingEncoder
 from spikessl.losses import nt_xent
 
@@ -98,6 +101,54 @@ def test_two_processes_equal_one_with_the_concatenated_batch(tmp_path):
         if b.dtype.is_floating_point and key in start:
             moved = (b - start[key]).norm()
             assert (double["state"][key] - b).norm() <= 1e-5 * moved + 1e-7, key
+
+
+def classify(world: distributed.World, run_dir: str) -> dict:
+    """`train.fit` of a linear classifier: 7 images in global batches of 4, the last one of 3
+    split 2 + 1 between two processes. Returns the weights after the epoch."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(12, 3).double()
+    net = distributed.data_parallel(model, world, torch.device("cpu"))
+    images = torch.randint(0, 256, (7, 3, 2, 2), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+
+    def loss(x, y):
+        rates = torch.full((1,), 0.5)  # a firing rate that draws no silent-layer warning
+        return F.cross_entropy(net(x.double().flatten(1) / 255), y), rates
+
+    task = loop.Task(
+        "finetune", model, [{"params": model.parameters(), "lr": 0.1}], loss, local_mean=True
+    )
+    settings = loop.LoopSettings(
+        epochs=1, batch_size=4 // world.size, schedule="constant", drop_last=False, progress=False
+    )
+    loop.fit(task, images, labels, settings, Path(run_dir), world=world)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def classify_worker(rank: int, port: int, run_dir: str, out_path: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    world = distributed.setup(torch.device("cpu"))
+    result = classify(world, run_dir)
+    if world.is_main:
+        torch.save(result, out_path)
+    torch.distributed.destroy_process_group()
+
+
+def test_an_uneven_last_batch_weighs_every_image_alike(tmp_path):
+    single = classify(distributed.World(), str(tmp_path / "one"))
+    out = tmp_path / "out.pt"
+    mp.spawn(classify_worker, args=(free_port(), str(tmp_path / "two"), str(out)), nprocs=2)
+    double = torch.load(out)
+    for key, b in single.items():  # float64: equal to rounding, not just close
+        torch.testing.assert_close(double[key], b, rtol=1e-12, atol=1e-12)
 
 
 def test_torchrun_cli_smoke(tmp_path):

@@ -116,6 +116,17 @@ def test_neighbours_grid_writes_a_png(tmp_path, channels):
     assert path == out
     width, height = assert_png(path)
     assert width > height  # k + 1 = 5 columns, 3 rows
+    assert figures.png_source(path) is None  # no source given, none kept
+    figures.neighbours_grid(
+        queries, labels, neighbours, neighbour_labels, ["a", "b", "c"], out, "test", "run 7"
+    )
+    assert figures.png_source(out) == "run 7"
+
+
+def test_png_source_of_a_file_that_is_no_png_is_none(tmp_path):
+    (tmp_path / "fig.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert figures.png_source(tmp_path / "fig.png") is None
+    assert figures.png_source(tmp_path / "missing.png") is None
 
 
 def test_neighbours_grid_rejects_bad_inputs(tmp_path):

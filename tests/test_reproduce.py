@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 from tiny import TINY
 
-from spikessl import cli, pipeline, reproduce
+from spikessl import cli, figures, pipeline, reproduce
 from spikessl.config import load_config, parse_overrides
 from spikessl.grid import pretrain_key
 from spikessl.report import GENERATED_BY_REPRODUCE
@@ -290,14 +290,23 @@ def test_end_to_end_then_every_cell_is_skipped(tmp_path, monkeypatch) -> None:
     # again: every cell recorded, nothing trains, the same tables
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
     monkeypatch.setattr(pipeline, "finetune", forbidden)
+    fig5 = records / "fig5-neighbors.png"
+    drawn, drawn_at = fig5.read_bytes(), fig5.stat().st_mtime_ns
     code, out, err = run_main(argv)
     assert code == 0, err
     assert err.count("recorded, skipping") == 5
     for name, text in texts.items():
         assert (records / name).read_text() == text, name
+    assert fig5.stat().st_mtime_ns == drawn_at  # it names this checkpoint: not drawn again
+
+    # a newer Fig. 5 that names no checkpoint, or another one, is drawn again from this one
+    assert figures.png_source(fig5).startswith("spikessl checkpoint sha256 ")
+    fig5.write_bytes((records / "label-efficiency.png").read_bytes())
+    code, out, err = run_main(argv)
+    assert code == 0, err
+    assert fig5.read_bytes() == drawn
 
     # records moved to a machine without the run directories: Fig. 5 is kept, then asked for
-    fig5 = records / "fig5-neighbors.png"
     for run_dir in runs.glob("pretrain-*"):
         (run_dir / "checkpoint.pt").unlink()
     code, out, err = run_main(argv)

@@ -134,15 +134,27 @@ def png_path(out: str | Path) -> Path:
     return out
 
 
-def _save(fig: Figure, out: str | Path) -> Path:
+def _save(fig: Figure, out: str | Path, source: str | None = None) -> Path:
     """``fig`` as ``out`` (PNG), atomically: a kill mid-write leaves the previous file or none,
-    never a truncated one that a rerun would take for a finished figure."""
+    never a truncated one that a rerun would take for a finished figure. ``source``, if given,
+    is kept in the PNG's "Source" text field (see ``png_source``)."""
     out = png_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     with replacing(out) as fh:
-        fig.savefig(fh, dpi=DPI, format="png")
+        fig.savefig(fh, dpi=DPI, format="png", metadata={"Source": source} if source else None)
     return out
+
+
+def png_source(path: str | Path) -> str | None:
+    """The "Source" text field a figure was saved with, or None (none, or not a readable PNG)."""
+    from PIL import Image, UnidentifiedImageError  # Pillow: a dependency of matplotlib
+
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get("Source")
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
 
 
 def _show(ax, image: Tensor) -> None:
@@ -178,12 +190,13 @@ def neighbours_grid(
     class_names: Sequence[str],
     out: str | Path,
     title: str,
+    source: str | None = None,
 ) -> Path:
     """Fig. 5: one row per query, the query (blue frame) then its neighbours, closest first.
 
     ``query_images [Q, C, H, W]`` and ``neighbour_images [Q, k, C, H, W]`` are uint8;
     labels ``[Q]`` and ``[Q, k]``. Neighbours of the query's class are framed and titled
-    in green, others in red.
+    in green, others in red. ``source`` (e.g. the checkpoint's digest) is kept in the PNG.
     """
     query_images, neighbour_images = query_images.cpu(), neighbour_images.cpu()
     query_labels, neighbour_labels = query_labels.cpu(), neighbour_labels.cpu()
@@ -223,7 +236,7 @@ def neighbours_grid(
         "(green: same class, red: other class; #1 = nearest)",
         fontsize=9,
     )
-    return _save(fig, out)
+    return _save(fig, out, source)
 
 
 def curves(
@@ -333,6 +346,7 @@ def neighbours_figure(
     n_queries: int = 10,
     k: int = 8,
     seed: int = 0,
+    source: str | None = None,
 ) -> tuple[Path, float]:
     """Fig. 5 for a pretraining checkpoint: random test images and their nearest neighbours.
 
@@ -375,5 +389,6 @@ def neighbours_figure(
         class_names(cfg.data.name, data.num_classes),
         out,
         title,
+        source,
     )
     return path, agreement

@@ -261,6 +261,7 @@ def finetune(
         groups,
         loss,
         evaluate=lambda: {"test_accuracy": test_accuracy(model, data, cfg)},
+        local_mean=True,
     )
     epochs = finetune_epochs(ft, len(x), world.size)
     task.evaluate_every = math.ceil(epochs / ft.epochs)  # about ft.epochs test points

@@ -9,6 +9,7 @@ shows as "—".
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -214,13 +215,17 @@ def neighbours_png(record: dict, cell: grid.Cell, out: Path, log: Callable[[str]
         else:
             log(f"reproduce: {out.name} needs the best cell's pretraining run {run_dir}: not here")
         return out.exists()
-    if out.exists() and out.stat().st_mtime >= checkpoint.stat().st_mtime:
-        return True  # drawn from this very checkpoint: encoding the data again changes nothing
     from spikessl import checkpoints, figures
 
+    # the figure names its checkpoint: one drawn from another machine's run is redrawn
+    source = f"spikessl checkpoint sha256 {hashlib.sha256(checkpoint.read_bytes()).hexdigest()}"
+    if out.exists() and figures.png_source(out) == source:
+        return True  # drawn from this very checkpoint: encoding the data again changes nothing
     try:
         checkpoint = checkpoints.load_checkpoint(run_dir)
-        figures.neighbours_figure(checkpoint, cell.config, out, seed=cell.config.seed)
+        figures.neighbours_figure(
+            checkpoint, cell.config, out, seed=cell.config.seed, source=source
+        )
     except ValueError as err:  # e.g. fewer test images than rows: the tables still stand
         log(f"reproduce: no {out.name}: {err}")
     return out.exists()

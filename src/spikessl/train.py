@@ -45,6 +45,9 @@ class Task:
     loss: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
     evaluate: Callable[[], dict] | None = None  # per-epoch metrics, e.g. test accuracy
     evaluate_every: int = 1  # 0: only after the last epoch
+    # the loss is a mean over this process's images (cross-entropy), not over the whole
+    # batch (NT-Xent on gathered latents): under torchrun it is then weighted by its share
+    local_mean: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,13 +339,23 @@ def fit(
             )
             t0 = time.perf_counter()
             for b in range(epoch_step, steps_per_epoch):
-                idx = my_slice(order[b * batch : (b + 1) * batch], world)
+                rows = order[b * batch : (b + 1) * batch]
+                idx = my_slice(rows, world)
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(
                         settings.schedule, step, total, settings.warmup_steps
                     )
                 loss, rates = task.loss(images[idx], labels[idx])
-                bad = _backward_and_step(loss, optimizer, params, settings.grad_clip, world)
+                # DDP averages the processes' gradients: a process's mean counts by its share
+                # of the batch, which a last batch of len(rows) % processes != 0 splits unevenly
+                share = len(idx) * world.size / len(rows) if task.local_mean else 1.0
+                bad = _backward_and_step(
+                    loss * share if share != 1.0 else loss,
+                    optimizer,
+                    params,
+                    settings.grad_clip,
+                    world,
+                )
                 if bad is not None:  # stops the run, or warns and counts the skipped step
                     last = run_dir / "checkpoint.pt" if main else None
                     _nonfinite(task.name, bad, epoch, step, settings.on_nonfinite, last)
