@@ -96,7 +96,8 @@ def test_export_safetensors_round_trip(pretrained, capsys):
         main(["export", str(tmp / "pretrain"), "--out", str(folder / "model.safetensors" / "m")])
         == 2
     )
-    assert "choose another --out" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(a file where a folder belongs?)" in err and "choose another --out" in err
 
 
 def test_encoder_settings_that_differ_from_the_checkpoint_say_how_to_match(pretrained):

@@ -333,3 +333,28 @@ def test_prototype_head_centres_and_scales_the_currents_it_gives(norm):
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
         counts = torch.stack([t.sum(0) for t in trains])
         torch.testing.assert_close(model.head.weight, class_prototypes(counts, labels, 3))
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "supervised"])
+@pytest.mark.parametrize("occupied", ["finished", "unfinished", "file"])
+def test_an_unusable_run_dir_is_refused_before_the_data_loads(
+    tmp_path, monkeypatch, command, occupied
+):
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("the run directory is checked first")
+
+    monkeypatch.setattr(pipeline, "_start", forbidden)
+    run_dir = tmp_path / "run"
+    if occupied == "file":
+        run_dir.write_text("mine")
+    else:
+        run_dir.mkdir()
+        name = "summary.json" if occupied == "finished" else "checkpoint.pt"
+        (run_dir / name).write_text("{}")
+    cfg = small_config(tmp_path)
+    match = {"finished": "finished run", "unfinished": "--resume", "file": "is a file"}[occupied]
+    with pytest.raises(FileExistsError, match=match):
+        if command == "pretrain":
+            pipeline.pretrain(cfg, run_dir)
+        else:
+            pipeline.finetune(cfg, {} if command == "finetune" else None, run_dir)

@@ -104,6 +104,38 @@ def test_a_corrupt_summary_without_a_checkpoint_is_kept_not_retrained(tmp_path):
     assert (run_dir / "metrics.jsonl").exists()  # the run's files are all still there
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_started_afresh(tmp_path):
+    run_dir = tmp_path / "pretrain-abc"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("seed: 1\n")  # what a run writes before training
+    (run_dir / ".metrics.jsonl.123-abcd.tmp").write_text("{")  # and a write cut short
+
+    def run(resume):
+        assert resume is None and not run_dir.exists()  # the leftovers were removed
+        run_dir.mkdir()
+        return write_summary(run_dir, {"wall_seconds": 1.0})
+
+    assert run_stage("pretrain", run_dir, lambda _: None, run)["wall_seconds"] == 1.0
+
+
+@pytest.mark.parametrize("stray", ["notes.txt", "data"])
+def test_a_folder_holding_other_files_is_never_deleted(tmp_path, stray):
+    run_dir = tmp_path / "pretrain"  # e.g. `pipeline --run-dir .` in a project of the user's
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("seed: 1\n")
+    (run_dir / stray).mkdir() if stray == "data" else (run_dir / stray).write_text("mine")
+    with pytest.raises(ValueError, match=f"not a spikessl run's \\({stray}\\).*move them away"):
+        run_stage("pretrain", run_dir, lambda _: None, forbidden)
+    assert (run_dir / stray).exists() and (run_dir / "config.yaml").exists()
+
+
+def test_a_file_where_the_stage_folder_belongs_is_refused(tmp_path):
+    (tmp_path / "pretrain").write_text("mine")
+    with pytest.raises(ValueError, match="is a file, where a run folder belongs"):
+        run_stage("pretrain", tmp_path / "pretrain", lambda _: None, forbidden)
+    assert (tmp_path / "pretrain").read_text() == "mine"
+
+
 def test_resumed_wall_time_counts_each_epoch_once(tmp_path):
     # a run may change the state it resumes from (fit() extended it in place before it took
     # copies): the seconds before the interruption are read before it runs, or the resumed

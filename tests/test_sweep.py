@@ -44,6 +44,16 @@ def test_invalid_grid_fails_before_anything_runs(monkeypatch, tmp_path, grid, me
     assert not (tmp_path / "records").exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("which", ["records", "runs"])
+def test_a_file_given_as_a_folder_fails_before_anything_runs(monkeypatch, tmp_path, which):
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    (tmp_path / which).write_text("mine")
+    option = "--records" if which == "records" else "--run-dir"
+    with pytest.raises(ValueError, match=f"{option} .*{which} is a file, not a folder"):
+        run_sweep(expand_grid(tiny_base(), []), tmp_path / "records", tmp_path / "runs")
+    assert (tmp_path / which).read_text() == "mine"
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """A real two-cell grid over the fine-tuning lr, then the baseline added on a rerun."""

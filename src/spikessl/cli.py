@@ -240,10 +240,14 @@ def _os_error(err: OSError) -> str:
     where = f": {err.filename}" if err.filename else ""
     if isinstance(err, FileNotFoundError):
         return f"{err.strerror or err}{where}; check the path (a typo? a folder not made yet?)"
-    return (
-        f"{err.strerror or err}{where} (a folder where a file belongs? no permission? a full "
-        "disk?); fix the path or choose another --out / --run-dir"
-    )
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        why = "a file where a folder belongs?"
+    elif isinstance(err, IsADirectoryError):
+        why = "a folder where a file belongs?"
+    else:
+        why = "no permission? a full disk?"
+    fix = "fix the path, or choose another --out / --run-dir / --records"
+    return f"{err.strerror or err}{where} ({why}); {fix}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from spikessl.evaluate import (
     test_accuracy,
 )
 from spikessl.losses import nt_xent
-from spikessl.runs import new_run_dir, run_stage, write_summary
+from spikessl.runs import check_run_dir, new_run_dir, run_stage, write_summary
 from spikessl.train import LoopSettings, Task, epoch_sizes, fit
 
 
@@ -89,6 +89,7 @@ def pretrain(
     resume: dict | None = None,
 ) -> dict:
     """SimCLR on the unlabelled part: NT-Xent of the spike counts of two augmented views."""
+    check_run_dir(run_dir, resume is not None)  # before the data and the kNN pass
     device, world, data = _start(cfg)
     pre = cfg.pretrain
     model = SimCLR(SpikingEncoder(cfg.encoder), pre.projection_dim, pre.center).to(device)
@@ -206,6 +207,7 @@ def finetune(
     from scratch on the same labelled images, every layer at the head's learning rate.
     ``resume``: this command's own unfinished checkpoint (its weights replace the others).
     """
+    check_run_dir(run_dir, resume is not None)  # before the data and the class-mean head
     device, world, data = _start(cfg)
     if resume is not None:
         command = resume["command"]

@@ -57,6 +57,22 @@ def new_run_dir(
 
             run_dir = broadcast_object(run_dir, world)
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, resuming)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    return run_dir
+
+
+def check_run_dir(run_dir: str | Path | None, resuming: bool = False) -> None:
+    """Refuse a ``--run-dir`` that a new run cannot write: a file, a finished run, or an
+    unfinished one (unless ``resuming`` it). Called before the data loads, and again by
+    ``new_run_dir``."""
+    if run_dir is None:
+        return
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} is a file, not a folder: choose another --run-dir")
     if finished(run_dir):
         raise FileExistsError(f"{run_dir} already holds a finished run; choose another --run-dir")
     if not resuming and (run_dir / "checkpoint.pt").exists():
@@ -64,10 +80,6 @@ def new_run_dir(
             f"{run_dir} holds an unfinished run: continue it with --resume {run_dir}, or "
             "choose another --run-dir"
         )
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    return run_dir
 
 
 @contextlib.contextmanager
@@ -158,7 +170,7 @@ def _run_claimed(
         before = sum(r["seconds"] for r in loop["history"]) + loop["sums"]["seconds"]
     else:
         if run_dir.exists():  # killed before its first checkpoint: nothing worth keeping
-            shutil.rmtree(run_dir)
+            _remove_unstarted(run_dir)
         log(f"  {what}: {run_dir}")
     summary = run(resume)
     if resume is not None:  # the summary timed only the resumed part: add the rest
@@ -166,3 +178,23 @@ def _run_claimed(
         summary["resumed"] = True
         write_summary(run_dir, summary)
     return summary
+
+
+def _remove_unstarted(run_dir: Path) -> None:
+    """Delete a stage's folder that a run left before its first checkpoint, or raise a
+    ValueError if it holds anything else: a folder of the user's is never deleted."""
+    own = {"config.yaml", "metrics.jsonl"}  # and write_atomic's ".<name>.<pid>-<hex>.tmp"
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is a file, where a run folder belongs: move it away")
+    other = sorted(
+        p.name
+        for p in run_dir.iterdir()
+        if p.name not in own and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+    )
+    if other:
+        listed = ", ".join(other[:5]) + (", ..." if len(other) > 5 else "")
+        raise ValueError(
+            f"{run_dir} holds files that are not a spikessl run's ({listed}), and no "
+            "checkpoint.pt to resume from: move them away or choose another --run-dir"
+        )
+    shutil.rmtree(run_dir)

@@ -63,6 +63,9 @@ def run_sweep(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("sweep runs in one process: start it without torchrun")
     records_dir, runs_root = Path(records_dir), Path(runs_root)
+    for folder, option in ((records_dir, "--records"), (runs_root, "--run-dir")):
+        if folder.exists() and not folder.is_dir():  # found now, not after a cell has trained
+            raise ValueError(f"{option} {folder} is a file, not a folder: name a folder")
     names = [c.name for c in cells]
     if len(set(names)) < len(names):
         raise ValueError("run_sweep: two cells have the same name; build them with expand_grid")
