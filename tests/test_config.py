@@ -17,7 +17,6 @@ import typing
 
 import hypothesis
 import pytest
-import yaml
 
 from spikessl.augment import AugmentConfig
 from spikessl.config import (
@@ -29,6 +28,7 @@ from spikessl.config import (
     dump_yaml,
     from_dict,
     load_config,
+    load_yaml,
     parse_overrides,
     preset_names,
     to_dict,
@@ -213,7 +213,7 @@ def test_parse_overrides() -> None:
         "a": {"b": {"c": 1}},
         "x": [1, 2],
         "y": "crop-rotate",
-        "z": "1e-3",
+        "z": 0.001,  # YAML 1.2 (PyYAML alone reads 1.1: the text "1e-3")
     }
     assert parse_overrides(["data.root=/a", "data.name=mnist"]) == {
         "data": {"root": "/a", "name": "mnist"}
@@ -511,6 +511,7 @@ ROUND_TRIP_CASES = [(name, []) for name in PRESETS] + [
     # strings that YAML would read as other types must come back as strings
     ("paper-mnist", {"data": {"root": "2024"}, "out_dir": "null", "device": "cpu"}),
     ("paper-mnist", {"data": {"root": "1e-3"}, "out_dir": "yes"}),
+    ("paper-mnist", {"data": {"root": "010"}, "out_dir": "0x1f"}),
 ]
 
 
@@ -523,7 +524,7 @@ def test_round_trip(tmp_path, spec: str, overrides: list[str] | dict) -> None:
     assert load_config(plain) == cfg
     assert from_dict(Config, plain) == cfg
     text = dump_yaml(cfg)
-    assert yaml.safe_load(text) == plain
+    assert load_yaml(text) == plain
     path = tmp_path / "config.yaml"
     path.write_text(text)
     assert load_config(str(path)) == cfg
@@ -699,4 +700,63 @@ def test_random_spec_strings_raise_only_value_or_file_errors(
 def test_type_errors_show_the_form_that_works() -> None:
     assert "quote it to keep it a string: out_dir=\"'123'\"" in load_error(["out_dir=123"])
     assert load_config("mnist-quick", ["out_dir='123'"]).out_dir == "123"  # the form it shows
-    assert "e.g. encoder.fc_sizes=[128]" in load_error(["encoder.fc_sizes=0"])
+    example = "e.g. 'encoder.fc_sizes=[8,16]'"
+    assert example in load_error(["encoder.fc_sizes=0"])
+    assert load_config("mnist-quick", ["encoder.fc_sizes=[8,16]"]).encoder.fc_sizes == (8, 16)
+    assert "2 numbers, e.g. 'augment.crop_scale=[0.5,0.5]'" in load_error(["augment.crop_scale=1"])
+    assert load_config("mnist-quick", ["augment.crop_scale=[0.5,0.5]"]).augment.crop_scale == (
+        0.5,
+        0.5,
+    )
+    assert "e.g. finetune.augment=crop+rotate" in load_error(["finetune.augment="])
+    assert "For no augmentation: finetune.augment=[]" in load_error(["finetune.augment=none"])
+    assert load_config("mnist-quick", ["finetune.augment=[]"]).finetune.augment == ()
+    assert "give it a value: out_dir=TEXT" in load_error(["out_dir="])
+
+
+@pytest.mark.parametrize(
+    ("override", "value"),
+    [
+        ("time_steps=010", 10),  # YAML 1.1: eight (octal)
+        ("seed=0x10", 16),
+        ("pretrain.lr=1e-3", 1e-3),  # YAML 1.1: the text "1e-3"
+        ("data.root=yes", "yes"),  # YAML 1.1: True
+        ("out_dir=on", "on"),
+        ("out_dir=1:30", "1:30"),  # YAML 1.1: ninety (base 60)
+    ],
+)
+def test_override_values_are_read_as_yaml_1_2(override: str, value: object) -> None:
+    key, _ = override.split("=", 1)
+    cfg = load_config("mnist-quick", [override])
+    got = cfg
+    for part in key.split("."):
+        got = getattr(got, part)
+    assert got == value and type(got) is type(value)
+
+
+def test_yaml_1_1_numbers_are_refused_where_a_number_belongs() -> None:
+    assert "time_steps='1:30' has the wrong type: expected int" in load_error(["time_steps=1:30"])
+    assert "expected bool" in load_error(["pretrain.center=yes"])
+
+
+def test_a_key_twice_in_a_config_file_is_an_error(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("pretrain:\n  epochs: 1\n  epochs: 2\n")
+    assert "found the key 'epochs' twice" in load_error([], str(path))
+
+
+def test_a_section_override_keeps_an_earlier_dotted_one() -> None:
+    for items in (
+        ["pretrain.epochs=1", "pretrain={lr: 0.1}"],
+        ["pretrain={lr: 0.1}", "pretrain.epochs=1"],
+    ):
+        pre = load_config("mnist-quick", items).pretrain
+        assert (pre.epochs, pre.lr) == (1, 0.1)
+    assert (
+        load_config("mnist-quick", ["pretrain.epochs=1", "pretrain={epochs: 2}"]).pretrain.epochs
+        == 2
+    )
+
+
+def test_a_seed_beyond_64_bits_is_refused() -> None:
+    assert "from 0 to 2**63 - 1" in load_error(["seed=18446744073709551616"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,66 @@ from spikessl.encoders import EncoderConfig
 from spikessl.train import SCHEDULES
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core-schema scalars and no duplicate keys.
+
+    PyYAML reads YAML 1.1, where ``010`` is eight (octal), ``1:30`` is ninety (base 60),
+    ``yes``/``on`` are True and ``1e-3`` is text: ``time_steps=010`` would run T=8. Here
+    ``010`` is ten, ``1:30`` and ``yes`` are text (and refused where a number or a bool
+    belongs), ``1e-3`` is a number, and a key given twice in a mapping is an error.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found the key {key!r} twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_int(loader: YamlLoader, node: yaml.Node) -> int:
+    text = loader.construct_scalar(node)
+    body = text.lstrip("+-")
+    sign = -1 if text.startswith("-") else 1
+    if body[:2] in ("0o", "0x"):
+        return sign * int(body[2:], 8 if body[1] == "o" else 16)
+    return sign * int(body, 10)
+
+
+_BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in (
+    (_BOOL, r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    (_INT, r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    (
+        _FLOAT,
+        r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)",
+        "-+0123456789.",
+    ),
+):
+    YamlLoader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
+YamlLoader.add_constructor(_INT, _yaml_int)
+
+
+class YamlDumper(yaml.SafeDumper):
+    """Quotes exactly the text that ``YamlLoader`` would read as something else ("1e-3")."""
+
+
+YamlDumper.yaml_implicit_resolvers = YamlLoader.yaml_implicit_resolvers
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` read with ``YamlLoader`` (YAML 1.2 numbers and bools, no duplicate keys)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -150,7 +211,12 @@ class FinetuneConfig:
             ">= 0 (0 freezes the encoder like linear_probe)",
         )
         if self.augment:
-            object.__setattr__(self, "augment", resolve_views(self.augment))
+            try:
+                object.__setattr__(self, "augment", resolve_views(self.augment))
+            except ValueError as err:
+                raise ValueError(
+                    f"augment: {err} For no augmentation: finetune.augment=[]"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -193,7 +259,7 @@ class Config:
     knn: KNNConfig = field(default_factory=KNNConfig)
 
     def __post_init__(self) -> None:
-        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check(0 <= self.seed < 2**63, "seed", self.seed, "an integer from 0 to 2**63 - 1")
         _check(self.time_steps >= 1, "time_steps", self.time_steps, ">= 1, e.g. 30 as in the paper")
         gpu = self.device.partition("cuda:")[2]  # device=cuda:N: torch's name, not ours
         pick = f"; to pick GPU {gpu}, set CUDA_VISIBLE_DEVICES={gpu} and device=cuda" if gpu else ""
@@ -294,7 +360,7 @@ def _read_yaml(spec: str) -> dict:
             )
         text = resources.files("spikessl.presets").joinpath(f"{spec}.yaml").read_text()
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = load_yaml(text) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"config {spec} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
@@ -309,6 +375,8 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {key}: {part} is not a section")
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        value = _merge(node[leaf], value)  # pretrain.epochs=1 pretrain={lr: 0.1}: both hold
     node[leaf] = value
 
 
@@ -320,7 +388,7 @@ def parse_overrides(items: list[str]) -> dict:
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key=value, e.g. time_steps=10")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError:
             value = text
         _set_dotted(tree, key.strip(), value)
@@ -364,7 +432,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             text = value.replace("+", ",") if names else value
             value = [_scalar(v) for v in text.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key} must be a list, got {value!r}: e.g. {key}=[128] or 8,16")
+            raise ValueError(f"{key} must be a list, got {value!r}: {_list_example(key, args)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
@@ -383,14 +451,26 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     expected = getattr(hint, "__name__", hint)
     hint_text = ""
-    if hint is str:  # key=123 on the command line is read as a number
+    if hint is str and value is None:  # key= with nothing after the "="
+        hint_text = f"; give it a value: {key}=TEXT"
+    elif hint is str:  # key=123 on the command line is read as a number
         hint_text = f"; quote it to keep it a string: {key}=\"'{value}'\""
     raise ValueError(f"{key}={value!r} has the wrong type: expected {expected}{hint_text}")
 
 
+def _list_example(key: str, args: tuple) -> str:
+    """How to write a list for ``key`` whose hint is ``tuple[args]``."""
+    if args[0] is str:
+        return f"e.g. {key}=crop+rotate"
+    # brackets, quoted for the shell: a sweep reads 8,16 as two cells
+    if len(args) == 2 and args[1] is Ellipsis:
+        return f"e.g. '{key}=[8,16]'"
+    return f"{len(args)} numbers, e.g. '{key}=[{','.join(['0.5'] * len(args))}]'"
+
+
 def _scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text.strip()
 
@@ -431,4 +511,4 @@ def to_dict(cfg: Any) -> dict:
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.dump(to_dict(cfg), Dumper=YamlDumper, sort_keys=False)

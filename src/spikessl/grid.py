@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from spikessl.config import Config, load_config, parse_overrides, to_dict
+from spikessl.config import Config, load_config, load_yaml, parse_overrides, to_dict
 
 # Settings that do not change a run's results: never part of a key, so a grid recorded on a
 # laptop is still recognised on a GPU machine with another data folder.
@@ -211,7 +211,7 @@ def made_with(run_dir: Path, settings: dict, drop: tuple[str, ...] = ()) -> bool
     ``config.yaml`` without ``drop`` holds the ``same_settings``. An unreadable one does not
     (not a run of ours: never reused)."""
     try:
-        old = yaml.safe_load((run_dir / "config.yaml").read_text())
+        old = load_yaml((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(old, dict) and same_settings(_prune(old, drop), settings)
