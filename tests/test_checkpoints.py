@@ -91,6 +91,10 @@ def test_export_safetensors_round_trip(pretrained, capsys):
     assert main(["export", str(tmp / "pretrain"), "--out", str(folder)]) == 0
     assert json.loads(capsys.readouterr().out)["safetensors"] == str(folder / "model.safetensors")
     assert (folder / "model.safetensors").stat().st_size > 0
+    assert main(["export", str(tmp / "pretrain"), "--out", f"{tmp / 'new'}/"]) == 0  # made
+    assert json.loads(capsys.readouterr().out)["safetensors"] == str(
+        tmp / "new" / "model.safetensors"
+    )
     # --out below a file: the OS error, with what to check, and exit status 2
     assert (
         main(["export", str(tmp / "pretrain"), "--out", str(folder / "model.safetensors" / "m")])

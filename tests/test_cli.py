@@ -90,6 +90,43 @@ def test_a_data_override_that_is_not_a_section_with_data_dir(tmp_path) -> None:
     assert code == 2 and "data is a section" in err and "Traceback" not in err
 
 
+def test_reproduce_with_a_data_override_that_is_not_a_section(tmp_path) -> None:
+    argv = ["reproduce", "--dataset", "mnist", "--budget", "quick", "--dry-run"]
+    assert_error([*argv, "--data-dir", str(tmp_path), "data=foo"], "data is a section")
+
+
+def test_an_unknown_option_shows_the_commands_own_usage() -> None:
+    code, _, err = run_main(["knn", "--bogus"])
+    assert code == 2 and err.startswith("usage: spikessl knn") and "--bogus" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (
+            ["sweep", "paper-mnist", "time_steps=10,30"],
+            "must look like key=value or key=v1,v2: --config paper-mnist",
+        ),
+        (["sweep", "time_steps="], "'time_steps=' must look like key=value"),
+        (["pretrain", "--config", ""], "--config is empty"),
+    ],
+)
+def test_arguments_that_name_nothing_say_what_to_write(argv, needle) -> None:
+    assert_error([*argv, "--no-progress"], needle)
+
+
+def test_device_option_wins_over_a_device_override_in_every_command(monkeypatch) -> None:
+    from spikessl import commands, sweep
+
+    args = cli._parser().parse_args(["pretrain", "--device", "cpu", "device=cuda"])
+    assert commands.config(args, None).device == "cpu"
+    grids = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda cells, *_args: grids.append(cells) or [])
+    args = cli._parser().parse_args(["sweep", "--device", "cpu", "device=cuda", "seed=0,1"])
+    commands.sweep(args, commands.config(args, None), progress=False)
+    assert [c.config.device for c in grids[0]] == ["cpu", "cpu"]
+
+
 def test_pipeline_refuses_torchrun(monkeypatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, _, err = run_main(["pipeline", "--config", "mnist-quick", "--no-progress"])
@@ -582,8 +619,12 @@ def test_compare_draws_a_sweep_records_two_curves(tmp_path) -> None:
 
 def test_compare_rejects_a_file_that_is_not_a_record(runs: dict, tmp_path) -> None:
     out = str(tmp_path / "x.png")
-    checkpoint = str(runs["root"] / "fin" / "checkpoint.pt")  # binary, not JSON
-    assert_error(["compare", checkpoint, "--out", out], "is not a sweep record")
+    fin = runs["root"] / "fin"
+    for name in ("checkpoint.pt", "metrics.jsonl"):  # a run's file: its folder is meant
+        assert_error(["compare", str(fin / name), "--out", out], f"pass the run's folder, {fin}")
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes((fin / "checkpoint.pt").read_bytes())  # binary, not JSON
+    assert_error(["compare", str(binary), "--out", out], "is not a sweep record")
     fin = str(runs["root"] / "fin")
     (tmp_path / "d.png").mkdir()  # a folder where the PNG belongs
     assert_error(["compare", fin, "--out", str(tmp_path / "d.png")], "choose another --out")

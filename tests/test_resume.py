@@ -160,10 +160,23 @@ def test_resume_refuses_another_run_dir(tmp_path, reference, capsys):
 def test_resume_names_the_directory_and_refuses_a_finished_run(reference, capsys):
     ckpt = reference / "checkpoint.pt"
     assert main(["pretrain", "--resume", str(ckpt), "--no-progress"]) == 2
-    fix = f"not a file in it: spikessl pretrain --resume {reference}"
+    fix = f"not a file: spikessl pretrain --resume {reference}"
     assert fix in capsys.readouterr().err
     assert main(["pretrain", "--resume", str(reference), "--no-progress"]) == 2
     assert "is a finished run" in capsys.readouterr().err
+
+
+def test_resume_says_what_it_needs_of_a_path_that_holds_no_run(tmp_path, capsys):
+    def error(path) -> str:
+        assert main(["pretrain", "--resume", str(path), "--no-progress"]) == 2
+        return capsys.readouterr().err
+
+    assert "no such folder; pass the folder of an interrupted run" in error(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("mine")
+    err = error(tmp_path / "notes.txt")
+    assert "takes a run's folder, not a file" in err and "--resume " + str(tmp_path) not in err
+    (tmp_path / "empty").mkdir()
+    assert "no checkpoint.pt in it, so nothing to resume" in error(tmp_path / "empty")
 
 
 def test_nonfinite_loss_stops_or_skips(tmp_path, monkeypatch):

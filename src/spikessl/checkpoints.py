@@ -23,6 +23,12 @@ def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint file or a run directory holding ``checkpoint.pt`` (never runs code)."""
     path = Path(path)
     if path.is_dir():
+        stages = [s for s in ("pretrain", "finetune", "supervised") if (path / s).is_dir()]
+        if stages and not (path / "checkpoint.pt").exists():  # a pipeline's folder
+            raise FileNotFoundError(
+                f"{path} is a pipeline's folder, its runs are in {', '.join(stages)}: pass "
+                f"one of them, e.g. {path / stages[0]}"
+            )
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: pass a run directory or a .pt file")

@@ -127,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
                 help="also train the supervised-only baseline on the same labels",
             )
     _reproduce_parser(sub)
+    parser.set_defaults(commands=sub.choices)  # each command's parser, for its own usage line
     return parser
 
 
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command in ("export", "compare"):  # no config: every argument is an option
         if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         try:
             result = getattr(commands, args.command)(args)
         except USER_ERRORS as err:
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *extra]
     from spikessl import checkpoints, distributed  # after parsing: --help stays instant
     from spikessl.train import Interrupted

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from spikessl.config import Config, load_config, parse_overrides
+from spikessl.config import Config, load_config, parse_overrides, set_data_root
 
 DEFAULT_CONFIG = "paper-mnist"  # the preset when --config is not given
 
@@ -40,15 +40,14 @@ def reproduce(args: argparse.Namespace, progress: bool) -> dict:
 
 
 def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
-    # a sweep's grid values (key=v1,v2) are parsed and checked by grid.expand_grid
-    overrides = {} if args.command == "sweep" else parse_overrides(args.overrides)
-    if args.data_dir:  # taken literally, not parsed as YAML
-        if not isinstance(overrides.setdefault("data", {}), dict):
-            raise ValueError(
-                f"data={overrides['data']!r}: data is a section; set its keys, e.g. data.name=mnist"
-            )
-        overrides["data"]["root"] = args.data_dir
-    if args.device:
+    if args.config == "":
+        raise ValueError("--config is empty: name a preset (e.g. paper-mnist) or a YAML file")
+    # a sweep's axes (key=v1,v2) are parsed and checked by grid.expand_grid
+    fixed = sweep_axes(args.overrides)[1] if args.command == "sweep" else args.overrides
+    overrides = parse_overrides(fixed)
+    if args.data_dir:  # taken literally, not parsed as YAML; wins over data.root=
+        set_data_root(overrides, args.data_dir)
+    if args.device:  # wins over device=
         overrides["device"] = args.device
     if args.config is None and checkpoint is not None:
         # Fine-tuning defaults to the pretraining run's own settings: same split, same net.
@@ -74,12 +73,15 @@ def export(args: argparse.Namespace) -> dict:
     checkpoint = checkpoints.load_checkpoint(args.run)
     run = Path(args.run)
     out = Path(args.out or (run if run.is_dir() else run.parent))
+    if args.out and args.out.endswith(("/", os.sep)):  # a folder, made if need be
+        out.mkdir(parents=True, exist_ok=True)
     path = checkpoints.export_safetensors(
         checkpoint, out / "model.safetensors" if out.is_dir() else out
     )
     return {"command": "export", "safetensors": str(path)}
 
 
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "checkpoint.pt")
 RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervised only"}
 RECORD_CURVES = {  # a sweep record's per-epoch test accuracies, by legend label
     RUN_LABELS["finetune"]: "finetune_accuracy_by_epoch",
@@ -140,6 +142,8 @@ def compare(args: argparse.Namespace) -> dict:
 
     curves: list[tuple[str, str, dict[int, float]]] = []  # (label, source, values)
     for run in args.runs:
+        if Path(run).name in RUN_FILES:
+            raise ValueError(f"{run} is a file of a run: pass the run's folder, {Path(run).parent}")
         if Path(run).is_file():  # a sweep record: one curve per method it holds
             curves += [(label, run, values) for label, values in record_curves(run).items()]
         else:
@@ -162,16 +166,28 @@ def compare(args: argparse.Namespace) -> dict:
     return {"command": "compare", "png": str(path), "final": final}
 
 
+def sweep_axes(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """A sweep's ``key=value`` items split into grid axes (several comma-separated values;
+    cells are named after these) and settings of every cell (one value)."""
+    from spikessl import grid
+    from spikessl.config import preset_names
+
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            hint = f": --config {item}" if item in preset_names() else ", e.g. time_steps=10,30"
+            raise ValueError(f"sweep argument {item!r} must look like key=value or key=v1,v2{hint}")
+    axes = [o for o in overrides if len(grid.split_values(o.partition("=")[2])) > 1]
+    return axes, [o for o in overrides if o not in axes]
+
+
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     from spikessl import grid, report
     from spikessl.config import to_dict
     from spikessl.sweep import run_sweep
 
-    # one value: a setting of every cell; several: a grid axis (cells are named after these)
-    axes = [o for o in args.overrides if len(grid.split_values(o.partition("=")[2])) > 1]
-    fixed = [o for o in args.overrides if o not in axes]
-    base = to_dict(load_config(to_dict(cfg), parse_overrides(fixed)))
-    cells = grid.expand_grid(base, axes)
+    axes, _ = sweep_axes(args.overrides)  # the fixed settings are in cfg already
+    cells = grid.expand_grid(to_dict(cfg), axes)
     runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
     records = run_sweep(cells, args.records, runs_root, args.baseline, progress)
     if records:  # the command that remakes the folder (machine-local paths left out)
@@ -253,15 +269,23 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
     from spikessl.runs import finished
 
     run = Path(args.resume)
+    if not run.exists():
+        raise FileNotFoundError(
+            f"--resume {run}: no such folder; pass the folder of an interrupted run (the one "
+            "that holds its checkpoint.pt)"
+        )
     if args.run_dir and Path(args.run_dir).resolve() != run.resolve():
         raise ValueError(
             f"--resume continues {run} in its own directory: drop --run-dir {args.run_dir} "
             "(it would write the resumed run over another one)"
         )
     if run.is_file():
-        raise ValueError(
-            f"--resume takes the run directory, not a file in it: "
-            f"spikessl {args.command} --resume {run.parent}"
+        fix = f": spikessl {args.command} --resume {run.parent}" if run.name in RUN_FILES else ""
+        raise ValueError(f"--resume takes a run's folder, not a file{fix}")
+    if not (run / "checkpoint.pt").exists():
+        raise FileNotFoundError(
+            f"--resume {run}: no checkpoint.pt in it, so nothing to resume (a run killed "
+            "before its first checkpoint: start it again)"
         )
     checkpoint = checkpoints.load_checkpoint(run)
     if "loop" not in checkpoint:

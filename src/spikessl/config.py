@@ -395,6 +395,16 @@ def parse_overrides(items: list[str]) -> dict:
     return tree
 
 
+def set_data_root(tree: dict, root: str) -> dict:
+    """``--data-dir ROOT`` into an override tree: ``data.root``, taken literally (no YAML)."""
+    if not isinstance(tree.setdefault("data", {}), dict):
+        raise ValueError(
+            f"data={tree['data']!r}: data is a section; set its keys, e.g. data.name=mnist"
+        )
+    tree["data"]["root"] = root
+    return tree
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():

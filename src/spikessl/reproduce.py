@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikessl import grid, report, sweep
-from spikessl.config import load_config, parse_overrides, to_dict
+from spikessl.config import load_config, parse_overrides, set_data_root, to_dict
 from spikessl.dataset_catalog import DATASETS as DATASET_INFO
 from spikessl.records import load_records
 
@@ -83,7 +83,7 @@ def base_config(
         raise ValueError(f"choose --dataset from {list(DATASETS)} and --budget from {BUDGETS}")
     tree = parse_overrides([*(QUICK[dataset] if budget == "quick" else []), *overrides])
     if data_dir:  # taken literally, as in the other commands
-        tree.setdefault("data", {})["root"] = data_dir
+        set_data_root(tree, data_dir)
     if device:
         tree["device"] = device
     cfg = load_config(f"paper-{dataset}", tree)
