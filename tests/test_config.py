@@ -743,6 +743,16 @@ def test_a_key_twice_in_a_config_file_is_an_error(tmp_path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("pretrain:\n  epochs: 1\n  epochs: 2\n")
     assert "found the key 'epochs' twice" in load_error([], str(path))
+    assert "found the key 'epochs' twice" in load_error(["pretrain={epochs: 1, epochs: 2}"])
+    path.write_text("{[1]: 2}: 3\n")  # an unhashable key: PyYAML's own error
+    assert "unhashable" in load_error([], str(path))
+
+
+def test_merge_keys_share_settings_and_may_be_overridden(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("pretrain: &p {epochs: 2, lr: 0.01}\nfinetune: {<<: *p, lr: 0.001}\n")
+    cfg = load_config(str(path))
+    assert (cfg.finetune.epochs, cfg.finetune.lr, cfg.pretrain.lr) == (2, 0.001, 0.01)
 
 
 def test_a_section_override_keeps_an_earlier_dotted_one() -> None:

@@ -40,12 +40,17 @@ class YamlLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults" may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"found the key {key!r} twice", key_node.start_mark
-                )
-            seen.add(key)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"found the key {key!r} twice", key_node.start_mark
+                    )
+                seen.add(key)
+            except TypeError:  # unhashable: SafeConstructor says so below
+                continue
         return super().construct_mapping(node, deep)
 
 
@@ -389,7 +394,9 @@ def parse_overrides(items: list[str]) -> dict:
             raise ValueError(f"override {item!r} must look like key=value, e.g. time_steps=10")
         try:
             value = load_yaml(text)
-        except yaml.YAMLError:
+        except yaml.YAMLError as err:
+            if "twice" in str(getattr(err, "problem", "")):
+                raise ValueError(f"override {item!r}: {err.problem}") from None
             value = text
         _set_dotted(tree, key.strip(), value)
     return tree
