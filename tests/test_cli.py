@@ -551,6 +551,12 @@ def test_neighbors_writes_the_figure(runs: dict) -> None:
     result = result_json(stdout)
     assert result["png"] == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert_accuracy(result["top1_label_agreement"])
+    import hashlib
+
+    from spikessl.figures import png_source
+
+    digest = hashlib.sha256((runs["root"] / "pre" / "checkpoint.pt").read_bytes()).hexdigest()
+    assert png_source(out) == f"spikessl checkpoint sha256 {digest}"  # the PNG names its run
 
 
 def test_neighbors_checks_the_output_name_before_encoding(runs: dict, monkeypatch) -> None:

@@ -7,6 +7,7 @@ A checkpoint is the dict ``train.fit`` saves as ``checkpoint.pt``: ``model`` (a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import zipfile
@@ -17,6 +18,14 @@ from torch import nn
 
 from spikessl.config import Config, from_dict, to_dict
 from spikessl.encoders import EncoderConfig, SpikingEncoder
+
+
+def checkpoint_source(path: str | Path) -> str:
+    """What a figure drawn from the checkpoint at ``path`` (a file or a run directory) keeps
+    in its PNG to name it: the file's sha256."""
+    path = Path(path)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    return f"spikessl checkpoint sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}"
 
 
 def load_checkpoint(path: str | Path) -> dict:

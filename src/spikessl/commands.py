@@ -223,13 +223,14 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
 def neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
     from pathlib import Path
 
-    from spikessl import figures
+    from spikessl import checkpoints, figures
 
     pretrained = Path(args.pretrained)
     out = args.out or (pretrained if pretrained.is_dir() else pretrained.parent) / "neighbors.png"
     figures.png_path(out)  # a wrong name fails now, not after encoding the test set
+    source = checkpoints.checkpoint_source(pretrained)  # kept in the PNG
     path, agreement = figures.neighbours_figure(
-        checkpoint, cfg, out, n_queries=args.queries, k=args.k, seed=cfg.seed
+        checkpoint, cfg, out, n_queries=args.queries, k=args.k, seed=cfg.seed, source=source
     )
     return {"command": "neighbors", "png": str(path), "top1_label_agreement": agreement}
 

@@ -9,7 +9,6 @@ shows as "—".
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -218,7 +217,7 @@ def neighbours_png(record: dict, cell: grid.Cell, out: Path, log: Callable[[str]
     from spikessl import checkpoints, figures
 
     # the figure names its checkpoint: one drawn from another machine's run is redrawn
-    source = f"spikessl checkpoint sha256 {hashlib.sha256(checkpoint.read_bytes()).hexdigest()}"
+    source = checkpoints.checkpoint_source(checkpoint)
     if out.exists() and figures.png_source(out) == source:
         return True  # drawn from this very checkpoint: encoding the data again changes nothing
     try:
