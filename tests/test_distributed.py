@@ -52,7 +52,8 @@ def train(views: torch.Tensor, world: distributed.World) -> dict:
     return {"losses": losses, "grads": grads, "state": state}
 
 
-def worker(rank: int, port: int, views_path: str, out_path: str) -> None:
+def worker(rank: int, port: int, job, arg: str, out_path: str) -> None:
+    """Process ``rank`` of 2 (gloo): ``job(arg, world)``, whose result rank 0 saves."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -62,10 +63,14 @@ def worker(rank: int, port: int, views_path: str, out_path: str) -> None:
     )
     torch.set_num_threads(1)
     world = distributed.setup(torch.device("cpu"))
-    result = train(torch.load(views_path), world)
+    result = job(arg, world)
     if world.is_main:
         torch.save(result, out_path)
     torch.distributed.destroy_process_group()
+
+
+def train_saved(views_path: str, world: distributed.World) -> dict:
+    return train(torch.load(views_path), world)
 
 
 def test_two_processes_equal_one_with_the_concatenated_batch(tmp_path):
@@ -80,7 +85,7 @@ def test_two_processes_equal_one_with_the_concatenated_batch(tmp_path):
         torch.set_num_threads(threads)
     mp.spawn(
         worker,
-        args=(free_port(), str(tmp_path / "views.pt"), str(tmp_path / "out.pt")),
+        args=(free_port(), train_saved, str(tmp_path / "views.pt"), str(tmp_path / "out.pt")),
         nprocs=2,
         join=True,
     )
@@ -103,7 +108,7 @@ def test_two_processes_equal_one_with_the_concatenated_batch(tmp_path):
             assert (double["state"][key] - b).norm() <= 1e-5 * moved + 1e-7, key
 
 
-def classify(world: distributed.World, run_dir: str) -> dict:
+def classify(run_dir: str, world: distributed.World) -> dict:
     """`train.fit` of a linear classifier: 7 images in global batches of 4, the last one of 3
     split 2 + 1 between two processes. Returns the weights after the epoch."""
     torch.manual_seed(0)
@@ -126,26 +131,10 @@ def classify(world: distributed.World, run_dir: str) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def classify_worker(rank: int, port: int, run_dir: str, out_path: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    world = distributed.setup(torch.device("cpu"))
-    result = classify(world, run_dir)
-    if world.is_main:
-        torch.save(result, out_path)
-    torch.distributed.destroy_process_group()
-
-
 def test_an_uneven_last_batch_weighs_every_image_alike(tmp_path):
-    single = classify(distributed.World(), str(tmp_path / "one"))
+    single = classify(str(tmp_path / "one"), distributed.World())
     out = tmp_path / "out.pt"
-    mp.spawn(classify_worker, args=(free_port(), str(tmp_path / "two"), str(out)), nprocs=2)
+    mp.spawn(worker, args=(free_port(), classify, str(tmp_path / "two"), str(out)), nprocs=2)
     double = torch.load(out)
     for key, b in single.items():  # float64: equal to rounding, not just close
         torch.testing.assert_close(double[key], b, rtol=1e-12, atol=1e-12)
