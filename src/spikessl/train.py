@@ -349,13 +349,7 @@ def fit(
                 # DDP averages the processes' gradients: a process's mean counts by its share
                 # of the batch, which a last batch of len(rows) % processes != 0 splits unevenly
                 share = len(idx) * world.size / len(rows) if task.local_mean else 1.0
-                bad = _backward_and_step(
-                    loss * share if share != 1.0 else loss,
-                    optimizer,
-                    params,
-                    settings.grad_clip,
-                    world,
-                )
+                bad = _backward_and_step(loss * share, optimizer, params, settings.grad_clip, world)
                 if bad is not None:  # stops the run, or warns and counts the skipped step
                     last = run_dir / "checkpoint.pt" if main else None
                     _nonfinite(task.name, bad, epoch, step, settings.on_nonfinite, last)
