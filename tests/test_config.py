@@ -346,6 +346,8 @@ def test_section_given_a_scalar_then_a_subkey() -> None:
         (["augment.noise_std=-1"], ["noise_std"]),
         (["augment.blur_kernel=4"], ["blur_kernel"]),
         (["augment.p=2"], ["p="]),
+        (["on_divergence=halt"], ["on_divergence", "'warn'", "'stop'"]),
+        (["on_nonfinite=warn"], ["on_nonfinite", "'skip'"]),
     ],
 )
 def test_out_of_range_names_the_key(overrides: list[str], keys: list[str]) -> None:

@@ -253,12 +253,14 @@ def test_loop_settings_carry_each_sections_optimiser_settings() -> None:
             "finetune.weight_decay=1e-4",
             "pretrain.warmup_steps=30",
             "finetune.warmup_steps=7",
+            "on_divergence=stop",
         ],
     )
     pre = pipeline._loop(cfg, cfg.pretrain, drop_last=True, progress=False)
     ft = pipeline._loop(cfg, cfg.finetune, drop_last=False, progress=False)
     assert (pre.grad_clip, pre.batch_size, pre.warmup_steps) == (2.5, cfg.pretrain.batch_size, 30)
     assert (ft.grad_clip, ft.weight_decay, ft.drop_last, ft.warmup_steps) == (0.5, 1e-4, False, 7)
+    assert pre.on_divergence == ft.on_divergence == "stop"
 
 
 def _start_of_finetuning(monkeypatch, cfg, checkpoint, run_dir):

@@ -321,3 +321,29 @@ def test_seeds_are_summarised_when_the_grid_varies_them(tmp_path, monkeypatch):
     one_seed = expand_grid(tiny_base(), ["finetune.lr=0.01,0.02"])
     run_sweep(one_seed, tmp_path / "one", tmp_path / "runs", progress=False, log=print)
     assert not (tmp_path / "one" / "seeds.md").exists()
+
+
+def test_a_cell_that_stops_on_its_numbers_does_not_stop_the_others(tmp_path, monkeypatch):
+    from spikessl import sweep
+    from spikessl.train import Diverged
+
+    def fake_cell(cell, runs_root, progress, log):
+        if cell.config.finetune.lr == 0.02:
+            raise Diverged("pretrain: stopped at epoch 3: its loss 5.1 diverged")
+        return {
+            "cell": cell.name,
+            "key": cell.key,
+            "grid": dict(cell.overrides),
+            "config": to_dict(cell.config),
+            "finetune_test_accuracy": 90.0,
+        }
+
+    monkeypatch.setattr(sweep, "_run_cell", fake_cell)
+    lines: list[str] = []
+    cells = expand_grid(tiny_base(), ["finetune.lr=0.01,0.02,0.03"])
+    with pytest.raises(FloatingPointError, match=r"1 of 3 cells .*: finetune\.lr=0\.02 \("):
+        run_sweep(cells, tmp_path / "records", tmp_path / "runs", progress=False, log=lines.append)
+    assert any("finetune.lr=0.02: failed" in line and "epoch 3" in line for line in lines)
+    recorded = sorted(p.name for p in (tmp_path / "records").glob("*.json"))
+    assert recorded == ["finetune.lr=0.01.json", "finetune.lr=0.03.json"]
+    assert "0.03" in (tmp_path / "records" / "results.md").read_text()

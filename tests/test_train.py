@@ -429,6 +429,31 @@ def test_fit_warns_once_when_the_loss_diverges_and_keeps_the_checkpoint(tmp_path
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 5
 
 
+def test_on_divergence_stop_ends_the_run_after_the_diverging_epoch(tmp_path: Path) -> None:
+    x, y = separable_data(32)
+    task = make_task(lr=0.0, shift=lambda call: 3.0 if call >= 4 else 0.0)  # as above
+    stop = settings(epochs=5, on_divergence="stop")
+    stopped = r"toy: stopped at epoch 3: its loss 4\.348 diverged"
+    with (
+        pytest.warns(RuntimeWarning, match="toy epoch 3: loss"),
+        pytest.raises(train.Diverged, match=stopped),
+    ):
+        fit(task, x, y, stop, tmp_path)
+    assert [r.get("diverging", False) for r in read_metrics(tmp_path)] == [False, False, True]
+    kept = torch.load(tmp_path / "checkpoint-before-divergence.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert (kept["epoch"], checkpoint["epoch"]) == (2, 3)  # both kept, the epoch's own too
+    # resumed with the same setting, it stops at once: no epoch is trained again
+    again = make_task(lr=0.0, shift=lambda call: pytest.fail("trained after stopping"))
+    with pytest.raises(train.Diverged, match="epoch 3"):
+        fit(again, x, y, stop, tmp_path, resume=checkpoint)
+    assert len(read_metrics(tmp_path)) == 3
+    # resumed with on_divergence=warn, it trains on as if it had never stopped
+    on = make_task(lr=0.0, shift=lambda call: 3.0)
+    history = fit(on, x, y, settings(epochs=5), tmp_path, resume=checkpoint)
+    assert [r.get("diverging", False) for r in history] == [False, False, True, True, True]
+
+
 @pytest.mark.parametrize("clip", [0.0, 1e-3])
 def test_fit_clips_the_gradient_norm_before_each_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip: float

@@ -255,6 +255,7 @@ class Config:
     eval_batch_size: int = 512
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: after each epoch)
     on_nonfinite: str = "stop"  # NaN/inf loss or gradients: "stop" with an error, or "skip"
+    on_divergence: str = "warn"  # an epoch loss far above its best: "warn" or "stop" the run
     precision: str = "fp32"  # "bf16": autocast convolutions/matmuls (membranes stay fp32)
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -287,6 +288,12 @@ class Config:
             "on_nonfinite",
             self.on_nonfinite,
             "'stop' (raise an error) or 'skip' (drop the step)",
+        )
+        _check(
+            self.on_divergence in ("warn", "stop"),
+            "on_divergence",
+            self.on_divergence,
+            "'warn' (train on) or 'stop' (stop the run after the diverging epoch)",
         )
         f, part = self.finetune.label_fraction, self.data.labelled_fraction
         _check(

@@ -23,8 +23,16 @@ import yaml
 from spikessl.config import Config, load_config, load_yaml, parse_overrides, to_dict
 
 # Settings that do not change a run's results: never part of a key, so a grid recorded on a
-# laptop is still recognised on a GPU machine with another data folder.
-IGNORED = ("device", "out_dir", "eval_batch_size", "checkpoint_every", "data.root")
+# laptop is still recognised on a GPU machine with another data folder (on_divergence=stop
+# only ends a diverging run early: a run it lets finish is the same).
+IGNORED = (
+    "device",
+    "out_dir",
+    "eval_batch_size",
+    "checkpoint_every",
+    "on_divergence",
+    "data.root",
+)
 
 _OPEN, _CLOSE = "[{(", "]})"
 

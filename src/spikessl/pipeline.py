@@ -191,6 +191,7 @@ def _loop(cfg: Config, section, drop_last: bool, progress: bool) -> LoopSettings
         cfg.on_nonfinite,
         section.grad_clip,
         section.warmup_steps,
+        cfg.on_divergence,
     )
 
 

@@ -58,7 +58,9 @@ def run_sweep(
 
     A record whose key differs from its cell's (another preset or config defaults) is an
     error, raised before anything runs. With ``baseline``, recorded cells that lack the
-    supervised baseline get it added. Returns the grid's records, in grid order.
+    supervised baseline get it added. A cell whose training stops on its own numbers (a
+    ``FloatingPointError``: on_nonfinite=stop, on_divergence=stop) is logged and the other
+    cells run; then the sweep raises, naming it. Returns the grid's records, in grid order.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("sweep runs in one process: start it without torchrun")
@@ -79,6 +81,7 @@ def run_sweep(
         if seeds:
             write_seed_tables(records, *seed_tables)
 
+    failed: list[str] = []  # cells whose training stopped on its own numbers
     for i, cell in enumerate(cells, 1):
         tag = f"sweep [{i}/{len(cells)}] {cell.name}"
         record = recorded[cell.name]
@@ -87,16 +90,28 @@ def run_sweep(
             log(f"{tag}: recorded, skipping")
             continue
         log(f"{tag}: {'adding the supervised baseline' if record else 'running'} (key {cell.key})")
-        if record is None:
-            record = _run_cell(cell, runs_root, progress, log)
-        if missing_baseline:
-            record = _add_supervised(record, cell, runs_root, progress, log)
+        try:
+            if record is None:
+                record = _run_cell(cell, runs_root, progress, log)
+            if missing_baseline:
+                record = _add_supervised(record, cell, runs_root, progress, log)
+        except FloatingPointError as err:  # on_divergence=stop or on_nonfinite=stop: its numbers
+            log(f"{tag}: failed, going on with the other cells: {err}")
+            failed.append(cell.name)
+            continue
         records_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(records_dir / f"{cell.name}.json", json.dumps(record, indent=1) + "\n")
         tabulate(load_records(records_dir, names))  # progress visible mid-grid
     records = load_records(records_dir, names)
     if records:
         tabulate(records)
+    if failed:
+        raise FloatingPointError(
+            f"{len(failed)} of {len(cells)} cells stopped without a result: "
+            f"{', '.join(failed)} (their errors are in the log above; the other cells are "
+            f"recorded in {records_dir}). The same settings stop the same way: rerun them with "
+            "others, e.g. gradient clipping (pretrain.grad_clip=1.0) or a lower learning rate"
+        )
     return records
 
 

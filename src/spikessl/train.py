@@ -63,6 +63,7 @@ class LoopSettings:
     on_nonfinite: str = "stop"  # or "skip": drop a step whose loss/gradients are NaN/inf
     grad_clip: float = 0.0  # > 0: clip the gradients' global norm to this (after the check)
     warmup_steps: int = 0  # linear warm-up of the learning rate over these first steps
+    on_divergence: str = "warn"  # or "stop": raise Diverged after a diverging epoch
 
 
 SCHEDULES = ("cosine", "constant")
@@ -121,6 +122,22 @@ def check_divergence(history: list[dict], loss: float, where: str) -> str | None
         f"{where}: loss {loss:.4g}, up from {best['loss']:.4g} at epoch {best['epoch']}: "
         "training is diverging and rarely recovers; rerun with a lower learning rate or "
         "with gradient clipping (grad_clip=1.0 in the pretrain or finetune section)"
+    )
+
+
+class Diverged(FloatingPointError):
+    """An epoch's loss diverged (``check_divergence``) and ``on_divergence`` is "stop": the
+    epoch's metrics and checkpoint are saved, the last checkpoint before it is kept in
+    ``checkpoint-before-divergence.pt``, and training stops."""
+
+
+def _stop_diverged(name: str, run_dir: Path, record: dict) -> Diverged:
+    return Diverged(
+        f"{name}: stopped at epoch {record['epoch']}: its loss {record['loss']:.4g} diverged "
+        f"(on_divergence=stop); {run_dir} keeps its metrics and the last checkpoint before it "
+        "(checkpoint-before-divergence.pt). Rerun with gradient clipping (grad_clip=1.0 in the "
+        "pretrain or finetune section) or a lower learning rate, or resume with "
+        "on_divergence=warn to train on"
     )
 
 
@@ -296,6 +313,9 @@ def fit(
     if main:  # metrics.jsonl always holds exactly the finished epochs of this run
         lines = "".join(json.dumps(r) + "\n" for r in history)
         (run_dir / "metrics.jsonl").write_text(lines)
+    diverged = next((h for h in history if h.get("diverging")), None)
+    if diverged and settings.on_divergence == "stop":  # a run stopped for it stays stopped
+        raise _stop_diverged(task.name, run_dir, diverged)
 
     def save(epoch_start_shuffle: Tensor) -> None:
         rngs = gather_objects(rng_state(), world)  # every process draws its own augmentations
@@ -410,6 +430,8 @@ def fit(
             save(shuffle.get_state())
             if main:
                 _print_epoch(task.name, record, rates_epoch)
+            if settings.on_divergence == "stop" and any_process("diverging" in record, world):
+                raise _stop_diverged(task.name, run_dir, record)
     return history
 
 
