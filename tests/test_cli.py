@@ -675,6 +675,28 @@ def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:
     assert (records / "README.md").read_text() == "# my notes\n"
 
 
+def test_sweep_with_a_stopped_cell_exits_2_and_still_writes_its_readme(
+    tmp_path, monkeypatch
+) -> None:
+    from spikessl import sweep
+
+    real = sweep._run_cell
+
+    def second_diverges(cell, *args):
+        if cell.config.time_steps == 3:
+            raise FloatingPointError("pretrain: its loss diverged at epoch 1")
+        return real(cell, *args)
+
+    monkeypatch.setattr(sweep, "_run_cell", second_diverges)
+    records = tmp_path / "records"
+    argv = ["sweep", *TINY, "time_steps=2,3", "--data-dir", str(DATA), "--no-progress"]
+    code, out, err = run_main([*argv, "--records", str(records), "--run-dir", str(tmp_path)])
+    assert code == 2 and out == ""
+    assert "time_steps=3: stopped, going on with the other cells" in err
+    assert "error: 1 cell(s) stopped without a result: time_steps=3" in err
+    assert "1 of 2 cells recorded" in (records / "README.md").read_text()
+
+
 def test_sweep_rejects_a_bad_grid_value_before_running(tmp_path) -> None:
     assert_error(["sweep", "time_steps=4,x", "--records", str(tmp_path)], "time_steps", "int")
     assert not any(tmp_path.iterdir())

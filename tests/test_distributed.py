@@ -178,6 +178,37 @@ def test_torchrun_cli_smoke(tmp_path):
     assert out.stdout.count('"command": "pretrain"') == 1  # and reports
 
 
+DIVERGING = """
+import sys
+from spikessl import cli, pipeline
+
+real, calls = pipeline.nt_xent, []
+
+def jumps_after_epoch_1(z1, z2, t):  # 10 steps an epoch
+    calls.append(1)
+    return real(z1, z2, t) + (10.0 if len(calls) > 10 else 0.0)
+
+pipeline.nt_xent = jumps_after_epoch_1
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_run_stopped_under_torchrun_says_why_once_and_exits_cleanly(tmp_path):
+    script = tmp_path / "diverging.py"
+    script.write_text(DIVERGING)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd += ["2", str(script), "pretrain", "--config", "mnist-quick", "time_steps=2"]
+    cmd += ["pretrain.epochs=2", "pretrain.batch_size=16", "data.train_limit=400"]
+    cmd += ["data.test_limit=100", "knn.k=5", "device=cpu", "on_divergence=stop"]
+    cmd += ["--no-progress", "--run-dir", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode != 0
+    assert out.stderr.count("spikessl pretrain: error: pretrain: its loss diverged at epoch 2") == 1
+    assert "terminate called" not in out.stderr, out.stderr[-3000:]  # no process aborted
+    assert "exitcode  : 2" in out.stderr, out.stderr[-3000:]  # torchrun's account of rank 0
+
+
 def test_convert_batchnorm_keeps_a_batch_norm_without_parameters():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3, affine=False))
     x = torch.randn(8, 4)

@@ -191,6 +191,26 @@ def test_only_runs_just_the_chosen_cells_in_plan_order(tmp_path, monkeypatch) ->
     assert "time_steps=10: to run, not in --only" in err
 
 
+def test_a_cell_that_stops_on_its_numbers_leaves_the_other_steps_and_the_report(
+    tmp_path, monkeypatch
+) -> None:
+    ran = []
+
+    def run_sweep(cells, *args, **kwargs):
+        ran.extend(c.name for c in cells)
+        if cells[0].name == "time_steps=30":  # the first step: the best cell and its baseline
+            raise reproduce.sweep.CellsFailed(["time_steps=30"], [], tmp_path / "records")
+
+    monkeypatch.setattr(reproduce.sweep, "run_sweep", run_sweep)
+    code, out, err, records = reproduce_untrained(
+        tmp_path, monkeypatch, "--dataset", "mnist", "--budget", "paper"
+    )
+    assert code == 2 and out == ""
+    assert "1 cell(s) stopped without a result: time_steps=30" in err
+    assert len(ran) == 15 and "time_steps=10" in ran  # every other step ran
+    assert "| 10 | 78.21% | — | — | — |" in (records / "tables.md").read_text()
+
+
 def test_report_only_tabulates_what_is_recorded_and_trains_nothing(tmp_path, monkeypatch):
     code, out, err, records = reproduce_untrained(
         tmp_path, monkeypatch, "--dataset", "mnist", "--budget", "paper", "--report-only"

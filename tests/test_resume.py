@@ -179,6 +179,28 @@ def test_resume_says_what_it_needs_of_a_path_that_holds_no_run(tmp_path, capsys)
     assert "no checkpoint.pt in it, so nothing to resume" in error(tmp_path / "empty")
 
 
+def test_a_run_stopped_by_on_divergence_resumes_only_with_warn(tmp_path, monkeypatch, capsys):
+    real, calls = pipeline.nt_xent, []
+
+    def jumps_after_epoch_1(z1, z2, t):  # 25 steps an epoch; a constant moves the loss only
+        calls.append(1)
+        return real(z1, z2, t) + (10.0 if len(calls) > 25 else 0.0)
+
+    monkeypatch.setattr(pipeline, "nt_xent", jumps_after_epoch_1)
+    run = tmp_path / "run"
+    stop = [a for a in RUN if a != "checkpoint_every=4"] + [str(run)]
+    assert main([*stop, "on_divergence=stop"]) == 2
+    err = capsys.readouterr().err
+    assert "pretrain: its loss diverged at epoch 2" in err and "stopped (on_divergence" in err
+    assert len(calls) == 50 and not (run / "summary.json").exists()
+    assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 2  # stops at once
+    assert "diverged at epoch 2" in capsys.readouterr().err and len(calls) == 50
+    resume = ["pretrain", "--resume", str(run), "--no-progress", "on_divergence=warn"]
+    assert main(resume) == 0  # a setting that leaves the result as it is may change
+    assert len(calls) == 75 and (run / "summary.json").exists()
+    assert load_checkpoint(run)["epoch"] == 3
+
+
 def test_nonfinite_loss_stops_or_skips(tmp_path, monkeypatch):
     real, calls = pipeline.nt_xent, []
 

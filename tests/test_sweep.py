@@ -341,9 +341,37 @@ def test_a_cell_that_stops_on_its_numbers_does_not_stop_the_others(tmp_path, mon
     monkeypatch.setattr(sweep, "_run_cell", fake_cell)
     lines: list[str] = []
     cells = expand_grid(tiny_base(), ["finetune.lr=0.01,0.02,0.03"])
-    with pytest.raises(FloatingPointError, match=r"1 of 3 cells .*: finetune\.lr=0\.02 \("):
+    stopped = r"1 cell\(s\) stopped without a result: finetune\.lr=0\.02 \("
+    with pytest.raises(FloatingPointError, match=stopped):
         run_sweep(cells, tmp_path / "records", tmp_path / "runs", progress=False, log=lines.append)
-    assert any("finetune.lr=0.02: failed" in line and "epoch 3" in line for line in lines)
+    assert any("finetune.lr=0.02: stopped" in line and "epoch 3" in line for line in lines)
     recorded = sorted(p.name for p in (tmp_path / "records").glob("*.json"))
     assert recorded == ["finetune.lr=0.01.json", "finetune.lr=0.03.json"]
     assert "0.03" in (tmp_path / "records" / "results.md").read_text()
+
+
+def test_a_baseline_that_stops_keeps_the_cells_ssl_record(tmp_path, monkeypatch):
+    from spikessl import sweep
+
+    def fake_cell(cell, runs_root, progress, log):
+        return {
+            "cell": cell.name,
+            "key": cell.key,
+            "grid": dict(cell.overrides),
+            "config": to_dict(cell.config),
+            "finetune_test_accuracy": 90.0,
+        }
+
+    def diverging_baseline(record, cell, runs_root, progress, log):
+        raise FloatingPointError("supervised: loss is nan at epoch 1, step 2")
+
+    monkeypatch.setattr(sweep, "_run_cell", fake_cell)
+    monkeypatch.setattr(sweep, "_add_supervised", diverging_baseline)
+    cells = expand_grid(tiny_base(), ["finetune.lr=0.01"])
+    with pytest.raises(sweep.CellsFailed, match=r"finetune\.lr=0\.01 \(why: the log above; "):
+        run_sweep(cells, tmp_path / "records", tmp_path / "runs", baseline=True, log=print)
+    record = json.loads((tmp_path / "records" / "finetune.lr=0.01.json").read_text())
+    assert record["finetune_test_accuracy"] == 90.0 and "supervised_test_accuracy" not in record
+    monkeypatch.setattr(sweep, "_run_cell", forbidden)  # a rerun only retries the baseline
+    with pytest.raises(sweep.CellsFailed):
+        run_sweep(cells, tmp_path / "records", tmp_path / "runs", baseline=True, log=print)

@@ -433,7 +433,7 @@ def test_on_divergence_stop_ends_the_run_after_the_diverging_epoch(tmp_path: Pat
     x, y = separable_data(32)
     task = make_task(lr=0.0, shift=lambda call: 3.0 if call >= 4 else 0.0)  # as above
     stop = settings(epochs=5, on_divergence="stop")
-    stopped = r"toy: stopped at epoch 3: its loss 4\.348 diverged"
+    stopped = r"toy: its loss diverged at epoch 3 \(4\.348\): stopped \(on_divergence=stop\)"
     with (
         pytest.warns(RuntimeWarning, match="toy epoch 3: loss"),
         pytest.raises(train.Diverged, match=stopped),
@@ -445,13 +445,16 @@ def test_on_divergence_stop_ends_the_run_after_the_diverging_epoch(tmp_path: Pat
     assert (kept["epoch"], checkpoint["epoch"]) == (2, 3)  # both kept, the epoch's own too
     # resumed with the same setting, it stops at once: no epoch is trained again
     again = make_task(lr=0.0, shift=lambda call: pytest.fail("trained after stopping"))
-    with pytest.raises(train.Diverged, match="epoch 3"):
+    with pytest.raises(train.Diverged, match=r"epoch 3 \(4\.348\): stopped"):
         fit(again, x, y, stop, tmp_path, resume=checkpoint)
     assert len(read_metrics(tmp_path)) == 3
     # resumed with on_divergence=warn, it trains on as if it had never stopped
     on = make_task(lr=0.0, shift=lambda call: 3.0)
     history = fit(on, x, y, settings(epochs=5), tmp_path, resume=checkpoint)
     assert [r.get("diverging", False) for r in history] == [False, False, True, True, True]
+    last = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    with pytest.raises(train.Diverged, match=r"epoch 3 \(4\.348, and the run is at epoch 5\)"):
+        fit(again, x, y, settings(epochs=6, on_divergence="stop"), tmp_path, resume=last)
 
 
 @pytest.mark.parametrize("clip", [0.0, 1e-3])

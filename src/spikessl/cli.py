@@ -284,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         with _claimed(args.command, run_dir):
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
     except USER_ERRORS as err:
+        # a FloatingPointError (NaN, divergence) stops every torchrun process at the same step
+        together = isinstance(err, FloatingPointError)
+        distributed.shutdown(barrier=together)
+        if together and int(os.environ.get("RANK", "0")) != 0:
+            return 2  # the main process says why
         return _error(args.command, err)
     except Interrupted as stop:
         distributed.shutdown()

@@ -182,23 +182,19 @@ def sweep_axes(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
-    from spikessl import grid, report
+    from spikessl import grid
     from spikessl.config import to_dict
-    from spikessl.sweep import run_sweep
+    from spikessl.sweep import CellsFailed, run_sweep
 
     axes, _ = sweep_axes(args.overrides)  # the fixed settings are in cfg already
     cells = grid.expand_grid(to_dict(cfg), axes)
     runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
-    records = run_sweep(cells, args.records, runs_root, args.baseline, progress)
-    if records:  # the command that remakes the folder (machine-local paths left out)
-        preset = args.config or DEFAULT_CONFIG
-        parts = ["spikessl", "sweep", "--config", preset, *args.overrides]
-        command = shlex.join([*parts, "--records", args.records] + ["--baseline"] * args.baseline)
-        over = ", ".join(o.partition("=")[0] for o in axes) or "no axis (one cell)"
-        readme = Path(args.records) / "README.md"
-        title = f"Sweep of `{preset}` over {over}"
-        if not report.write_sweep_readme(readme, title, command, len(cells), records):
-            print(f"sweep: kept {readme}: written by hand (no spikessl line)", file=sys.stderr)
+    try:
+        records = run_sweep(cells, args.records, runs_root, args.baseline, progress)
+    except CellsFailed as err:  # the README still lists the cells that were recorded
+        _sweep_readme(args, axes, len(cells), err.records)
+        raise
+    _sweep_readme(args, axes, len(cells), records)
     return {
         "command": "sweep",
         "cells": len(cells),
@@ -218,6 +214,23 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
             for r in records
         ],
     }
+
+
+def _sweep_readme(args: argparse.Namespace, axes: list[str], cells: int, records: list) -> None:
+    """The records folder's README: the command that remakes it and the table so far."""
+    from spikessl import report
+
+    if not records:
+        return
+    # the command that remakes the folder (machine-local paths left out)
+    preset = args.config or DEFAULT_CONFIG
+    parts = ["spikessl", "sweep", "--config", preset, *args.overrides]
+    command = shlex.join([*parts, "--records", args.records] + ["--baseline"] * args.baseline)
+    over = ", ".join(o.partition("=")[0] for o in axes) or "no axis (one cell)"
+    readme = Path(args.records) / "README.md"
+    title = f"Sweep of `{preset}` over {over}"
+    if not report.write_sweep_readme(readme, title, command, cells, records):
+        print(f"sweep: kept {readme}: written by hand (no spikessl line)", file=sys.stderr)
 
 
 def neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
@@ -262,10 +275,14 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
     """The unfinished run's checkpoint for --resume, checked to belong to this command."""
     if getattr(args, "resume", None) is None:
         return None
-    if args.overrides or args.config:
+    from spikessl.grid import IGNORED
+
+    keys = [o.partition("=")[0].strip() for o in args.overrides]
+    if args.config or any(k not in IGNORED for k in keys):
         raise ValueError(
-            "--resume continues with the run's own config: drop --config and "
-            "key=value overrides (they would make the result differ)"
+            "--resume continues with the run's own config: drop --config and key=value "
+            "overrides (they would make the result differ), except those of settings that "
+            f"leave it as it is: {', '.join(IGNORED)}"
         )
     from spikessl.runs import finished
 

@@ -12,6 +12,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import warnings
@@ -54,10 +55,12 @@ def setup(device: torch.device) -> World:
     return world
 
 
-def shutdown() -> None:
-    """Leave the process group cleanly (an exiting process with live gloo threads aborts)."""
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group cleanly (an exiting process with live gloo threads aborts).
+    ``barrier=False`` when the other processes may not get here (an error of this one)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -128,8 +131,13 @@ def data_parallel(module: nn.Module, world: World, device: torch.device) -> nn.M
     if world.size == 1:
         return module
     ids = [device.index] if device.type == "cuda" else None
-    # batch-norm buffers are identical in every process already (global statistics)
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    # batch-norm buffers are identical in every process already (global statistics); torch
+    # 2.13 renamed broadcast_buffers (a FutureWarning), which older versions know alone
+    ddp = nn.parallel.DistributedDataParallel
+    name = "forward_sync_buffers"
+    if name not in inspect.signature(ddp.__init__).parameters:
+        name = "broadcast_buffers"
+    return ddp(module, device_ids=ids, **{name: False})
 
 
 def any_process(flag: bool, world: World) -> bool:

@@ -324,10 +324,18 @@ def reproduce(
             f"{records_dir} holds records of {', '.join(conflicts)} made with other settings: "
             "use another --records directory, or delete those records to rerun them"
         )
+    failed: list[str] = []  # cells stopped on their own numbers: the others still run
     for step in [] if report_only else steps:
         cells = [c for c in step.cells if c.name in chosen]
         if cells:
-            sweep.run_sweep(cells, records_dir, runs_root, step.baseline, progress, log)
+            try:
+                sweep.run_sweep(cells, records_dir, runs_root, step.baseline, progress, log)
+            except sweep.CellsFailed as err:
+                failed += err.failed
     command = command_line(dataset, budget, overrides, seeds, records)
     shown = report_contents(dataset, budget, overrides, base, steps)
-    return result | report.write_outputs(shown, records_dir, command, log)
+    outputs = report.write_outputs(shown, records_dir, command, log)
+    if failed:  # the tables and figures show every other cell
+        names = [cell.name for step in steps for cell in step.cells]
+        raise sweep.CellsFailed(failed, load_records(records_dir, names), records_dir)
+    return result | outputs

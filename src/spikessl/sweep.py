@@ -60,7 +60,8 @@ def run_sweep(
     error, raised before anything runs. With ``baseline``, recorded cells that lack the
     supervised baseline get it added. A cell whose training stops on its own numbers (a
     ``FloatingPointError``: on_nonfinite=stop, on_divergence=stop) is logged and the other
-    cells run; then the sweep raises, naming it. Returns the grid's records, in grid order.
+    cells run; then the sweep raises ``CellsFailed``, naming it. Returns the grid's
+    records, in grid order.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("sweep runs in one process: start it without torchrun")
@@ -90,29 +91,47 @@ def run_sweep(
             log(f"{tag}: recorded, skipping")
             continue
         log(f"{tag}: {'adding the supervised baseline' if record else 'running'} (key {cell.key})")
-        try:
+        try:  # on_divergence=stop or on_nonfinite=stop end a cell on its own numbers
             if record is None:
                 record = _run_cell(cell, runs_root, progress, log)
+                if missing_baseline:  # the SSL result is kept even if the baseline fails
+                    _write_record(records_dir, cell, record, names, tabulate)
             if missing_baseline:
                 record = _add_supervised(record, cell, runs_root, progress, log)
-        except FloatingPointError as err:  # on_divergence=stop or on_nonfinite=stop: its numbers
-            log(f"{tag}: failed, going on with the other cells: {err}")
+        except FloatingPointError as err:
+            log(f"{tag}: stopped, going on with the other cells: {err}")
             failed.append(cell.name)
             continue
-        records_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(records_dir / f"{cell.name}.json", json.dumps(record, indent=1) + "\n")
-        tabulate(load_records(records_dir, names))  # progress visible mid-grid
+        _write_record(records_dir, cell, record, names, tabulate)
     records = load_records(records_dir, names)
     if records:
         tabulate(records)
     if failed:
-        raise FloatingPointError(
-            f"{len(failed)} of {len(cells)} cells stopped without a result: "
-            f"{', '.join(failed)} (their errors are in the log above; the other cells are "
-            f"recorded in {records_dir}). The same settings stop the same way: rerun them with "
-            "others, e.g. gradient clipping (pretrain.grad_clip=1.0) or a lower learning rate"
-        )
+        raise CellsFailed(failed, records, records_dir)
     return records
+
+
+class CellsFailed(FloatingPointError):
+    """Cells of a sweep whose training stopped on its own numbers (on_divergence=stop,
+    on_nonfinite=stop); ``records`` holds the grid's records all the same."""
+
+    def __init__(self, failed: list[str], records: list[dict], records_dir: Path) -> None:
+        self.failed, self.records = failed, records
+        where = f"; the grid's other records are in {records_dir}" if records else ""
+        super().__init__(
+            f"{len(failed)} cell(s) stopped without a result: {', '.join(failed)} (why: the "
+            f"log above{where}). The same settings stop the same way: continue a diverged "
+            "run with on_divergence=warn, or measure other settings (e.g. "
+            "pretrain.grad_clip=1.0 or a lower lr) with another --records folder"
+        )
+
+
+def _write_record(
+    records_dir: Path, cell: Cell, record: dict, names: list[str], tabulate: Callable
+) -> None:
+    records_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(records_dir / f"{cell.name}.json", json.dumps(record, indent=1) + "\n")
+    tabulate(load_records(records_dir, names))  # progress visible mid-grid
 
 
 def _recorded(records_dir: Path, cell: Cell) -> dict | None:

@@ -131,13 +131,15 @@ class Diverged(FloatingPointError):
     ``checkpoint-before-divergence.pt``, and training stops."""
 
 
-def _stop_diverged(name: str, run_dir: Path, record: dict) -> Diverged:
+def _stop_diverged(name: str, run_dir: Path, record: dict, at: int) -> Diverged:
+    """The error for ``record``, the run's first diverging epoch, with the run at epoch ``at``."""
+    went_on = f", and the run is at epoch {at}" if at != record["epoch"] else ""
     return Diverged(
-        f"{name}: stopped at epoch {record['epoch']}: its loss {record['loss']:.4g} diverged "
-        f"(on_divergence=stop); {run_dir} keeps its metrics and the last checkpoint before it "
-        "(checkpoint-before-divergence.pt). Rerun with gradient clipping (grad_clip=1.0 in the "
-        "pretrain or finetune section) or a lower learning rate, or resume with "
-        "on_divergence=warn to train on"
+        f"{name}: its loss diverged at epoch {record['epoch']} ({record['loss']:.4g}{went_on}): "
+        f"stopped (on_divergence=stop). {run_dir} keeps its metrics, its checkpoint and the "
+        "last checkpoint before the divergence (checkpoint-before-divergence.pt). Rerun with "
+        "gradient clipping (grad_clip=1.0 in the pretrain or finetune section) or a lower "
+        "learning rate, or continue this run with on_divergence=warn"
     )
 
 
@@ -315,7 +317,7 @@ def fit(
         (run_dir / "metrics.jsonl").write_text(lines)
     diverged = next((h for h in history if h.get("diverging")), None)
     if diverged and settings.on_divergence == "stop":  # a run stopped for it stays stopped
-        raise _stop_diverged(task.name, run_dir, diverged)
+        raise _stop_diverged(task.name, run_dir, diverged, done_epochs)
 
     def save(epoch_start_shuffle: Tensor) -> None:
         rngs = gather_objects(rng_state(), world)  # every process draws its own augmentations
@@ -431,7 +433,7 @@ def fit(
             if main:
                 _print_epoch(task.name, record, rates_epoch)
             if settings.on_divergence == "stop" and any_process("diverging" in record, world):
-                raise _stop_diverged(task.name, run_dir, record)
+                raise _stop_diverged(task.name, run_dir, record, epoch)
     return history
 
 
