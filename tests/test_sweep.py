@@ -299,18 +299,22 @@ def test_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, monkeypa
     assert seen == [(None, False)]
 
 
+def fake_record(cell, accuracy: float) -> dict:
+    """What ``sweep._run_cell`` returns, with only a fine-tuned accuracy measured."""
+    return {
+        "cell": cell.name,
+        "key": cell.key,
+        "grid": dict(cell.overrides),
+        "config": to_dict(cell.config),
+        "finetune_test_accuracy": accuracy,
+    }
+
+
 def test_seeds_are_summarised_when_the_grid_varies_them(tmp_path, monkeypatch):
     from spikessl import sweep
 
     def fake_cell(cell, runs_root, progress, log):
-        seed, lr = cell.config.seed, cell.config.finetune.lr
-        return {
-            "cell": cell.name,
-            "key": cell.key,
-            "grid": dict(cell.overrides),
-            "config": to_dict(cell.config),
-            "finetune_test_accuracy": 90.0 + seed + 100 * lr,
-        }
+        return fake_record(cell, 90.0 + cell.config.seed + 100 * cell.config.finetune.lr)
 
     monkeypatch.setattr(sweep, "_run_cell", fake_cell)
     cells = expand_grid(tiny_base(), ["seed=0,1", "finetune.lr=0.01,0.02"])
@@ -329,14 +333,8 @@ def test_a_cell_that_stops_on_its_numbers_does_not_stop_the_others(tmp_path, mon
 
     def fake_cell(cell, runs_root, progress, log):
         if cell.config.finetune.lr == 0.02:
-            raise Diverged("pretrain: stopped at epoch 3: its loss 5.1 diverged")
-        return {
-            "cell": cell.name,
-            "key": cell.key,
-            "grid": dict(cell.overrides),
-            "config": to_dict(cell.config),
-            "finetune_test_accuracy": 90.0,
-        }
+            raise Diverged("pretrain: its loss diverged at epoch 3 (5.1): stopped")
+        return fake_record(cell, 90.0)
 
     monkeypatch.setattr(sweep, "_run_cell", fake_cell)
     lines: list[str] = []
@@ -354,13 +352,7 @@ def test_a_baseline_that_stops_keeps_the_cells_ssl_record(tmp_path, monkeypatch)
     from spikessl import sweep
 
     def fake_cell(cell, runs_root, progress, log):
-        return {
-            "cell": cell.name,
-            "key": cell.key,
-            "grid": dict(cell.overrides),
-            "config": to_dict(cell.config),
-            "finetune_test_accuracy": 90.0,
-        }
+        return fake_record(cell, 90.0)
 
     def diverging_baseline(record, cell, runs_root, progress, log):
         raise FloatingPointError("supervised: loss is nan at epoch 1, step 2")
