@@ -601,11 +601,8 @@ def test_compare_errors(runs: dict, tmp_path) -> None:
 
 def test_compare_draws_a_sweep_records_two_curves(tmp_path) -> None:
     record = tmp_path / "base.json"
-    record.write_text(
-        json.dumps(
-            {"finetune_accuracy_by_epoch": [50.0, 61.5], "supervised_accuracy_by_epoch": [40.0]}
-        )
-    )
+    curves = {"finetune_accuracy_by_epoch": [50.0, 61.5], "supervised_accuracy_by_epoch": [38, 40]}
+    record.write_text(json.dumps({"config": {"finetune": {"epochs": 2}}, **curves}))
     out = tmp_path / "fig7.png"
     code, stdout, err = run_main(["compare", str(record), "--out", str(out)])
     assert code == 0, err

@@ -3,8 +3,10 @@
 import pytest
 
 from spikessl.records import (
+    accuracy_curve,
     compare,
     describe,
+    evaluated_epochs,
     load_records,
     pretrain_diverged_epoch,
     replacing,
@@ -64,6 +66,28 @@ def test_a_diverged_pretraining_gets_its_own_column(tmp_path):
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert "pretrain_diverged_epoch" in lines[0] and lines[2].startswith("1,,,,4")
     write_tables([steady], tmp_path / "s.csv", tmp_path / "s.md")
+    assert "diverged" not in (tmp_path / "s.csv").read_text()  # no column when none did
+
+
+def test_the_seed_table_marks_a_setting_whose_pretraining_diverged(tmp_path):
+    def cell(seed: int, losses: list[float]) -> dict:
+        grid = {"time_steps": "10", "seed": str(seed)}
+        accuracies = {"knn_accuracy": 90.0, "finetune_test_accuracy": 95.0 + seed}
+        return {
+            "grid": grid,
+            "config": {"seed": seed},
+            "pretrain_loss_by_epoch": losses,
+            **accuracies,
+        }
+
+    records = [cell(0, [2.0, 1.0, 0.9]), cell(1, [2.7, 1.1, 0.85, 4.74])]
+    write_seed_tables(records, tmp_path / "s.csv", tmp_path / "s.md")
+    md = (tmp_path / "s.md").read_text()
+    assert "| 10 | 0 1 | 90.00% [90.00, 90.00] (n=2) † | 95.50% [95.00, 96.00] (n=2) † |  |" in md
+    assert "diverged (its loss jumped" in md and "in time_steps=10: seed 1 at epoch 4;" in md
+    assert (tmp_path / "s.csv").read_text().splitlines()[1].endswith(",seed 1 at epoch 4")
+    write_seed_tables(records[:1], tmp_path / "s.csv", tmp_path / "s.md")
+    assert "†" not in (tmp_path / "s.md").read_text()
     assert "diverged" not in (tmp_path / "s.csv").read_text()  # no column when none did
 
 
@@ -160,3 +184,34 @@ def test_replacing_keeps_the_old_file_when_the_write_fails(tmp_path):
         raise OSError("disk full")
     assert path.read_text() == "{}\n"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_accuracy_curves_sit_at_the_epochs_that_measured_them():
+    # finetune.min_steps stretched 20 planned epochs to 40: test accuracy every 2nd epoch
+    record = {
+        "config": {"finetune": {"epochs": 20}},
+        "finetune_epochs": 40,
+        "finetune_accuracy_by_epoch": [float(i) for i in range(20)],
+    }
+    curve = accuracy_curve(record)
+    assert list(curve) == list(range(2, 41, 2)) and curve[40] == 19.0
+    assert evaluated_epochs(7, 3) == [3, 6, 7]  # every ceil(7/3) = 3rd and the last
+    assert evaluated_epochs(5, 5) == [1, 2, 3, 4, 5]
+    assert accuracy_curve(record, "supervised") is None  # no baseline in this record
+    with pytest.raises(ValueError, match="20 finetune test accuracies for 41 epochs"):
+        accuracy_curve({**record, "finetune_epochs": 41})  # 41 epochs measure 21
+
+
+def test_an_older_records_epochs_follow_from_its_steps():
+    # CIFAR-10 at 1% of the labels: 500 images, 4 steps of 128 an epoch; 1,580 min_steps
+    # make 395 epochs (1,580 steps), measured every ceil(395 / 20) = 20th and the last
+    finetune = {"epochs": 20, "min_steps": 1580, "batch_size": 128, "label_fraction": 0.01}
+    record = {
+        "cell": "seed=0",
+        "config": {"data": {"name": "cifar10", "labelled_fraction": 0.2}, "finetune": finetune},
+        "finetune_steps": 1580,
+        "finetune_accuracy_by_epoch": [30.0] * 20,
+    }
+    assert list(accuracy_curve(record)) == [*range(20, 381, 20), 395]
+    with pytest.raises(ValueError, match="does not say at which epochs its 20 finetune"):
+        accuracy_curve({**record, "finetune_steps": 1600})  # no epoch count gives these steps

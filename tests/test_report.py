@@ -78,6 +78,9 @@ def test_tables_compare_with_the_paper_and_show_missing_cells_as_dashes() -> Non
     assert "†" not in tables_markdown("MNIST", table_titles(), [rows["I", "10"]])
     assert "| [22] SimCLR ANN (cited) | — | — | — | — |" in md
     assert md.count("### Table") == 4
+    assert "fine-tuning on the labelled 20% (final epoch)" in md
+    thirty = tables_markdown("MNIST", table_titles(), list(rows.values()), labelled="30%")
+    assert "fine-tuning on the labelled 30% (final epoch)" in thirty  # data.labelled_fraction
 
     cifar = table_rows(paper_rows("cifar10", base), records)
     cifar = {(r["table"], r["setting"]): r for r in cifar}
@@ -113,6 +116,25 @@ def test_label_efficiency_margin_pairs_the_seeds_that_have_both_methods() -> Non
     (one,) = label_efficiency_summary(records)
     assert one["methods"]["SSL + fine-tune"]["n"] == 3  # every seed is shown
     assert (one["margin"], one["spread"]) == (10.0, 4.0)  # seeds 0 and 1 only: 52 - 42
+    # the means shown differ by 64.67 - 42 = 22.67: the verdict says which seeds it compares
+    assert one["verdict"] == "margin > spread (seeds with both: 0 1)"
+    assert "| +10.00 | 4.00 | margin > spread (seeds with both: 0 1) |" in (
+        label_efficiency_markdown([one])
+    )
+
+
+def test_label_efficiency_marks_a_fraction_whose_pretraining_diverged() -> None:
+    jumped = record(0.01, 1, 54.0, 44.0) | {"pretrain_loss_by_epoch": [2.7, 1.1, 0.85, 4.74]}
+    summary = label_efficiency_summary([record(0.01, 0, 50.0, 40.0), jumped])
+    assert summary[0]["diverged"] == "seed 1 at epoch 4"
+    md = label_efficiency_markdown(summary)
+    assert "| 1% | — | 52.00% [50.00, 54.00] (n=2) † | 42.00% [40.00, 44.00] (n=2) |" in md
+    assert md.endswith(
+        "†: the SimCLR pretraining diverged (its loss jumped far above its lowest"
+        " so far: the training loop's divergence warning) in 1%: seed 1 at epoch"
+        " 4; its numbers are as measured.\n"
+    )
+    assert "†" not in label_efficiency_markdown(label_efficiency_summary([record(0.01, 0, 1, 2)]))
 
 
 def test_label_efficiency_summary_math() -> None:

@@ -289,6 +289,7 @@ def test_end_to_end_then_every_cell_is_skipped(tmp_path, monkeypatch) -> None:
     ]
     for name in [*outputs, *(f"{c}.json" for c in cells)]:
         assert (records / name).is_file(), name
+    assert not (records / "seeds.md").exists()  # one step's seeds: label-efficiency has all
     assert sorted(result["outputs"]) == sorted(str(records / n) for n in outputs)
     texts = {n: (records / n).read_text() for n in outputs if not n.endswith(".png")}
     assert "budget `quick`, overrides `time_steps=2" in texts["tables.md"]

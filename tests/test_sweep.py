@@ -120,6 +120,7 @@ def test_record_holds_the_results(swept):
     fin = json.loads((swept["tmp"] / "runs" / cell.key / "finetune" / "summary.json").read_text())
     assert record["finetune_test_accuracy"] == fin["test_accuracy"]
     assert record["finetune_accuracy_by_epoch"] == [fin["test_accuracy"]]
+    assert record["finetune_epochs"] == fin["epochs"] == record["supervised_epochs"] == 1
     assert record["supervised_accuracy_by_epoch"] == [record["supervised_test_accuracy"]]
     assert set(record["wall_seconds"]) == {"pretrain", "finetune", "supervised"}
     assert record["environment"]["device"] == "cpu"

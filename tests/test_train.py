@@ -429,6 +429,16 @@ def test_fit_warns_once_when_the_loss_diverges_and_keeps_the_checkpoint(tmp_path
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 5
 
 
+def test_fit_evaluates_at_the_epochs_records_place_a_curve_on(tmp_path: Path) -> None:
+    from spikessl.records import evaluated_epochs, evaluation_interval
+
+    x, y = separable_data(32)
+    task = make_task(evaluate=lambda: {"test_accuracy": 1.0})
+    task.evaluate_every = evaluation_interval(7, 3)  # as pipeline.finetune sets it
+    history = fit(task, x, y, settings(epochs=7), tmp_path)
+    assert [h["epoch"] for h in history if "test_accuracy" in h] == evaluated_epochs(7, 3)
+
+
 def test_on_divergence_stop_ends_the_run_after_the_diverging_epoch(tmp_path: Path) -> None:
     x, y = separable_data(32)
     task = make_task(lr=0.0, shift=lambda call: 3.0 if call >= 4 else 0.0)  # as above

@@ -123,11 +123,13 @@ def record_curves(path: str) -> dict[str, dict[int, float]]:
         ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is corrupt ({err}); rerun the sweep that wrote it") from None
-    curves = {
-        label: dict(enumerate(record[key], start=1))
-        for label, key in RECORD_CURVES.items()
-        if isinstance(record, dict) and isinstance(record.get(key), list) and record[key]
-    }
+    from spikessl.records import accuracy_curve
+
+    curves = {}
+    if isinstance(record, dict) and isinstance(record.get("config"), dict):
+        for method, label in RUN_LABELS.items():  # at the epochs measured (min_steps stretches)
+            if (curve := accuracy_curve(record, method)) is not None:
+                curves[label] = curve
     if not curves:
         raise ValueError(
             f"{path} holds no {' or '.join(RECORD_CURVES.values())}: pass a record written by "

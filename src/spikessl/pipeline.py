@@ -33,6 +33,7 @@ from spikessl.evaluate import (
     test_accuracy,
 )
 from spikessl.losses import nt_xent
+from spikessl.records import evaluation_interval
 from spikessl.runs import check_run_dir, new_run_dir, run_stage, write_summary
 from spikessl.train import LoopSettings, Task, epoch_sizes, fit
 
@@ -267,7 +268,7 @@ def finetune(
         local_mean=True,
     )
     epochs = finetune_epochs(ft, len(x), world.size)
-    task.evaluate_every = math.ceil(epochs / ft.epochs)  # about ft.epochs test points
+    task.evaluate_every = evaluation_interval(epochs, ft.epochs)  # about ft.epochs test points
     t0 = time.perf_counter()
     history = fit(
         task,

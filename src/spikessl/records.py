@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import secrets
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from typing import BinaryIO
 
 SSL, SUPERVISED = "finetune_test_accuracy", "supervised_test_accuracy"
 ACCURACIES = ("knn_accuracy", SSL, SUPERVISED)
+DIVERGED = "†"  # beside an SSL number whose SimCLR pretraining diverged
 
 
 @contextmanager
@@ -61,6 +63,72 @@ def read_record(path: Path) -> dict:
             f"sweep record {path} is unreadable ({reason}); delete it to rerun that cell"
         )
     return record
+
+
+def evaluation_interval(epochs: int, planned: int) -> int:
+    """Fine-tuning measures test accuracy every this many of its ``epochs`` (and after the
+    last): about ``planned`` (``finetune.epochs``) points when ``finetune.min_steps``
+    stretches training beyond them."""
+    return math.ceil(epochs / planned)
+
+
+def evaluated_epochs(epochs: int, planned: int) -> list[int]:
+    """The epochs whose test accuracy a fine-tuning of ``epochs`` epochs measures."""
+    every = evaluation_interval(epochs, planned)
+    return sorted({*range(every, epochs + 1, every), epochs})
+
+
+def accuracy_curve(record: dict, method: str = "finetune") -> dict[int, float] | None:
+    """A record's test accuracy per epoch for ``method`` ("finetune" or "supervised"), keyed
+    by the epochs that measured it; None where the record holds no such curve.
+
+    Records keep the values as a list; the epochs are ``{method}_epochs`` (recorded since
+    it was added) or, in older records, the one epoch count that gives the recorded steps
+    (``finetune.min_steps`` stretches training) and as many values.
+    """
+    values = record.get(f"{method}_accuracy_by_epoch")
+    if not isinstance(values, list) or not values:
+        return None
+    planned = record.get("config", {}).get("finetune", {}).get("epochs")
+    epochs = record.get(f"{method}_epochs") or _recorded_epochs(record, method, len(values))
+    if not isinstance(planned, int) or epochs is None:
+        raise ValueError(
+            f"record {record.get('cell', '?')} does not say at which epochs its {len(values)} "
+            f"{method} test accuracies were measured: rerun its sweep with this spikessl, or "
+            "plot its run directory (metrics.jsonl) instead"
+        )
+    at = evaluated_epochs(epochs, planned)
+    if len(at) != len(values):
+        raise ValueError(
+            f"record {record.get('cell', '?')}: {len(values)} {method} test accuracies for "
+            f"{epochs} epochs, which measure {len(at)}: the record is damaged; rerun its cell"
+        )
+    return dict(zip(at, values))
+
+
+def _recorded_epochs(record: dict, method: str, points: int) -> int | None:
+    """The fine-tuning epoch count of an older record (before ``{method}_epochs``): the one
+    that ``finetune.min_steps`` gives for as many labelled images as the config names,
+    checked against the recorded steps and ``points`` evaluations; None if it does not fit."""
+    from spikessl.dataset_catalog import DATASETS
+
+    config = record.get("config", {})
+    ft, data = config.get("finetune", {}), config.get("data", {})
+    planned, min_steps = ft.get("epochs"), ft.get("min_steps", 0)
+    if not min_steps:
+        return planned if points == planned else None
+    steps, batch = record.get(f"{method}_steps"), ft.get("batch_size")
+    dataset = DATASETS.get(data.get("name"))
+    if not (isinstance(steps, int) and isinstance(planned, int) and steps >= 1 and dataset):
+        return None
+    train = data.get("train_limit") or dataset.train_size
+    fraction = ft.get("label_fraction") or data.get("labelled_fraction", 0.2)
+    # steps an epoch for the labelled images (the stratified split rounds each class: a few
+    # images off, which moves this only where the count sits at a multiple of the batch)
+    per_epoch = math.ceil(round(fraction * train) / batch)
+    epochs = max(planned, math.ceil(min_steps / per_epoch))
+    fits = steps == epochs * per_epoch and len(evaluated_epochs(epochs, planned)) == points
+    return epochs if fits else None
 
 
 def load_records(records_dir: str | Path, names: list[str] | None = None) -> list[dict]:
@@ -241,8 +309,30 @@ def seed_summary(records: list[dict]) -> list[dict]:
         margin, spread, verdict, paired = compare_paired(ssl, supervised)
         if paired and len(paired) < len(group["records"]):
             verdict += f" (seeds with both: {' '.join(map(str, paired))})"
+        entry["diverged"] = diverged_seeds(group["records"])
         summary.append(entry | {"margin": margin, "spread": spread, "verdict": verdict})
     return summary
+
+
+def diverged_seeds(records: list[dict]) -> str:
+    """``"seed 1 at epoch 11, ..."`` for the records whose pretraining diverged, or ``""``."""
+    found = ((r["config"]["seed"], pretrain_diverged_epoch(r)) for r in records)
+    return ", ".join(f"seed {seed} at epoch {epoch}" for seed, epoch in found if epoch)
+
+
+def diverged_note(where: list[str]) -> str:
+    """The footnote of a table whose rows ``where`` (each "setting: seeds") are marked."""
+    if not where:
+        return ""
+    return (
+        f"{DIVERGED}: the SimCLR pretraining diverged (its loss jumped far above its lowest "
+        f"so far: the training loop's divergence warning) in {'; '.join(where)}; its numbers "
+        "are as measured.\n"
+    )
+
+
+def _setting(setting: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in setting.items()) or "every cell"
 
 
 def write_seed_tables(records: list[dict], csv_path: str | Path, md_path: str | Path) -> None:
@@ -254,11 +344,11 @@ def write_seed_tables(records: list[dict], csv_path: str | Path, md_path: str | 
         row = {**s["setting"], "seeds": " ".join(map(str, s["seeds"]))}
         for field in ACCURACIES:
             row |= {f"{field}_{k}": s[field].get(k) for k in ("n", "mean", "min", "max")}
-        rows.append(row | {k: s[k] for k in ("margin", "spread", "verdict")})
+        rows.append(row | {k: s[k] for k in ("margin", "spread", "verdict", "diverged")})
     stats = [f"{f}_{k}" for f in ACCURACIES for k in ("n", "mean", "min", "max")]
-    write_atomic(
-        Path(csv_path), csv_text(rows, [*keys, "seeds", *stats, "margin", "spread", "verdict"])
-    )
+    columns = [*keys, "seeds", *stats, "margin", "spread", "verdict"]
+    diverged = [s for s in summary if s["diverged"]]
+    write_atomic(Path(csv_path), csv_text(rows, columns + ["diverged"] * bool(diverged)))
 
     header = [*keys, "seeds", "kNN", "SSL + fine-tune", "supervised only", "margin", "spread", ""]
     lines = [
@@ -269,11 +359,17 @@ def write_seed_tables(records: list[dict], csv_path: str | Path, md_path: str | 
         margin = "" if s["margin"] is None else f"{s['margin']:+.2f}"
         spread = "" if s["spread"] is None else f"{s['spread']:.2f}"
         cells = [str(s["setting"].get(k, "")) for k in keys] + [" ".join(map(str, s["seeds"]))]
-        cells += [mean_range(s[f]) for f in ACCURACIES] + [margin, spread, s["verdict"]]
+        knn, ssl, sup = (mean_range(s[f]) for f in ACCURACIES)
+        if s["diverged"]:  # kNN too: it measures the same pretraining
+            knn, ssl = (f"{v} {DIVERGED}" if v else v for v in (knn, ssl))
+        cells += [knn, ssl, sup, margin, spread, s["verdict"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines.append(
         "\nTest accuracy over seeds: mean [min, max] (n). Margin: SSL + fine-tune mean minus "
         "supervised-only mean (points) and spread: the larger of the two methods' max - min, "
         "both over the seeds that have both."
     )
+    where = [f"{_setting(s['setting'])}: {s['diverged']}" for s in diverged]
+    if where:
+        lines.append("\n" + diverged_note(where).rstrip())
     write_atomic(Path(md_path), "\n".join(lines) + "\n")

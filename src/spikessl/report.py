@@ -16,9 +16,13 @@ from pathlib import Path
 
 from spikessl import grid
 from spikessl.records import (
+    DIVERGED,
+    accuracy_curve,
     compare_paired,
     csv_text,
     describe,
+    diverged_note,
+    diverged_seeds,
     load_records,
     mean_range,
     pretrain_diverged_epoch,
@@ -31,7 +35,6 @@ TABLE_COLUMNS = [
     *("table", "setting", "cell", "paper", "ours", "knn", "difference"),
     "pretrain_diverged_epoch",
 ]
-DIVERGED = "†"
 METHODS = {
     "SSL + fine-tune": "finetune_test_accuracy",
     "supervised only": "supervised_test_accuracy",
@@ -86,10 +89,13 @@ def _pct(value: float | None) -> str:
     return DASH if value is None else f"{value:.2f}%"
 
 
-def tables_markdown(name: str, titles: Mapping[str, str], rows: list[dict]) -> str:
+def tables_markdown(
+    name: str, titles: Mapping[str, str], rows: list[dict], labelled: str = "20%"
+) -> str:
     """Tables I-IV as GitHub tables under ``###`` headings, "—" where nothing is known.
 
-    ``name``: the dataset as the paper writes it; ``titles``: table number -> what it varies.
+    ``name``: the dataset as the paper writes it; ``titles``: table number -> what it varies;
+    ``labelled``: the labelled part of the training set (``data.labelled_fraction``).
     """
     parts = []
     for number, title in titles.items():
@@ -112,7 +118,8 @@ def tables_markdown(name: str, titles: Mapping[str, str], rows: list[dict]) -> s
         }
     )
     parts.append(
-        "Test accuracy: SSL pretraining, then fine-tuning on the labelled 20% (final epoch); "
+        f"Test accuracy: SSL pretraining, then fine-tuning on the labelled {labelled} (final "
+        "epoch); "
         "Table IV's supervised row: the same network trained on those labels alone. kNN: the "
         f"pretrained encoder's spike counts, before fine-tuning. {DASH}: not run yet, or not "
         "in the paper."
@@ -136,6 +143,7 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
     the seeds that have both methods' results.
     """
     found: dict[float, dict[str, dict[int, float]]] = {}
+    grouped: dict[float, list[dict]] = {}  # the records of each fraction
     steps: dict[float, int] = {}  # fine-tuning optimiser steps (records since min_steps)
     cells: dict[tuple[float, int], str | None] = {}  # (fraction, seed) -> the record's cell
     for record in records:
@@ -151,6 +159,7 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
                 "label-efficiency point each"
             )
         cells[float(fraction), int(seed)] = record.get("cell")
+        grouped.setdefault(float(fraction), []).append(record)
         methods = found.setdefault(float(fraction), {m: {} for m in METHODS})
         for method, field in METHODS.items():
             if record.get(field) is not None:
@@ -161,8 +170,11 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
         for method, by_seed in methods.items():
             values = [by_seed[s] for s in sorted(by_seed)]
             stats[method] = {"seeds": sorted(by_seed), "accuracies": values, **describe(values)}
-        margin, spread, verdict, _ = compare_paired(*methods.values())
+        margin, spread, verdict, paired = compare_paired(*methods.values())
+        if paired and any(len(by_seed) > len(paired) for by_seed in methods.values()):
+            verdict += f" (seeds with both: {' '.join(map(str, paired))})"  # as seeds.md
         entry = {"fraction": fraction, "methods": stats, "margin": margin, "spread": spread}
+        entry["diverged"] = diverged_seeds(grouped[fraction])
         summary.append(entry | {"steps": steps.get(fraction), "verdict": verdict})
     return summary
 
@@ -176,8 +188,10 @@ def label_efficiency_markdown(summary: list[dict]) -> str:
         "| labels | steps | SSL + fine-tune | supervised only | margin | spread | |",
         "|---:|---:|---:|---:|---:|---:|---|",
     ]
+    marked = [f"{_percent(s['fraction'])}: {s['diverged']}" for s in summary if s["diverged"]]
     for s in summary:
         ssl, sup = (mean_range(st) or DASH for st in s["methods"].values())
+        ssl += f" {DIVERGED}" if s["diverged"] else ""
         margin = DASH if s["margin"] is None else f"{s['margin']:+.2f}"
         spread = DASH if s["spread"] is None else f"{s['spread']:.2f}"
         steps = DASH if s["steps"] is None else str(s["steps"])
@@ -185,9 +199,11 @@ def label_efficiency_markdown(summary: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + (
         "\n\nTest accuracy, mean over seeds [min, max]. Margin: SSL mean minus supervised mean "
-        "(points); spread: the larger of the two methods' max - min over seeds. Steps: "
+        "(points); spread: the larger of the two methods' max - min over seeds; both over the "
+        "seeds that measured both methods (named where a method has more). Steps: "
         "fine-tuning optimiser steps, the same for both methods (fractions below the labelled "
         "part train for as many steps as the labelled part, `finetune.min_steps`).\n"
+        + ("\n" + note if (note := diverged_note(marked)) else "")
     )
 
 
@@ -235,8 +251,8 @@ def curves_png(name: str, record: dict, out: Path) -> bool:
     from spikessl import figures
 
     series = {
-        "SSL pretrained + fine-tuned": record.get("finetune_accuracy_by_epoch"),
-        "supervised only": record.get("supervised_accuracy_by_epoch"),
+        "SSL pretrained + fine-tuned": accuracy_curve(record, "finetune"),
+        "supervised only": accuracy_curve(record, "supervised"),
     }
     series = {label: values for label, values in series.items() if values}
     if not series:
@@ -384,8 +400,9 @@ def write_outputs(
     )
     extra = f", overrides `{' '.join(contents.overrides)}`" if contents.overrides else ""
     heading = f"# {name}, budget `{budget}`{extra}\n\n"
+    labelled = _percent(best_cell.config.data.labelled_fraction)
     texts = {
-        "tables.md": heading + tables_markdown(name, contents.titles, rows),
+        "tables.md": heading + tables_markdown(name, contents.titles, rows, labelled),
         "tables.csv": csv_text(rows, TABLE_COLUMNS),
         "label-efficiency.md": heading + label_efficiency_markdown(efficiency),
         "label-efficiency.csv": label_efficiency_csv(efficiency),
@@ -420,7 +437,7 @@ def write_outputs(
     )
     figures = "\n\n".join(f"![{c}]({p})" if p else f"{c}: not drawn yet." for c, p in pngs.items())
     sections = {
-        "Tables": tables_markdown(name, contents.titles, rows),
+        "Tables": tables_markdown(name, contents.titles, rows, labelled),
         "Figures": figures,
         "Label efficiency": label_efficiency_markdown(efficiency),
     }

@@ -329,7 +329,10 @@ def reproduce(
         cells = [c for c in step.cells if c.name in chosen]
         if cells:
             try:
-                sweep.run_sweep(cells, records_dir, runs_root, step.baseline, progress, log)
+                # one step's seeds are not the grid's: label-efficiency.md summarises them all
+                sweep.run_sweep(
+                    cells, records_dir, runs_root, step.baseline, progress, log, seed_tables=False
+                )
             except sweep.CellsFailed as err:
                 failed += err.failed
     command = command_line(dataset, budget, overrides, seeds, records)

@@ -53,8 +53,10 @@ def run_sweep(
     baseline: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = log_to_stderr,
+    seed_tables: bool = True,
 ) -> list[dict]:
-    """Run every unrecorded cell, record it, and tabulate all the grid's records.
+    """Run every unrecorded cell, record it, and tabulate all the grid's records (and, with
+    ``seed_tables`` and several seeds, their summary over seeds).
 
     A record whose key differs from its cell's (another preset or config defaults) is an
     error, raised before anything runs. With ``baseline``, recorded cells that lack the
@@ -74,7 +76,7 @@ def run_sweep(
         raise ValueError("run_sweep: two cells have the same name; build them with expand_grid")
     recorded = {c.name: _recorded(records_dir, c) for c in cells}
     tables = records_dir / "results.csv", records_dir / "results.md"
-    seeds = len({dict(c.overrides).get("seed") for c in cells}) > 1
+    seeds = seed_tables and len({dict(c.overrides).get("seed") for c in cells}) > 1
     seed_tables = records_dir / "seeds.csv", records_dir / "seeds.md"
 
     def tabulate(records: list[dict]) -> None:
@@ -172,6 +174,7 @@ def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], 
         "finetune_test_accuracy": fin["test_accuracy"],
         "finetune_best_test_accuracy": fin["best_test_accuracy"],
         "finetune_steps": fin.get("steps"),
+        "finetune_epochs": fin.get("epochs"),  # which epochs the curve's: records.accuracy_curve
         "finetune_accuracy_by_epoch": [
             r["test_accuracy"] for r in ft_epochs if "test_accuracy" in r
         ],
@@ -196,6 +199,7 @@ def _add_supervised(
         "supervised_test_accuracy": sup["test_accuracy"],
         "supervised_best_test_accuracy": sup["best_test_accuracy"],
         "supervised_steps": sup.get("steps"),
+        "supervised_epochs": sup.get("epochs"),
         "supervised_accuracy_by_epoch": by_epoch,
         "wall_seconds": {**record["wall_seconds"], "supervised": sup["wall_seconds"]},
         "run_dirs": {**record.get("run_dirs", {}), "supervised": str(run_dir)},
