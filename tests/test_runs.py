@@ -140,7 +140,11 @@ def test_resumed_wall_time_counts_each_epoch_once(tmp_path):
     # a run may change the state it resumes from (fit() extended it in place before it took
     # copies): the seconds before the interruption are read before it runs, or the resumed
     # epochs would count twice
-    loop = {"history": [{"epoch": 1, "seconds": 10.0}], "sums": {"seconds": 5.0}}
+    # epoch 1 trained 10 s and was evaluated in 2 s (eval_seconds); then 5 s of epoch 2
+    loop = {
+        "history": [{"epoch": 1, "seconds": 10.0, "eval_seconds": 2.0}],
+        "sums": {"seconds": 5.0},
+    }
     checkpoint = {"model": {}, "config": {}, "step": 3, "loop": loop}
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
 
@@ -150,8 +154,8 @@ def test_resumed_wall_time_counts_each_epoch_once(tmp_path):
         return {"wall_seconds": 8.0}
 
     summary = run_stage("pretrain", tmp_path, lambda _: None, resumed_run)
-    assert summary["wall_seconds"] == 10.0 + 5.0 + 8.0 and summary["resumed"] is True
-    assert json.loads((tmp_path / "summary.json").read_text())["wall_seconds"] == 23.0
+    assert summary["wall_seconds"] == 10.0 + 2.0 + 5.0 + 8.0 and summary["resumed"] is True
+    assert json.loads((tmp_path / "summary.json").read_text())["wall_seconds"] == 25.0
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock")

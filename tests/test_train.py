@@ -437,6 +437,8 @@ def test_fit_evaluates_at_the_epochs_records_place_a_curve_on(tmp_path: Path) ->
     task.evaluate_every = evaluation_interval(7, 3)  # as pipeline.finetune sets it
     history = fit(task, x, y, settings(epochs=7), tmp_path)
     assert [h["epoch"] for h in history if "test_accuracy" in h] == evaluated_epochs(7, 3)
+    timed = [h["epoch"] for h in history if h.get("eval_seconds", -1) >= 0]  # counted on resume
+    assert timed == evaluated_epochs(7, 3)
 
 
 def test_on_divergence_stop_ends_the_run_after_the_diverging_epoch(tmp_path: Path) -> None:

@@ -367,7 +367,9 @@ def write_seed_tables(records: list[dict], csv_path: str | Path, md_path: str | 
     lines.append(
         "\nTest accuracy over seeds: mean [min, max] (n). Margin: SSL + fine-tune mean minus "
         "supervised-only mean (points) and spread: the larger of the two methods' max - min, "
-        "both over the seeds that have both."
+        "both over the seeds that have both. kNN: the pretrained encoder's spike counts, voted "
+        "by the bank `knn.bank` names (the whole labelled part by default), whatever "
+        "`finetune.label_fraction` is."
     )
     where = [f"{_setting(s['setting'])}: {s['diverged']}" for s in diverged]
     if where:

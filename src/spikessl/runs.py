@@ -167,7 +167,9 @@ def _run_claimed(
         log(f"  {what}: resuming {run_dir} after step {resume['step']}")
         # seconds trained before the interruption, read before the resumed loop runs
         loop = resume["loop"]
-        before = sum(r["seconds"] for r in loop["history"]) + loop["sums"]["seconds"]
+        history = loop["history"]
+        before = sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in history)
+        before += loop["sums"]["seconds"]
     else:
         if run_dir.exists():  # killed before its first checkpoint: nothing worth keeping
             _remove_unstarted(run_dir)

@@ -418,7 +418,10 @@ def fit(
             every = task.evaluate_every
             due = epoch == settings.epochs or (every and epoch % every == 0)
             if main and task.evaluate is not None and due:  # evaluation: main process only
+                t_eval = time.perf_counter()
                 record.update(task.evaluate())
+                # wall time beside "seconds" (training only): a resumed run's total adds both
+                record["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
             where = f"{task.name} epoch {epoch}"
             if main and (msg := check_divergence(history, record["loss"], where)):
                 record["diverging"] = True
@@ -445,7 +448,8 @@ def _mean_loss(sums: dict, world: World) -> float:
 
 
 def _print_epoch(name: str, record: dict, rates: list[float]) -> None:
-    shown = {k: v for k, v in record.items() if k not in ("step", "lr", "firing_rates")}
+    hidden = ("step", "lr", "firing_rates", "eval_seconds")
+    shown = {k: v for k, v in record.items() if k not in hidden}
     rates_txt = " ".join(f"{r:.3f}" for r in rates)
     line = "  ".join(_fmt(k, v) for k, v in shown.items())
     print(f"[{name}] {line}  rates {rates_txt}", file=sys.stderr, flush=True)
