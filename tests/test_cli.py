@@ -636,6 +636,10 @@ def test_compare_rejects_a_file_that_is_not_a_record(runs: dict, tmp_path) -> No
     assert_error(["compare", str(bad), "--out", out], "corrupt")
     bad.write_text(json.dumps({"knn_accuracy": 90.0, "finetune_accuracy_by_epoch": 3}))
     assert_error(["compare", str(bad), "--out", out], "finetune_accuracy_by_epoch")
+    bad.write_text(json.dumps({"cell": "x", "finetune_accuracy_by_epoch": [50.0, 61.5]}))
+    assert_error(["compare", str(bad), "--out", out], "does not say at which epochs its 2")
+    bad.write_text(json.dumps({"config": None, "finetune_accuracy_by_epoch": [50.0]}))
+    assert_error(["compare", str(bad), "--out", out], "does not say at which epochs its 1")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -690,7 +694,7 @@ def test_sweep_with_a_stopped_cell_exits_2_and_still_writes_its_readme(
     code, out, err = run_main([*argv, "--records", str(records), "--run-dir", str(tmp_path)])
     assert code == 2 and out == ""
     assert "time_steps=3: stopped, going on with the other cells" in err
-    assert "error: 1 cell(s) stopped without a result: time_steps=3" in err
+    assert "error: 1 cell(s) stopped: time_steps=3 (why: the log above" in err
     assert "1 of 2 cells recorded" in (records / "README.md").read_text()
 
 

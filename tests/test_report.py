@@ -9,6 +9,7 @@ import io
 import pytest
 
 from spikessl.report import (
+    curves_png,
     label_efficiency_csv,
     label_efficiency_markdown,
     label_efficiency_summary,
@@ -74,7 +75,7 @@ def test_tables_compare_with_the_paper_and_show_missing_cells_as_dashes() -> Non
     assert "| 20 | 91.54% | — | — | — |" in md
     assert rows["III", "crop-noise"]["pretrain_diverged_epoch"] == 4
     assert "| crop-noise | 93.86% | 92.00% † | 88.00% † | -1.86 |" in md
-    assert "diverged (its loss jumped" in md and "at epoch 4 (augment.views=crop-noise)" in md
+    assert "diverged (its loss jumped" in md and "in augment.views=crop-noise at epoch 4;" in md
     assert "†" not in tables_markdown("MNIST", table_titles(), [rows["I", "10"]])
     assert "| [22] SimCLR ANN (cited) | — | — | — | — |" in md
     assert md.count("### Table") == 4
@@ -132,9 +133,24 @@ def test_label_efficiency_marks_a_fraction_whose_pretraining_diverged() -> None:
     assert md.endswith(
         "†: the SimCLR pretraining diverged (its loss jumped far above its lowest"
         " so far: the training loop's divergence warning) in 1%: seed 1 at epoch"
-        " 4; its numbers are as measured.\n"
+        " 4; the numbers are as measured, after all its epochs.\n"
     )
     assert "†" not in label_efficiency_markdown(label_efficiency_summary([record(0.01, 0, 1, 2)]))
+    rows = list(csv.DictReader(io.StringIO(label_efficiency_csv(summary))))
+    assert [r["diverged"] for r in rows] == ["seed 1 at epoch 4"] * 2  # both methods' rows
+    assert "diverged" not in label_efficiency_csv(label_efficiency_summary([record(0.01, 0, 1, 2)]))
+
+
+def test_figs_6_7_are_skipped_with_a_reason_for_a_record_that_does_not_say_its_epochs(tmp_path):
+    # a record from before finetune_steps: min_steps stretched its fine-tuning, by how much
+    # it does not say; the figure is left out and the rest of the report still written
+    finetune = {"epochs": 20, "min_steps": 1880, "batch_size": 128}
+    old = {"config": {"data": {"name": "mnist"}, "finetune": finetune}}
+    old["finetune_accuracy_by_epoch"] = [90.0] * 20
+    said = []
+    assert not curves_png("MNIST", old, tmp_path / "fig6.png", said.append)
+    assert "no fig6.png: record ? does not say at which epochs its 20 finetune" in said[0]
+    assert not (tmp_path / "fig6.png").exists()
 
 
 def test_label_efficiency_summary_math() -> None:

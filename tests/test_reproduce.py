@@ -206,7 +206,7 @@ def test_a_cell_that_stops_on_its_numbers_leaves_the_other_steps_and_the_report(
         tmp_path, monkeypatch, "--dataset", "mnist", "--budget", "paper"
     )
     assert code == 2 and out == ""
-    assert "1 cell(s) stopped without a result: time_steps=30" in err
+    assert "1 cell(s) stopped: time_steps=30 (why" in err
     assert len(ran) == 15 and "time_steps=10" in ran  # every other step ran
     assert "| 10 | 78.21% | — | — | — |" in (records / "tables.md").read_text()
 

@@ -340,7 +340,7 @@ def test_a_cell_that_stops_on_its_numbers_does_not_stop_the_others(tmp_path, mon
     monkeypatch.setattr(sweep, "_run_cell", fake_cell)
     lines: list[str] = []
     cells = expand_grid(tiny_base(), ["finetune.lr=0.01,0.02,0.03"])
-    stopped = r"1 cell\(s\) stopped without a result: finetune\.lr=0\.02 \("
+    stopped = r"1 cell\(s\) stopped: finetune\.lr=0\.02 \(why: the log above; the grid"
     with pytest.raises(FloatingPointError, match=stopped):
         run_sweep(cells, tmp_path / "records", tmp_path / "runs", progress=False, log=lines.append)
     assert any("finetune.lr=0.02: stopped" in line and "epoch 3" in line for line in lines)
@@ -361,7 +361,9 @@ def test_a_baseline_that_stops_keeps_the_cells_ssl_record(tmp_path, monkeypatch)
     monkeypatch.setattr(sweep, "_run_cell", fake_cell)
     monkeypatch.setattr(sweep, "_add_supervised", diverging_baseline)
     cells = expand_grid(tiny_base(), ["finetune.lr=0.01"])
-    with pytest.raises(sweep.CellsFailed, match=r"finetune\.lr=0\.01 \(why: the log above; "):
+    with pytest.raises(
+        sweep.CellsFailed, match=r"stopped: finetune\.lr=0\.01 \(its supervised baseline\) \(why"
+    ):
         run_sweep(cells, tmp_path / "records", tmp_path / "runs", baseline=True, log=print)
     record = json.loads((tmp_path / "records" / "finetune.lr=0.01.json").read_text())
     assert record["finetune_test_accuracy"] == 90.0 and "supervised_test_accuracy" not in record

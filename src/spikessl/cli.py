@@ -285,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
     except USER_ERRORS as err:
         # a FloatingPointError (NaN, divergence) stops every torchrun process at the same step
-        together = isinstance(err, FloatingPointError)
+        together, main_process = isinstance(err, FloatingPointError), distributed.is_main_process()
         distributed.shutdown(barrier=together)
-        if together and int(os.environ.get("RANK", "0")) != 0:
+        if together and not main_process:
             return 2  # the main process says why
         return _error(args.command, err)
     except Interrupted as stop:

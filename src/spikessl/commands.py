@@ -126,10 +126,9 @@ def record_curves(path: str) -> dict[str, dict[int, float]]:
     from spikessl.records import accuracy_curve
 
     curves = {}
-    if isinstance(record, dict) and isinstance(record.get("config"), dict):
-        for method, label in RUN_LABELS.items():  # at the epochs measured (min_steps stretches)
-            if (curve := accuracy_curve(record, method)) is not None:
-                curves[label] = curve
+    for method, label in RUN_LABELS.items() if isinstance(record, dict) else ():
+        if (curve := accuracy_curve(record, method)) is not None:  # at the epochs measured
+            curves[label] = curve
     if not curves:
         raise ValueError(
             f"{path} holds no {' or '.join(RECORD_CURVES.values())}: pass a record written by "

@@ -55,6 +55,11 @@ def setup(device: torch.device) -> World:
     return world
 
 
+def is_main_process() -> bool:
+    """Rank 0 of torchrun's process group, or the one process without it."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def shutdown(barrier: bool = True) -> None:
     """Leave the process group cleanly (an exiting process with live gloo threads aborts).
     ``barrier=False`` when the other processes may not get here (an error of this one)."""

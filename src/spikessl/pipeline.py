@@ -33,7 +33,7 @@ from spikessl.evaluate import (
     test_accuracy,
 )
 from spikessl.losses import nt_xent
-from spikessl.records import evaluation_interval
+from spikessl.records import evaluation_interval, finetune_epoch_count
 from spikessl.runs import check_run_dir, new_run_dir, run_stage, write_summary
 from spikessl.train import LoopSettings, Task, epoch_sizes, fit
 
@@ -361,7 +361,7 @@ def finetune_epochs(ft: FinetuneConfig, images: int, processes: int = 1) -> int:
     ``ft.batch_size`` is per process, as in ``train.fit``.
     """
     per_epoch = math.ceil(images / (ft.batch_size * processes))
-    return max(ft.epochs, math.ceil(ft.min_steps / per_epoch))
+    return finetune_epoch_count(ft.epochs, ft.min_steps, per_epoch)
 
 
 def labelled_indices(data: Data, cfg: Config) -> Tensor:

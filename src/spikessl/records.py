@@ -65,15 +65,29 @@ def read_record(path: Path) -> dict:
     return record
 
 
+def finetune_epoch_count(planned: int, min_steps: int, per_epoch: int) -> int:
+    """``finetune.epochs`` (``planned``), or more where ``per_epoch`` steps an epoch give
+    under ``finetune.min_steps`` steps in all."""
+    return max(planned, math.ceil(min_steps / per_epoch))
+
+
+def labelled_count(data: dict, fraction: float) -> int:
+    """About how many images ``fraction`` of the training set (``data``: the config's data
+    section) holds; the stratified split rounds each class, so a few images more or less."""
+    from spikessl.dataset_catalog import DATASETS
+
+    return round(fraction * (data.get("train_limit") or DATASETS[data["name"]].train_size))
+
+
 def evaluation_interval(epochs: int, planned: int) -> int:
-    """Fine-tuning measures test accuracy every this many of its ``epochs`` (and after the
-    last): about ``planned`` (``finetune.epochs``) points when ``finetune.min_steps``
-    stretches training beyond them."""
+    """Fine-tuning measures test accuracy every this many of its ``epochs`` and after the
+    last: every epoch unless ``finetune.min_steps`` stretches training beyond the planned
+    ``finetune.epochs``, then at most ``planned`` points (21 epochs of 20 planned: 11)."""
     return math.ceil(epochs / planned)
 
 
 def evaluated_epochs(epochs: int, planned: int) -> list[int]:
-    """The epochs whose test accuracy a fine-tuning of ``epochs`` epochs measures."""
+    """The epochs whose test accuracy a fine-tuning of ``epochs`` (>= 1) epochs measures."""
     every = evaluation_interval(epochs, planned)
     return sorted({*range(every, epochs + 1, every), epochs})
 
@@ -89,9 +103,9 @@ def accuracy_curve(record: dict, method: str = "finetune") -> dict[int, float] |
     values = record.get(f"{method}_accuracy_by_epoch")
     if not isinstance(values, list) or not values:
         return None
-    planned = record.get("config", {}).get("finetune", {}).get("epochs")
+    planned = ((record.get("config") or {}).get("finetune") or {}).get("epochs")
     epochs = record.get(f"{method}_epochs") or _recorded_epochs(record, method, len(values))
-    if not isinstance(planned, int) or epochs is None:
+    if not (isinstance(planned, int) and planned >= 1 and isinstance(epochs, int) and epochs >= 1):
         raise ValueError(
             f"record {record.get('cell', '?')} does not say at which epochs its {len(values)} "
             f"{method} test accuracies were measured: rerun its sweep with this spikessl, or "
@@ -112,21 +126,21 @@ def _recorded_epochs(record: dict, method: str, points: int) -> int | None:
     checked against the recorded steps and ``points`` evaluations; None if it does not fit."""
     from spikessl.dataset_catalog import DATASETS
 
-    config = record.get("config", {})
-    ft, data = config.get("finetune", {}), config.get("data", {})
+    config = record.get("config") or {}
+    ft, data = config.get("finetune") or {}, config.get("data") or {}
     planned, min_steps = ft.get("epochs"), ft.get("min_steps", 0)
     if not min_steps:
         return planned if points == planned else None
     steps, batch = record.get(f"{method}_steps"), ft.get("batch_size")
-    dataset = DATASETS.get(data.get("name"))
-    if not (isinstance(steps, int) and isinstance(planned, int) and steps >= 1 and dataset):
+    if not (isinstance(steps, int) and isinstance(planned, int) and steps >= 1):
         return None
-    train = data.get("train_limit") or dataset.train_size
+    if not (isinstance(batch, int) and batch >= 1 and data.get("name") in DATASETS):
+        return None
     fraction = ft.get("label_fraction") or data.get("labelled_fraction", 0.2)
-    # steps an epoch for the labelled images (the stratified split rounds each class: a few
-    # images off, which moves this only where the count sits at a multiple of the batch)
-    per_epoch = math.ceil(round(fraction * train) / batch)
-    epochs = max(planned, math.ceil(min_steps / per_epoch))
+    # steps an epoch for the labelled images (the split's per-class rounding moves the
+    # count by a few images: this only where it sits at a multiple of the batch)
+    per_epoch = math.ceil(labelled_count(data, fraction) / batch)
+    epochs = finetune_epoch_count(planned, min_steps, per_epoch)
     fits = steps == epochs * per_epoch and len(evaluated_epochs(epochs, planned)) == points
     return epochs if fits else None
 
@@ -308,7 +322,7 @@ def seed_summary(records: list[dict]) -> list[dict]:
         )
         margin, spread, verdict, paired = compare_paired(ssl, supervised)
         if paired and len(paired) < len(group["records"]):
-            verdict += f" (seeds with both: {' '.join(map(str, paired))})"
+            verdict += f" (seeds with both: {' '.join(map(str, sorted(paired)))})"
         entry["diverged"] = diverged_seeds(group["records"])
         summary.append(entry | {"margin": margin, "spread": spread, "verdict": verdict})
     return summary
@@ -326,8 +340,8 @@ def diverged_note(where: list[str]) -> str:
         return ""
     return (
         f"{DIVERGED}: the SimCLR pretraining diverged (its loss jumped far above its lowest "
-        f"so far: the training loop's divergence warning) in {'; '.join(where)}; its numbers "
-        "are as measured.\n"
+        f"so far: the training loop's divergence warning) in {'; '.join(where)}; the numbers "
+        "are as measured, after all its epochs.\n"
     )
 
 

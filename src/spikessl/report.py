@@ -124,10 +124,7 @@ def tables_markdown(
         f"pretrained encoder's spike counts, before fine-tuning. {DASH}: not run yet, or not "
         "in the paper."
         + (
-            f" {DIVERGED}: the SimCLR pretraining diverged (its loss jumped far above its "
-            "lowest so far: the training loop's divergence warning) at epoch "
-            + ", ".join(f"{epoch} ({cell})" for cell, epoch in diverged)
-            + "; the numbers are as measured, after all its epochs."
+            " " + diverged_note([f"{cell} at epoch {epoch}" for cell, epoch in diverged]).rstrip()
             if diverged
             else ""
         )
@@ -172,7 +169,7 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
             stats[method] = {"seeds": sorted(by_seed), "accuracies": values, **describe(values)}
         margin, spread, verdict, paired = compare_paired(*methods.values())
         if paired and any(len(by_seed) > len(paired) for by_seed in methods.values()):
-            verdict += f" (seeds with both: {' '.join(map(str, paired))})"  # as seeds.md
+            verdict += f" (seeds with both: {' '.join(map(str, sorted(paired)))})"  # as seeds.md
         entry = {"fraction": fraction, "methods": stats, "margin": margin, "spread": spread}
         entry["diverged"] = diverged_seeds(grouped[fraction])
         summary.append(entry | {"steps": steps.get(fraction), "verdict": verdict})
@@ -214,7 +211,8 @@ def label_efficiency_csv(summary: list[dict]) -> str:
             listed = {k: " ".join(map(str, st[k])) for k in ("seeds", "accuracies")}
             rows.append({"label_fraction": s["fraction"], "method": method, **s, **st, **listed})
     columns = "label_fraction method n mean min max seeds accuracies margin spread verdict steps"
-    return csv_text(rows, columns.split())
+    diverged = ["diverged"] * any(s["diverged"] for s in summary)  # as tables.csv, seeds.csv
+    return csv_text(rows, columns.split() + diverged)
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -246,14 +244,18 @@ def neighbours_png(record: dict, cell: grid.Cell, out: Path, log: Callable[[str]
     return out.exists()
 
 
-def curves_png(name: str, record: dict, out: Path) -> bool:
+def curves_png(name: str, record: dict, out: Path, log: Callable[[str], None] = print) -> bool:
     """Figs. 6-7: the best cell's test accuracy per epoch, SSL + fine-tune vs supervised."""
     from spikessl import figures
 
-    series = {
-        "SSL pretrained + fine-tuned": accuracy_curve(record, "finetune"),
-        "supervised only": accuracy_curve(record, "supervised"),
-    }
+    try:
+        series = {
+            "SSL pretrained + fine-tuned": accuracy_curve(record, "finetune"),
+            "supervised only": accuracy_curve(record, "supervised"),
+        }
+    except ValueError as err:  # an old record that does not say its epochs: the rest stands
+        log(f"reproduce: no {out.name}: {err}")
+        return False
     series = {label: values for label, values in series.items() if values}
     if not series:
         return False
@@ -420,7 +422,7 @@ def write_outputs(
         ),
         f"Fig. {fig}: SSL + fine-tune vs supervised only": (
             f"fig{fig}-{contents.dataset}-ssl-vs-supervised.png",
-            lambda out: best is not None and curves_png(name, best, out),
+            lambda out: best is not None and curves_png(name, best, out, log),
         ),
         "Label efficiency": (
             "label-efficiency.png",

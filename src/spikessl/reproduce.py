@@ -28,8 +28,7 @@ from pathlib import Path
 
 from spikessl import grid, report, sweep
 from spikessl.config import load_config, parse_overrides, set_data_root, to_dict
-from spikessl.dataset_catalog import DATASETS as DATASET_INFO
-from spikessl.records import load_records
+from spikessl.records import labelled_count, load_records
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 BUDGETS = ("quick", "paper")
@@ -178,8 +177,8 @@ def _share(base: dict) -> str:
 def labelled_steps(base: dict) -> int:
     """Fine-tuning steps on the whole labelled part: ``finetune.epochs`` of its batches."""
     data, ft = base["data"], base["finetune"]
-    images = data["train_limit"] or DATASET_INFO[data["name"]].train_size
-    return math.ceil(round(images * data["labelled_fraction"]) / ft["batch_size"]) * ft["epochs"]
+    images = labelled_count(data, data["labelled_fraction"])
+    return math.ceil(images / ft["batch_size"]) * ft["epochs"]
 
 
 def cell_states(steps: list[Step], records_dir: Path) -> dict[str, str]:

@@ -77,12 +77,12 @@ def run_sweep(
     recorded = {c.name: _recorded(records_dir, c) for c in cells}
     tables = records_dir / "results.csv", records_dir / "results.md"
     seeds = seed_tables and len({dict(c.overrides).get("seed") for c in cells}) > 1
-    seed_tables = records_dir / "seeds.csv", records_dir / "seeds.md"
+    seed_paths = records_dir / "seeds.csv", records_dir / "seeds.md"
 
     def tabulate(records: list[dict]) -> None:
         write_tables(records, *tables)
         if seeds:
-            write_seed_tables(records, *seed_tables)
+            write_seed_tables(records, *seed_paths)
 
     failed: list[str] = []  # cells whose training stopped on its own numbers
     for i, cell in enumerate(cells, 1):
@@ -102,7 +102,8 @@ def run_sweep(
                 record = _add_supervised(record, cell, runs_root, progress, log)
         except FloatingPointError as err:
             log(f"{tag}: stopped, going on with the other cells: {err}")
-            failed.append(cell.name)
+            baseline_only = record is not None  # its SSL result is recorded
+            failed.append(cell.name + " (its supervised baseline)" * baseline_only)
             continue
         _write_record(records_dir, cell, record, names, tabulate)
     records = load_records(records_dir, names)
@@ -119,12 +120,12 @@ class CellsFailed(FloatingPointError):
 
     def __init__(self, failed: list[str], records: list[dict], records_dir: Path) -> None:
         self.failed, self.records = failed, records
-        where = f"; the grid's other records are in {records_dir}" if records else ""
+        where = f"; the grid's records are in {records_dir}" if records else ""
         super().__init__(
-            f"{len(failed)} cell(s) stopped without a result: {', '.join(failed)} (why: the "
-            f"log above{where}). The same settings stop the same way: continue a diverged "
-            "run with on_divergence=warn, or measure other settings (e.g. "
-            "pretrain.grad_clip=1.0 or a lower lr) with another --records folder"
+            f"{len(failed)} cell(s) stopped: {', '.join(failed)} (why: the log above{where}). "
+            "The same settings stop the same way: continue a diverged run with "
+            "on_divergence=warn or skip a NaN step with on_nonfinite=skip, or measure other "
+            "settings (e.g. pretrain.grad_clip=1.0 or a lower lr) with another --records folder"
         )
 
 
