@@ -189,7 +189,8 @@ def test_a_run_stopped_by_on_divergence_resumes_only_with_warn(tmp_path, monkeyp
     monkeypatch.setattr(pipeline, "nt_xent", jumps_after_epoch_1)
     run = tmp_path / "run"
     stop = [a for a in RUN if a != "checkpoint_every=4"] + [str(run)]
-    assert main([*stop, "on_divergence=stop"]) == 2
+    with pytest.warns(RuntimeWarning, match="pretrain epoch 2: loss .* training is diverging"):
+        assert main([*stop, "on_divergence=stop"]) == 2
     err = capsys.readouterr().err
     assert "pretrain: its loss diverged at epoch 2" in err and "stopped (on_divergence" in err
     assert len(calls) == 50 and not (run / "summary.json").exists()
