@@ -268,7 +268,7 @@ def finetune(
         local_mean=True,
     )
     epochs = finetune_epochs(ft, len(x), world.size)
-    task.evaluate_every = evaluation_interval(epochs, ft.epochs)  # about ft.epochs test points
+    task.evaluate_every = evaluation_interval(epochs, ft.epochs)  # at most ft.epochs points
     t0 = time.perf_counter()
     history = fit(
         task,
