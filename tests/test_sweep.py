@@ -334,7 +334,7 @@ def test_a_cell_that_stops_on_its_numbers_does_not_stop_the_others(tmp_path, mon
 
     def fake_cell(cell, runs_root, progress, log):
         if cell.config.finetune.lr == 0.02:
-            raise Diverged("pretrain: its loss diverged at epoch 3 (5.1): stopped")
+            raise Diverged("finetune", "finetune: its loss diverged at epoch 3 (5.1): stopped")
         return fake_record(cell, 90.0)
 
     monkeypatch.setattr(sweep, "_run_cell", fake_cell)
@@ -370,3 +370,28 @@ def test_a_baseline_that_stops_keeps_the_cells_ssl_record(tmp_path, monkeypatch)
     monkeypatch.setattr(sweep, "_run_cell", forbidden)  # a rerun only retries the baseline
     with pytest.raises(sweep.CellsFailed):
         run_sweep(cells, tmp_path / "records", tmp_path / "runs", baseline=True, log=print)
+
+
+def test_cells_that_share_a_stopped_pretraining_are_not_run_again(tmp_path, monkeypatch):
+    from spikessl import sweep
+    from spikessl.train import Stopped
+
+    ran, lines = [], []
+
+    def fake_cell(cell, runs_root, progress, log):
+        ran.append(cell.name)
+        if cell.config.pretrain.epochs == 1:
+            raise Stopped("pretrain", "pretrain: loss is nan at epoch 1, step 3")
+        if cell.config.finetune.lr == 0.03:  # a fine-tuning that stops: its pretraining is fine
+            raise Stopped("finetune", "finetune: loss is nan at epoch 1, step 1")
+        return fake_record(cell, 90.0)
+
+    monkeypatch.setattr(sweep, "_run_cell", fake_cell)
+    cells = expand_grid(tiny_base(), ["pretrain.epochs=1,2", "finetune.lr=0.01,0.02,0.03"])
+    with pytest.raises(sweep.CellsFailed, match=r"4 cell\(s\) stopped"):
+        run_sweep(cells, tmp_path / "records", tmp_path / "runs", log=lines.append)
+    one = "pretrain.epochs=1__finetune.lr="
+    assert ran == [f"{one}0.01", *(f"pretrain.epochs=2__finetune.lr=0.0{i}" for i in (1, 2, 3))]
+    for lr in ("0.02", "0.03"):
+        said = f"{one}{lr}: skipped: it shares the pretraining that stopped in {one}0.01"
+        assert any(line.endswith(said) for line in lines), lines

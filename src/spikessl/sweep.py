@@ -31,7 +31,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from spikessl.config import to_dict
-from spikessl.grid import PRETRAIN_UNUSED, Cell, record_matches, stage_dir, supervised_unused
+from spikessl.grid import (
+    PRETRAIN_UNUSED,
+    Cell,
+    pretrain_key,
+    record_matches,
+    stage_dir,
+    supervised_unused,
+)
 from spikessl.records import (
     load_records,
     read_record,
@@ -85,12 +92,18 @@ def run_sweep(
             write_seed_tables(records, *seed_paths)
 
     failed: list[str] = []  # cells whose training stopped on its own numbers
+    stopped: dict[str, str] = {}  # pretraining key -> the cell whose pretraining stopped
     for i, cell in enumerate(cells, 1):
         tag = f"sweep [{i}/{len(cells)}] {cell.name}"
         record = recorded[cell.name]
         missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
         if record is not None and not missing_baseline:
             log(f"{tag}: recorded, skipping")
+            continue
+        shared = pretrain_key(cell.config)
+        if record is None and shared in stopped:  # resuming it would stop it again
+            log(f"{tag}: skipped: it shares the pretraining that stopped in {stopped[shared]}")
+            failed.append(cell.name)
             continue
         log(f"{tag}: {'adding the supervised baseline' if record else 'running'} (key {cell.key})")
         try:  # on_divergence=stop or on_nonfinite=stop end a cell on its own numbers
@@ -102,6 +115,8 @@ def run_sweep(
                 record = _add_supervised(record, cell, runs_root, progress, log)
         except FloatingPointError as err:
             log(f"{tag}: stopped, going on with the other cells: {err}")
+            if record is None and getattr(err, "stage", None) == "pretrain":
+                stopped[shared] = cell.name
             baseline_only = record is not None  # its SSL result is recorded
             failed.append(cell.name + " (its supervised baseline)" * baseline_only)
             continue

@@ -125,7 +125,16 @@ def check_divergence(history: list[dict], loss: float, where: str) -> str | None
     )
 
 
-class Diverged(FloatingPointError):
+class Stopped(FloatingPointError):
+    """Training stopped on its own numbers, in ``stage`` (the task's name: "pretrain",
+    "finetune", "supervised"): a NaN/inf under on_nonfinite=stop, or ``Diverged``."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class Diverged(Stopped):
     """An epoch's loss diverged (``check_divergence``) and ``on_divergence`` is "stop": the
     epoch's metrics and checkpoint are saved, the last checkpoint before it is kept in
     ``checkpoint-before-divergence.pt``, and training stops."""
@@ -135,11 +144,12 @@ def _stop_diverged(name: str, run_dir: Path, record: dict, at: int) -> Diverged:
     """The error for ``record``, the run's first diverging epoch, with the run at epoch ``at``."""
     went_on = f", and the run is at epoch {at}" if at != record["epoch"] else ""
     return Diverged(
+        name,
         f"{name}: its loss diverged at epoch {record['epoch']} ({record['loss']:.4g}{went_on}): "
         f"stopped (on_divergence=stop). {run_dir} keeps its metrics, its checkpoint and the "
         "last checkpoint before the divergence (checkpoint-before-divergence.pt). Rerun with "
         "gradient clipping (grad_clip=1.0 in the pretrain or finetune section) or a lower "
-        "learning rate, or continue this run with on_divergence=warn"
+        "learning rate, or continue this run with on_divergence=warn",
     )
 
 
@@ -226,9 +236,10 @@ def _nonfinite(
             if checkpoint is not None and checkpoint.exists()
             else ""
         )
-        raise FloatingPointError(
+        raise Stopped(
+            name,
             f"{name}: {bad} at epoch {epoch}, step {step}: likely a too-high learning rate "
-            f"(lower lr) or an exploding input (on_nonfinite=skip skips such steps){kept}"
+            f"(lower lr) or an exploding input (on_nonfinite=skip skips such steps){kept}",
         )
     warnings.warn(f"{name} step {step}: {bad}; step skipped", RuntimeWarning, stacklevel=3)
 
