@@ -83,10 +83,6 @@ def export(args: argparse.Namespace) -> dict:
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "checkpoint.pt")
 RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervised only"}
-RECORD_CURVES = {  # a sweep record's per-epoch test accuracies, by legend label
-    RUN_LABELS["finetune"]: "finetune_accuracy_by_epoch",
-    RUN_LABELS["supervised"]: "supervised_accuracy_by_epoch",
-}
 
 
 def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
@@ -131,7 +127,8 @@ def record_curves(path: str) -> dict[str, dict[int, float]]:
             curves[label] = curve
     if not curves:
         raise ValueError(
-            f"{path} holds no {' or '.join(RECORD_CURVES.values())}: pass a record written by "
+            f"{path} holds no {' or '.join(f'{m}_accuracy_by_epoch' for m in RUN_LABELS)}: pass "
+            "a record written by "
             "`spikessl sweep` or `spikessl reproduce`, or a run directory"
         )
     return curves
