@@ -112,3 +112,47 @@ def test_encoder_settings_that_differ_from_the_checkpoint_say_how_to_match(pretr
     want = re.escape(f"conv_channels: checkpoint {saved} vs config (16, 32). Drop --config")
     with pytest.raises(ValueError, match=want):
         pretrained_encoder(checkpoint, other)
+
+
+def test_an_export_fine_tunes_and_votes_as_its_run_does(pretrained, tmp_path, capsys):
+    from spikessl.cli import main
+
+    _, tmp = pretrained
+    export = tmp_path / "encoder.safetensors"
+    assert main(["export", str(tmp / "pretrain"), "--out", str(export)]) == 0
+    capsys.readouterr()
+    out = {}
+    for name, source in (("run", tmp / "pretrain"), ("export", export)):
+        ft = ["finetune", "--pretrained", str(source), "--run-dir", str(tmp_path / name)]
+        assert main([*ft, "--no-progress"]) == 0
+        out[name] = json.loads(capsys.readouterr().out)
+        assert main(["knn", "--pretrained", str(source)]) == 0
+        out[name]["knn"] = json.loads(capsys.readouterr().out)["knn_accuracy"]
+    assert out["export"]["test_accuracy"] == out["run"]["test_accuracy"]
+    assert out["export"]["knn"] == out["run"]["knn"]
+    weights = [load_checkpoint(tmp_path / name)["model"] for name in ("run", "export")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # the export remembers which images its pretraining left out for fine-tuning
+    assert main(["finetune", "--pretrained", str(export), "seed=1"]) == 2
+    assert "labelled part is not the one this pretraining run left out" in capsys.readouterr().err
+
+
+def test_a_damaged_or_foreign_safetensors_file_gets_a_clear_error(pretrained, tmp_path):
+    from safetensors.torch import save_file
+
+    from spikessl.checkpoints import export_safetensors
+
+    _, tmp = pretrained
+    whole = export_safetensors(load_checkpoint(tmp / "pretrain"), tmp_path / "whole.safetensors")
+    loaded = load_checkpoint(whole)
+    assert loaded["command"] == "pretrain" and "loop" not in loaded
+    data = whole.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match="not a complete safetensors file.*spikessl export"):
+        load_checkpoint(tmp_path / "cut.safetensors")
+    save_file({"w": torch.ones(3)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ValueError, match="without spikessl's config in its metadata"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
+    with pytest.raises(FileNotFoundError, match="no safetensors file"):
+        load_checkpoint(tmp_path / "missing.safetensors")

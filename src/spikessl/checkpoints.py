@@ -2,7 +2,9 @@
 
 A checkpoint is the dict ``train.fit`` saves as ``checkpoint.pt``: ``model`` (a state dict),
 ``config`` (the resolved config as a dict), ``command``, and the optimizer and loop state that
-``--resume`` continues from.
+``--resume`` continues from. ``spikessl export`` writes its weights as a ``.safetensors`` file
+(config, command and a digest of the labelled split in the metadata), which loads back as a
+checkpoint with no training state: enough to fine-tune, kNN, probe or draw neighbours from.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ def checkpoint_source(path: str | Path) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint file or a run directory holding ``checkpoint.pt`` (never runs code)."""
+    """A checkpoint file, a run directory holding ``checkpoint.pt``, or a ``.safetensors``
+    export (never runs code)."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_export(path)
     if path.is_dir():
         stages = [s for s in ("pretrain", "finetune", "supervised") if (path / s).is_dir()]
         if stages and not (path / "checkpoint.pt").exists():  # a pipeline's folder
@@ -79,8 +84,16 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def split_digest(indices: torch.Tensor) -> str:
+    """sha256 of a split's image indices (int64, little-endian): an export's record of the
+    labelled part its pretraining left out, without the indices themselves."""
+    data = indices.detach().cpu().to(torch.int64).numpy().astype("<i8").tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
 def export_safetensors(checkpoint: dict, path: str | Path) -> Path:
-    """The checkpoint's model weights as a safetensors file (config in its metadata)."""
+    """The checkpoint's model weights as a safetensors file; its metadata holds the config,
+    the command and, where the checkpoint has one, the digest of the labelled split."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -90,9 +103,47 @@ def export_safetensors(checkpoint: dict, path: str | Path) -> Path:
         "spikessl_config": json.dumps(checkpoint["config"]),
         "command": str(checkpoint.get("command", "")),
     }
+    labelled = checkpoint.get("split", {}).get("labelled")
+    if labelled is not None:
+        meta["split_labelled_sha256"] = split_digest(labelled)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
     return path
+
+
+def load_export(path: Path) -> dict:
+    """A ``spikessl export`` file as a checkpoint dict: ``model``, ``config``, ``command``
+    and ``split_labelled_sha256`` (no optimizer or loop state, so nothing to resume)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no safetensors file at {path}: pass a file `spikessl export` wrote"
+        )
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+            model = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"cannot read {path}: not a complete safetensors file ({err}); export it again "
+            "with `spikessl export RUN_DIR --out FILE`"
+        ) from None
+    try:
+        config = json.loads(meta["spikessl_config"])
+    except (KeyError, json.JSONDecodeError):
+        config = None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path} is a safetensors file without spikessl's config in its metadata, so the "
+            "network it belongs to is unknown: pass a file written by `spikessl export`"
+        )
+    checkpoint = {"model": model, "config": config}
+    if meta.get("command"):
+        checkpoint["command"] = meta["command"]
+    if "split_labelled_sha256" in meta:
+        checkpoint["split_labelled_sha256"] = meta["split_labelled_sha256"]
+    return checkpoint
 
 
 def pretrained_encoder(checkpoint: dict, cfg: Config) -> SpikingEncoder:

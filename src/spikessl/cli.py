@@ -102,7 +102,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("-k", type=int, default=8, help="neighbours per row")
         if name in ("finetune", "knn", "probe", "neighbors"):
             p.add_argument(
-                "--pretrained", default=None, help="pretraining run directory or checkpoint.pt"
+                "--pretrained",
+                default=None,
+                help="pretraining run directory, checkpoint.pt, or a .safetensors file from "
+                "`spikessl export`",
             )
         if name in ("pretrain", "finetune", "supervised"):
             p.add_argument(

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from spikessl import distributed
 from spikessl.augment import build_augment, two_views
-from spikessl.checkpoints import load_checkpoint, pretrained_encoder
+from spikessl.checkpoints import load_checkpoint, pretrained_encoder, split_digest
 from spikessl.config import Config, FinetuneConfig, to_dict
 from spikessl.data import Data, load_data, stratified_split
 from spikessl.distributed import World
@@ -300,7 +300,10 @@ def finetune(
 def _check_same_split(checkpoint: dict, data: Data) -> None:
     """The labelled part must be the one the pretraining left out (the paper's 80/20)."""
     saved = checkpoint.get("split", {}).get("labelled")
-    if saved is not None and not torch.equal(saved.cpu(), data.labelled.cpu()):
+    digest = checkpoint.get("split_labelled_sha256")  # a safetensors export's record of it
+    if (saved is not None and not torch.equal(saved.cpu(), data.labelled.cpu())) or (
+        digest is not None and digest != split_digest(data.labelled)
+    ):
         raise ValueError(
             "fine-tuning's labelled part is not the one this pretraining run left out: its seed, "
             "data.labelled_fraction or data.train_limit differ from the run's, so images it "
