@@ -674,6 +674,14 @@ def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:
     code, out, err = run_main(argv)
     assert code == 0 and "kept" in err and "written by hand" in err, err
     assert (records / "README.md").read_text() == "# my notes\n"
+    # --keep-pretrained: each recorded cell's pretraining goes into the records folder
+    code, out, err = run_main([*argv, "--keep-pretrained"])
+    assert code == 0 and err.count("pretrain: kept as") == 2, err
+    assert len(list(records.glob("pretrain-*.safetensors"))) == 2
+    (records / "README.md").unlink()
+    code, out, err = run_main([*argv, "--keep-pretrained"])  # already kept: not again
+    assert code == 0 and "kept as" not in err, err
+    assert f"--records {records} --keep-pretrained\n" in (records / "README.md").read_text()
 
 
 def test_sweep_with_a_stopped_cell_exits_2_and_still_writes_its_readme(

@@ -395,3 +395,62 @@ def test_cells_that_share_a_stopped_pretraining_are_not_run_again(tmp_path, monk
     for lr in ("0.02", "0.03"):
         said = f"{one}{lr}: skipped: it shares the pretraining that stopped in {one}0.01"
         assert any(line.endswith(said) for line in lines), lines
+
+
+def test_a_kept_pretraining_stands_in_for_its_run_on_another_machine(swept, tmp_path, monkeypatch):
+    from spikessl.sweep import pretrained_export
+
+    cells = swept["cells"]
+    here = tmp_path / "here"
+    shutil.copytree(swept["tmp"] / "records", here / "records")
+    shutil.copytree(swept["tmp"] / "runs", here / "runs")
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    monkeypatch.setattr(pipeline, "finetune", forbidden)
+    logs: list[str] = []
+    # recorded cells: nothing trains, their pretraining (one, shared) is exported
+    run_sweep(
+        cells,
+        here / "records",
+        here / "runs",
+        progress=False,
+        log=logs.append,
+        keep_pretrained=True,
+    )
+    export = pretrained_export(here / "records", cells[0])
+    assert export == pretrained_export(here / "records", cells[1])
+    assert export.name == f"pretrain-{pretrain_key(cells[0].config)}.safetensors"
+    assert sum("kept as" in line for line in logs) == 1
+    # another machine: no run directories, the records folder holds only the export
+    there = tmp_path / "there"
+    (there / "records").mkdir(parents=True)
+    shutil.copy(export, there / "records")
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    logs.clear()
+    records = run_sweep(cells, there / "records", there / "runs", progress=False, log=logs.append)
+    assert sum("restored" in line for line in logs) == 1  # the second cell reuses it
+    for new, old in zip(records, swept["first"], strict=True):
+        for key in ("knn_accuracy", "knn_accuracy_at_init", "knn_by_epoch", "firing_rates"):
+            assert new[key] == old[key], key
+        assert new["pretrain_loss_by_epoch"] == old["pretrain_loss_by_epoch"]
+        assert new["wall_seconds"]["pretrain"] == old["wall_seconds"]["pretrain"]
+        # fine-tuned from the same weights on the same labelled images: the same result
+        assert new["finetune_test_accuracy"] == old["finetune_test_accuracy"]
+        assert new["finetune_accuracy_by_epoch"] == old["finetune_accuracy_by_epoch"]
+    assert records[0]["pretrain_restored_from"] == export.name
+    assert "pretrain_restored_from" not in records[1]  # its run was there by then
+    restored = there / "runs" / f"pretrain-{pretrain_key(cells[0].config)}"
+    summary = json.loads((restored / "summary.json").read_text())
+    assert summary["restored_from"] == str(there / "records" / export.name)
+    assert "loop" not in load_checkpoint(restored)  # weights only: finished, never resumed
+
+
+def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_path):
+    from spikessl.checkpoints import export_safetensors
+    from spikessl.runs import restore_run
+
+    pre_dir = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(swept['cells'][0].config)}"
+    bare = export_safetensors(load_checkpoint(pre_dir), tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="not its run's summary.*spikessl export RUN_DIR"):
+        restore_run(bare, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -91,9 +91,11 @@ def split_digest(indices: torch.Tensor) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def export_safetensors(checkpoint: dict, path: str | Path) -> Path:
+def export_safetensors(checkpoint: dict, path: str | Path, run_dir: Path | None = None) -> Path:
     """The checkpoint's model weights as a safetensors file; its metadata holds the config,
-    the command and, where the checkpoint has one, the digest of the labelled split."""
+    the command and, where the checkpoint has one, the digest of the labelled split. With the
+    folder of a finished run, also its ``summary.json`` and ``metrics.jsonl``: enough to
+    rebuild the run's folder elsewhere (``runs.restore_run``)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -106,14 +108,18 @@ def export_safetensors(checkpoint: dict, path: str | Path) -> Path:
     labelled = checkpoint.get("split", {}).get("labelled")
     if labelled is not None:
         meta["split_labelled_sha256"] = split_digest(labelled)
+    if run_dir is not None and (run_dir / "summary.json").exists():  # a finished run
+        meta["summary"] = (run_dir / "summary.json").read_text()
+        meta["metrics"] = (run_dir / "metrics.jsonl").read_text()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
     return path
 
 
 def load_export(path: Path) -> dict:
-    """A ``spikessl export`` file as a checkpoint dict: ``model``, ``config``, ``command``
-    and ``split_labelled_sha256`` (no optimizer or loop state, so nothing to resume)."""
+    """A ``spikessl export`` file as a checkpoint dict: ``model``, ``config``, ``command``,
+    ``split_labelled_sha256`` and, from a finished run's folder, ``summary`` and ``metrics``
+    (no optimizer or loop state, so nothing to resume)."""
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
@@ -143,6 +149,16 @@ def load_export(path: Path) -> dict:
         checkpoint["command"] = meta["command"]
     if "split_labelled_sha256" in meta:
         checkpoint["split_labelled_sha256"] = meta["split_labelled_sha256"]
+    if "summary" in meta:  # exported from a finished run's folder
+        try:
+            checkpoint["summary"] = json.loads(meta["summary"])
+            rows = meta.get("metrics", "").splitlines()
+            checkpoint["metrics"] = [json.loads(row) for row in rows if row.strip()]
+        except json.JSONDecodeError:
+            raise ValueError(
+                f"cannot read {path}: the run summary or metrics in its metadata do not "
+                "parse; export the run again with `spikessl export RUN_DIR --out FILE`"
+            ) from None
     return checkpoint
 
 

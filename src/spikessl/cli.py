@@ -123,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
                 "README.md; cells recorded here are skipped (commit it to resume on another "
                 "machine)",
             )
+            p.add_argument(
+                "--keep-pretrained",
+                action="store_true",
+                help="also export each finished pretraining to the records folder "
+                "(pretrain-<key>.safetensors, under 1 MB for the paper presets); a sweep that "
+                "finds one there fine-tunes from it instead of pretraining again",
+            )
         if name in ("pipeline", "sweep"):
             p.add_argument(
                 "--baseline",

@@ -76,7 +76,9 @@ def export(args: argparse.Namespace) -> dict:
     if args.out and args.out.endswith(("/", os.sep)):  # a folder, made if need be
         out.mkdir(parents=True, exist_ok=True)
     path = checkpoints.export_safetensors(
-        checkpoint, out / "model.safetensors" if out.is_dir() else out
+        checkpoint,
+        out / "model.safetensors" if out.is_dir() else out,
+        run if run.is_dir() else None,  # a finished run's summary and metrics go along
     )
     return {"command": "export", "safetensors": str(path)}
 
@@ -188,7 +190,14 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     cells = grid.expand_grid(to_dict(cfg), axes)
     runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
     try:
-        records = run_sweep(cells, args.records, runs_root, args.baseline, progress)
+        records = run_sweep(
+            cells,
+            args.records,
+            runs_root,
+            args.baseline,
+            progress,
+            keep_pretrained=args.keep_pretrained,
+        )
     except CellsFailed as err:  # the README still lists the cells that were recorded
         _sweep_readme(args, axes, len(cells), err.records)
         raise
@@ -223,7 +232,8 @@ def _sweep_readme(args: argparse.Namespace, axes: list[str], cells: int, records
     # the command that remakes the folder (machine-local paths left out)
     preset = args.config or DEFAULT_CONFIG
     parts = ["spikessl", "sweep", "--config", preset, *args.overrides]
-    command = shlex.join([*parts, "--records", args.records] + ["--baseline"] * args.baseline)
+    flags = ["--baseline"] * args.baseline + ["--keep-pretrained"] * args.keep_pretrained
+    command = shlex.join([*parts, "--records", args.records, *flags])
     over = ", ".join(o.partition("=")[0] for o in axes) or "no axis (one cell)"
     readme = Path(args.records) / "README.md"
     title = f"Sweep of `{preset}` over {over}"

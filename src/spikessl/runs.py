@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -179,6 +180,39 @@ def _run_claimed(
         summary["wall_seconds"] = round(summary["wall_seconds"] + before, 1)
         summary["resumed"] = True
         write_summary(run_dir, summary)
+    return summary
+
+
+def restore_run(export: Path, run_dir: Path) -> dict:
+    """Rebuild a finished run's folder at ``run_dir`` (which must not exist) from the
+    ``spikessl export`` of that run's folder: ``checkpoint.pt`` with its weights, config and
+    split digest (no optimizer state: finished, so never resumed), ``config.yaml``,
+    ``metrics.jsonl`` and ``summary.json``. Returns the summary, which names the export.
+
+    Built in a hidden folder beside ``run_dir`` and renamed into place, so an interrupted
+    restore leaves no half run behind.
+    """
+    import torch
+    import yaml
+
+    from spikessl.checkpoints import load_export
+
+    saved = load_export(export)
+    if "summary" not in saved:
+        raise ValueError(
+            f"{export} holds weights but not its run's summary and metrics (it was exported "
+            "from a checkpoint file): export the run's folder (`spikessl export RUN_DIR`)"
+        )
+    tmp = run_dir.with_name(f".{run_dir.name}.restoring-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    keep = ("model", "config", "command", "split_labelled_sha256")
+    torch.save({k: saved[k] for k in keep if k in saved}, tmp / "checkpoint.pt")
+    (tmp / "config.yaml").write_text(yaml.safe_dump(saved["config"], sort_keys=False))
+    (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in saved["metrics"]))
+    summary = {**saved["summary"], "run_dir": str(run_dir), "restored_from": str(export)}
+    write_atomic(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
+    tmp.rename(run_dir)
     return summary
 
 

@@ -12,7 +12,13 @@ interruption and a move to another machine, so:
   settings share one pretraining run (``pretrain-<key>/``). The supervised baseline ignores
   pretraining entirely, so it is shared across pretraining-only settings (``supervised-<key>/``).
   A stage directory made by an earlier spikessl, whose key also hashed fewer config fields,
-  is found by its ``config.yaml`` when the fields added since are at their defaults.
+  is found by its ``config.yaml`` when the fields added since are at their defaults;
+* with ``keep_pretrained`` (``--keep-pretrained``), each finished pretraining is also
+  exported to the records directory as ``pretrain-<key>.safetensors`` (weights, config,
+  summary, per-epoch metrics; under a megabyte for the paper presets). A cell whose
+  pretraining folder is missing but whose export is there has the folder rebuilt from it
+  (``runs.restore_run``) and only fine-tunes: pretrainings move between machines with the
+  records, and fine-tuning variants of a grid can reuse them anywhere.
 
 Records from the whole grid are summarised in ``results.csv`` and ``results.md`` next to them,
 and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl.records``).
@@ -46,6 +52,7 @@ from spikessl.records import (
     write_seed_tables,
     write_tables,
 )
+from spikessl.runs import claim_run_dir, finished, restore_run
 
 
 def log_to_stderr(message: str) -> None:
@@ -61,6 +68,7 @@ def run_sweep(
     progress: bool = True,
     log: Callable[[str], None] = log_to_stderr,
     seed_tables: bool = True,
+    keep_pretrained: bool = False,
 ) -> list[dict]:
     """Run every unrecorded cell, record it, and tabulate all the grid's records (and, with
     ``seed_tables`` and several seeds, their summary over seeds).
@@ -69,8 +77,10 @@ def run_sweep(
     error, raised before anything runs. With ``baseline``, recorded cells that lack the
     supervised baseline get it added. A cell whose training stops on its own numbers (a
     ``FloatingPointError``: on_nonfinite=stop, on_divergence=stop) is logged and the other
-    cells run; then the sweep raises ``CellsFailed``, naming it. Returns the grid's
-    records, in grid order.
+    cells run; then the sweep raises ``CellsFailed``, naming it. With ``keep_pretrained``,
+    every cell's finished pretraining (recorded cells' too, where their run is at hand) is
+    exported to ``records_dir``; an export found there stands in for a missing pretraining
+    run. Returns the grid's records, in grid order.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("sweep runs in one process: start it without torchrun")
@@ -97,6 +107,8 @@ def run_sweep(
         tag = f"sweep [{i}/{len(cells)}] {cell.name}"
         record = recorded[cell.name]
         missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
+        if keep_pretrained:  # a recorded cell's pretraining too, where its run is at hand
+            _keep_pretraining(cell, runs_root, records_dir, log)
         if record is not None and not missing_baseline:
             log(f"{tag}: recorded, skipping")
             continue
@@ -108,7 +120,9 @@ def run_sweep(
         log(f"{tag}: {'adding the supervised baseline' if record else 'running'} (key {cell.key})")
         try:  # on_divergence=stop or on_nonfinite=stop end a cell on its own numbers
             if record is None:
-                record = _run_cell(cell, runs_root, progress, log)
+                record = _run_cell(cell, runs_root, records_dir, progress, log)
+                if keep_pretrained:
+                    _keep_pretraining(cell, runs_root, records_dir, log)
                 if missing_baseline:  # the SSL result is kept even if the baseline fails
                     _write_record(records_dir, cell, record, names, tabulate)
             if missing_baseline:
@@ -166,12 +180,40 @@ def _recorded(records_dir: Path, cell: Cell) -> dict | None:
     return record
 
 
-def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], None]) -> dict:
+def pretrained_export(records_dir: Path, cell: Cell) -> Path:
+    """Where ``keep_pretrained`` puts the cell's pretraining: one file per pretraining key."""
+    return records_dir / f"pretrain-{pretrain_key(cell.config)}.safetensors"
+
+
+def _keep_pretraining(
+    cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]
+) -> None:
+    """Export the cell's finished pretraining run to ``records_dir``, unless it is there."""
+    from spikessl.checkpoints import export_safetensors, load_checkpoint
+
+    export = pretrained_export(records_dir, cell)
+    pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
+    if export.exists() or not finished(pre_dir):
+        return
+    export_safetensors(load_checkpoint(pre_dir), export, pre_dir)
+    log(f"  pretrain: kept as {export}")
+
+
+def _run_cell(
+    cell: Cell, runs_root: Path, records_dir: Path, progress: bool, log: Callable[[str], None]
+) -> dict:
     from spikessl import pipeline  # torch: only when something trains
 
     cfg = cell.config
     pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
     ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
+    export, restored = pretrained_export(records_dir, cell), False
+    if not pre_dir.exists() and export.exists():  # pretrained elsewhere: fine-tune only
+        with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
+            if not pre_dir.exists():
+                restore_run(export, pre_dir)
+                log(f"  pretrain: restored {pre_dir} from {export}")
+                restored = True
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
     pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
     config = to_dict(cfg)
@@ -197,6 +239,7 @@ def _run_cell(cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], 
         "firing_rates": pre["firing_rates"],
         "wall_seconds": {"pretrain": pre["wall_seconds"], "finetune": fin["wall_seconds"]},
         "run_dirs": {"pretrain": str(pre_dir), "finetune": str(ft_dir)},
+        **({"pretrain_restored_from": export.name} if restored else {}),
         "finished": _now(),
         "environment": _environment(pipeline.resolve_device(cfg.device)),
     }
