@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import zipfile
 
 import pytest
@@ -136,6 +137,13 @@ def test_an_export_fine_tunes_and_votes_as_its_run_does(pretrained, tmp_path, ca
     # the export remembers which images its pretraining left out for fine-tuning
     assert main(["finetune", "--pretrained", str(export), "seed=1"]) == 2
     assert "labelled part is not the one this pretraining run left out" in capsys.readouterr().err
+    # and whether its run had finished
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(tmp / "pretrain", unfinished)
+    (unfinished / "summary.json").unlink()
+    assert main(["export", str(unfinished), "--out", str(tmp_path / "u.safetensors")]) == 0
+    assert main(["finetune", "--pretrained", str(tmp_path / "u.safetensors")]) == 2
+    assert "exported from an unfinished pretraining run" in capsys.readouterr().err
 
 
 def test_a_damaged_or_foreign_safetensors_file_gets_a_clear_error(pretrained, tmp_path):

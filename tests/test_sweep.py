@@ -314,7 +314,7 @@ def fake_record(cell, accuracy: float) -> dict:
 def test_seeds_are_summarised_when_the_grid_varies_them(tmp_path, monkeypatch):
     from spikessl import sweep
 
-    def fake_cell(cell, runs_root, progress, log):
+    def fake_cell(cell, runs_root, records_dir, progress, log):
         return fake_record(cell, 90.0 + cell.config.seed + 100 * cell.config.finetune.lr)
 
     monkeypatch.setattr(sweep, "_run_cell", fake_cell)
@@ -332,7 +332,7 @@ def test_a_cell_that_stops_on_its_numbers_does_not_stop_the_others(tmp_path, mon
     from spikessl import sweep
     from spikessl.train import Diverged
 
-    def fake_cell(cell, runs_root, progress, log):
+    def fake_cell(cell, runs_root, records_dir, progress, log):
         if cell.config.finetune.lr == 0.02:
             raise Diverged("finetune", "finetune: its loss diverged at epoch 3 (5.1): stopped")
         return fake_record(cell, 90.0)
@@ -352,7 +352,7 @@ def test_a_cell_that_stops_on_its_numbers_does_not_stop_the_others(tmp_path, mon
 def test_a_baseline_that_stops_keeps_the_cells_ssl_record(tmp_path, monkeypatch):
     from spikessl import sweep
 
-    def fake_cell(cell, runs_root, progress, log):
+    def fake_cell(cell, runs_root, records_dir, progress, log):
         return fake_record(cell, 90.0)
 
     def diverging_baseline(record, cell, runs_root, progress, log):
@@ -378,7 +378,7 @@ def test_cells_that_share_a_stopped_pretraining_are_not_run_again(tmp_path, monk
 
     ran, lines = [], []
 
-    def fake_cell(cell, runs_root, progress, log):
+    def fake_cell(cell, runs_root, records_dir, progress, log):
         ran.append(cell.name)
         if cell.config.pretrain.epochs == 1:
             raise Stopped("pretrain", "pretrain: loss is nan at epoch 1, step 3")
@@ -437,12 +437,36 @@ def test_a_kept_pretraining_stands_in_for_its_run_on_another_machine(swept, tmp_
         # fine-tuned from the same weights on the same labelled images: the same result
         assert new["finetune_test_accuracy"] == old["finetune_test_accuracy"]
         assert new["finetune_accuracy_by_epoch"] == old["finetune_accuracy_by_epoch"]
-    assert records[0]["pretrain_restored_from"] == export.name
-    assert "pretrain_restored_from" not in records[1]  # its run was there by then
+    assert [r["pretrain_restored_from"] for r in records] == [export.name] * 2
     restored = there / "runs" / f"pretrain-{pretrain_key(cells[0].config)}"
     summary = json.loads((restored / "summary.json").read_text())
     assert summary["restored_from"] == str(there / "records" / export.name)
     assert "loop" not in load_checkpoint(restored)  # weights only: finished, never resumed
+    # kept again from there, the export still holds the split's digest
+    run_sweep(
+        cells,
+        there / "again",
+        there / "runs",
+        progress=False,
+        log=logs.append,
+        keep_pretrained=True,
+    )
+    again = load_checkpoint(pretrained_export(there / "again", cells[0]))
+    assert again["split_labelled_sha256"] == load_checkpoint(export)["split_labelled_sha256"]
+
+
+def test_an_export_of_another_pretraining_is_refused(swept, tmp_path, monkeypatch):
+    from spikessl.checkpoints import export_safetensors
+    from spikessl.sweep import pretrained_export
+
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    source = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(swept['cells'][0].config)}"
+    other = expand_grid(tiny_base("pretrain.lr=5e-4"), [])
+    wrong = pretrained_export(tmp_path / "records", other[0])  # named for the other cell
+    export_safetensors(load_checkpoint(source), wrong, source)
+    with pytest.raises(ValueError, match="with other settings than cell .* move it out"):
+        run_sweep(other, tmp_path / "records", tmp_path / "runs", progress=False)
+    assert not list((tmp_path / "runs").glob("pretrain-*"))
 
 
 def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_path):

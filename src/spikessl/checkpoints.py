@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -34,7 +35,7 @@ def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint file, a run directory holding ``checkpoint.pt``, or a ``.safetensors``
     export (never runs code)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return load_export(path)
     if path.is_dir():
         stages = [s for s in ("pretrain", "finetune", "supervised") if (path / s).is_dir()]
@@ -108,11 +109,20 @@ def export_safetensors(checkpoint: dict, path: str | Path, run_dir: Path | None 
     labelled = checkpoint.get("split", {}).get("labelled")
     if labelled is not None:
         meta["split_labelled_sha256"] = split_digest(labelled)
-    if run_dir is not None and (run_dir / "summary.json").exists():  # a finished run
-        meta["summary"] = (run_dir / "summary.json").read_text()
-        meta["metrics"] = (run_dir / "metrics.jsonl").read_text()
+    elif "split_labelled_sha256" in checkpoint:  # a restored run, or an export exported again
+        meta["split_labelled_sha256"] = checkpoint["split_labelled_sha256"]
+    if run_dir is not None:
+        summary, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
+        meta["finished"] = "true" if summary.exists() else "false"
+        if summary.exists() and metrics.exists():  # what rebuilds the run elsewhere
+            meta["summary"], meta["metrics"] = summary.read_text(), metrics.read_text()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a kill leaves no half file
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -149,16 +159,20 @@ def load_export(path: Path) -> dict:
         checkpoint["command"] = meta["command"]
     if "split_labelled_sha256" in meta:
         checkpoint["split_labelled_sha256"] = meta["split_labelled_sha256"]
+    if "finished" in meta:  # exported from a run's folder: was the run finished?
+        checkpoint["finished"] = meta["finished"] == "true"
     if "summary" in meta:  # exported from a finished run's folder
         try:
-            checkpoint["summary"] = json.loads(meta["summary"])
-            rows = meta.get("metrics", "").splitlines()
-            checkpoint["metrics"] = [json.loads(row) for row in rows if row.strip()]
+            summary = json.loads(meta["summary"])
+            rows = [json.loads(row) for row in meta.get("metrics", "").splitlines() if row.strip()]
         except json.JSONDecodeError:
+            summary, rows = None, None
+        if not isinstance(summary, dict) or not rows or not all(isinstance(r, dict) for r in rows):
             raise ValueError(
-                f"cannot read {path}: the run summary or metrics in its metadata do not "
-                "parse; export the run again with `spikessl export RUN_DIR --out FILE`"
-            ) from None
+                f"cannot read {path}: the run summary or metrics in its metadata are "
+                "damaged; export the run again with `spikessl export RUN_DIR --out FILE`"
+            )
+        checkpoint["summary"], checkpoint["metrics"] = summary, rows
     return checkpoint
 
 

@@ -270,6 +270,11 @@ def check_pretrained(args: argparse.Namespace, checkpoint: dict) -> None:
             f"{run} is a {command} run, not a pretraining run: pass the directory that "
             "`spikessl pretrain` wrote (fine-tuning's result is reported as SSL + fine-tune)"
         )
+    if checkpoint.get("finished") is False:  # an export of an unfinished run's folder
+        raise ValueError(
+            f"{run} was exported from an unfinished pretraining run: finish that run "
+            "(`spikessl pretrain --resume RUN_DIR`) and export it again"
+        )
     if run.is_dir() and not finished(run):
         epochs = checkpoint["config"].get("pretrain", {}).get("epochs", "?")
         raise ValueError(

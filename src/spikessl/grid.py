@@ -192,6 +192,14 @@ def same_settings(old: dict, new: dict) -> bool:
     )
 
 
+def pretrained_with(config: dict, cfg: Config) -> bool:
+    """Whether a pretraining run's config tree ``config`` pretrains as ``cfg`` does: its
+    settings other than ``PRETRAIN_UNUSED`` are the ``same_settings``."""
+    return same_settings(
+        _prune(json.loads(json.dumps(config)), PRETRAIN_UNUSED), _relevant(cfg, PRETRAIN_UNUSED)
+    )
+
+
 def record_matches(record: dict, cell: Cell) -> bool:
     """Whether ``record`` measured ``cell``: the same key, or ``same_settings``."""
     if record["key"] == cell.key:

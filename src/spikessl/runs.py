@@ -173,7 +173,7 @@ def _run_claimed(
         before += loop["sums"]["seconds"]
     else:
         if run_dir.exists():  # killed before its first checkpoint: nothing worth keeping
-            _remove_unstarted(run_dir)
+            remove_unstarted(run_dir)
         log(f"  {what}: {run_dir}")
     summary = run(resume)
     if resume is not None:  # the summary timed only the resumed part: add the rest
@@ -196,27 +196,36 @@ def restore_run(export: Path, run_dir: Path) -> dict:
     import yaml
 
     from spikessl.checkpoints import load_export
+    from spikessl.config import YamlDumper
 
     saved = load_export(export)
     if "summary" not in saved:
         raise ValueError(
             f"{export} holds weights but not its run's summary and metrics (it was exported "
-            "from a checkpoint file): export the run's folder (`spikessl export RUN_DIR`)"
+            "from a checkpoint file, or from an unfinished run): export the finished run's "
+            "folder (`spikessl export RUN_DIR`)"
         )
     tmp = run_dir.with_name(f".{run_dir.name}.restoring-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     keep = ("model", "config", "command", "split_labelled_sha256")
     torch.save({k: saved[k] for k in keep if k in saved}, tmp / "checkpoint.pt")
-    (tmp / "config.yaml").write_text(yaml.safe_dump(saved["config"], sort_keys=False))
+    config = yaml.dump(saved["config"], Dumper=YamlDumper, sort_keys=False)
+    (tmp / "config.yaml").write_text(config)
     (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in saved["metrics"]))
     summary = {**saved["summary"], "run_dir": str(run_dir), "restored_from": str(export)}
     write_atomic(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
-    tmp.rename(run_dir)
+    try:
+        tmp.rename(run_dir)
+    except OSError:  # another process restored it first (no flock to keep us apart)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not finished(run_dir):
+            raise
+        return json.loads((run_dir / "summary.json").read_text())
     return summary
 
 
-def _remove_unstarted(run_dir: Path) -> None:
+def remove_unstarted(run_dir: Path) -> None:
     """Delete a stage's folder that a run left before its first checkpoint, or raise a
     ValueError if it holds anything else: a folder of the user's is never deleted."""
     own = {"config.yaml", "metrics.jsonl"}  # and write_atomic's ".<name>.<pid>-<hex>.tmp"

@@ -41,6 +41,7 @@ from spikessl.grid import (
     PRETRAIN_UNUSED,
     Cell,
     pretrain_key,
+    pretrained_with,
     record_matches,
     stage_dir,
     supervised_unused,
@@ -199,6 +200,30 @@ def _keep_pretraining(
     log(f"  pretrain: kept as {export}")
 
 
+def _restore_pretraining(
+    export: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None]
+) -> None:
+    """Rebuild the cell's pretraining run from ``export`` (the lock on ``pre_dir`` held),
+    unless a run is there by now; an export of another pretraining is refused."""
+    from spikessl.checkpoints import load_export
+    from spikessl.runs import remove_unstarted
+
+    if (pre_dir / "checkpoint.pt").exists():  # another process's run, started or restored
+        return
+    saved = load_export(export)
+    if saved.get("command") != "pretrain" or not pretrained_with(saved["config"], cell.config):
+        raise ValueError(
+            f"{export} holds a {saved.get('command', 'spikessl')} run with other settings "
+            f"than cell {cell.name}'s pretraining (its name says key "
+            f"{pretrain_key(cell.config)}): move it out of the records folder, or put there "
+            "the export of that pretraining"
+        )
+    if pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
+        remove_unstarted(pre_dir)
+    restore_run(export, pre_dir)
+    log(f"  pretrain: restored {pre_dir} from {export}")
+
+
 def _run_cell(
     cell: Cell, runs_root: Path, records_dir: Path, progress: bool, log: Callable[[str], None]
 ) -> dict:
@@ -207,13 +232,10 @@ def _run_cell(
     cfg = cell.config
     pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
     ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
-    export, restored = pretrained_export(records_dir, cell), False
-    if not pre_dir.exists() and export.exists():  # pretrained elsewhere: fine-tune only
+    export = pretrained_export(records_dir, cell)
+    if export.exists() and not (pre_dir / "checkpoint.pt").exists():  # pretrained elsewhere
         with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
-            if not pre_dir.exists():
-                restore_run(export, pre_dir)
-                log(f"  pretrain: restored {pre_dir} from {export}")
-                restored = True
+            _restore_pretraining(export, pre_dir, cell, log)
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
     pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
     config = to_dict(cfg)
@@ -239,7 +261,11 @@ def _run_cell(
         "firing_rates": pre["firing_rates"],
         "wall_seconds": {"pretrain": pre["wall_seconds"], "finetune": fin["wall_seconds"]},
         "run_dirs": {"pretrain": str(pre_dir), "finetune": str(ft_dir)},
-        **({"pretrain_restored_from": export.name} if restored else {}),
+        **(
+            {"pretrain_restored_from": Path(pre["restored_from"]).name}
+            if "restored_from" in pre
+            else {}
+        ),
         "finished": _now(),
         "environment": _environment(pipeline.resolve_device(cfg.device)),
     }
