@@ -407,15 +407,18 @@ def test_a_kept_pretraining_stands_in_for_its_run_on_another_machine(swept, tmp_
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
     monkeypatch.setattr(pipeline, "finetune", forbidden)
     logs: list[str] = []
-    # recorded cells: nothing trains, their pretraining (one, shared) is exported
-    run_sweep(
-        cells,
-        here / "records",
-        here / "runs",
-        progress=False,
-        log=logs.append,
-        keep_pretrained=True,
-    )
+
+    def sweep(where, records="records", keep=False):
+        return run_sweep(
+            cells,
+            where / records,
+            where / "runs",
+            progress=False,
+            log=logs.append,
+            keep_pretrained=keep,
+        )
+
+    sweep(here, keep=True)  # recorded cells: nothing trains, their one pretraining is exported
     export = pretrained_export(here / "records", cells[0])
     assert export == pretrained_export(here / "records", cells[1])
     assert export.name == f"pretrain-{pretrain_key(cells[0].config)}.safetensors"
@@ -427,7 +430,7 @@ def test_a_kept_pretraining_stands_in_for_its_run_on_another_machine(swept, tmp_
     monkeypatch.undo()
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
     logs.clear()
-    records = run_sweep(cells, there / "records", there / "runs", progress=False, log=logs.append)
+    records = sweep(there)
     assert sum("restored" in line for line in logs) == 1  # the second cell reuses it
     for new, old in zip(records, swept["first"], strict=True):
         for key in ("knn_accuracy", "knn_accuracy_at_init", "knn_by_epoch", "firing_rates"):
@@ -443,14 +446,7 @@ def test_a_kept_pretraining_stands_in_for_its_run_on_another_machine(swept, tmp_
     assert summary["restored_from"] == str(there / "records" / export.name)
     assert "loop" not in load_checkpoint(restored)  # weights only: finished, never resumed
     # kept again from there, the export still holds the split's digest
-    run_sweep(
-        cells,
-        there / "again",
-        there / "runs",
-        progress=False,
-        log=logs.append,
-        keep_pretrained=True,
-    )
+    sweep(there, "again", keep=True)
     again = load_checkpoint(pretrained_export(there / "again", cells[0]))
     assert again["split_labelled_sha256"] == load_checkpoint(export)["split_labelled_sha256"]
 
