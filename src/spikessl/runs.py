@@ -5,7 +5,8 @@ A training command writes one directory (``config.yaml``, ``metrics.jsonl``,
 ``checkpoint.pt``, ``summary.json``). Its summary is written last and atomically, so a
 directory without one holds an unfinished run: resumable from its checkpoint, never
 mistaken for a result. ``run_stage`` acts on that: it reuses a finished run, resumes an
-interrupted one, or starts afresh (each stage of ``sweep`` and ``pipeline``).
+interrupted one, or starts afresh (each stage of ``sweep`` and ``pipeline``). ``restore_run``
+rebuilds a finished run's directory from its ``spikessl export`` file.
 """
 
 from __future__ import annotations
