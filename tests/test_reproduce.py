@@ -191,6 +191,18 @@ def test_only_runs_just_the_chosen_cells_in_plan_order(tmp_path, monkeypatch) ->
     assert "time_steps=10: to run, not in --only" in err
 
 
+def test_keep_pretrained_reaches_every_sweep_and_the_readmes_command(tmp_path, monkeypatch):
+    kept = []
+    monkeypatch.setattr(
+        reproduce.sweep, "run_sweep", lambda *a, **k: kept.append(k["keep_pretrained"])
+    )
+    mnist_paper = ["--dataset", "mnist", "--budget", "paper", "--keep-pretrained"]
+    code, _, err, records = reproduce_untrained(tmp_path, monkeypatch, *mnist_paper)
+    assert code == 0, err
+    assert kept and all(kept)
+    assert f"--records {records} --keep-pretrained\n" in (records / "README.md").read_text()
+
+
 def test_a_cell_that_stops_on_its_numbers_leaves_the_other_steps_and_the_report(
     tmp_path, monkeypatch
 ) -> None:

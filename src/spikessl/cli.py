@@ -123,13 +123,8 @@ def _parser() -> argparse.ArgumentParser:
                 "README.md; cells recorded here are skipped (commit it to resume on another "
                 "machine)",
             )
-            p.add_argument(
-                "--keep-pretrained",
-                action="store_true",
-                help="also export each finished pretraining to the records folder "
-                "(pretrain-<key>.safetensors, under 1 MB for the paper presets); a sweep that "
-                "finds one there fine-tunes from it instead of pretraining again",
-            )
+        if name == "sweep":
+            _keep_pretrained_option(p)
         if name in ("pipeline", "sweep"):
             p.add_argument(
                 "--baseline",
@@ -186,6 +181,7 @@ def _reproduce_parser(sub) -> None:
         help="run only the cells whose names match these comma-separated shell patterns "
         "(e.g. time_steps=10,'seed=0__*'), to finish a long grid in the order you choose",
     )
+    _keep_pretrained_option(p)
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state")
     p.add_argument(
         "--report-only",
@@ -197,6 +193,16 @@ def _reproduce_parser(sub) -> None:
         "--data-dir", default=None, help="dataset root (default $SPIKESSL_DATA, else ./data)"
     )
     p.add_argument("--device", default=None, help="auto|cpu|cuda|mps")
+
+
+def _keep_pretrained_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-pretrained",
+        action="store_true",
+        help="also export each finished pretraining to the records folder "
+        "(pretrain-<key>.safetensors, under 1 MB for the paper presets); a rerun anywhere "
+        "that finds one there fine-tunes from it instead of pretraining again",
+    )
 
 
 def _claimed(command: str, run_dir: str | None):

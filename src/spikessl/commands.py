@@ -36,6 +36,7 @@ def reproduce(args: argparse.Namespace, progress: bool) -> dict:
         args.device,
         report_only=args.report_only,
         only=[p for p in args.only.split(",") if p],
+        keep_pretrained=args.keep_pretrained,
     )
 
 

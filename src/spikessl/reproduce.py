@@ -270,6 +270,7 @@ def command_line(
     overrides: Sequence[str],
     seeds: Sequence[int],
     records: str | None,
+    keep_pretrained: bool = False,
 ) -> str:
     """The command that makes these outputs (machine-local --data-dir, --device and --run-dir
     left out: they say where this machine keeps things, not what the outputs are)."""
@@ -277,6 +278,7 @@ def command_line(
     if list(seeds) != list(DEFAULT_SEEDS):
         parts += ["--seeds", ",".join(map(str, seeds))]
     parts += ["--records", records] if records else []
+    parts += ["--keep-pretrained"] if keep_pretrained else []
     return shlex.join(parts)
 
 
@@ -294,13 +296,15 @@ def reproduce(
     log: Callable[[str], None] = sweep.log_to_stderr,
     report_only: bool = False,
     only: Sequence[str] = (),
+    keep_pretrained: bool = False,
 ) -> dict:
     """Run every unrecorded cell (or, with ``dry_run``, list them), then write the outputs.
 
     ``report_only``: write the tables, figures and README from the records there are (a
     grid finished in part), running nothing. ``only``: run just the cells whose names match
     one of these shell patterns (``time_steps=10``, ``seed=0__*``); the outputs still
-    cover every recorded cell.
+    cover every recorded cell. ``keep_pretrained``: export each finished pretraining to the
+    records directory (``sweep.run_sweep``), where any rerun finds it.
     """
     base = base_config(dataset, budget, overrides, data_dir, device)
     records_dir = Path(records or f"docs/results/{dataset}-{budget}")
@@ -330,11 +334,18 @@ def reproduce(
             try:
                 # one step's seeds are not the grid's: label-efficiency.md summarises them all
                 sweep.run_sweep(
-                    cells, records_dir, runs_root, step.baseline, progress, log, seed_tables=False
+                    cells,
+                    records_dir,
+                    runs_root,
+                    step.baseline,
+                    progress,
+                    log,
+                    seed_tables=False,
+                    keep_pretrained=keep_pretrained,
                 )
             except sweep.CellsFailed as err:
                 failed += err.failed
-    command = command_line(dataset, budget, overrides, seeds, records)
+    command = command_line(dataset, budget, overrides, seeds, records, keep_pretrained)
     shown = report_contents(dataset, budget, overrides, base, steps)
     outputs = report.write_outputs(shown, records_dir, command, log)
     if failed:  # the tables and figures show every other cell
