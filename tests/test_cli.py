@@ -121,7 +121,7 @@ def test_device_option_wins_over_a_device_override_in_every_command(monkeypatch)
     args = cli._parser().parse_args(["pretrain", "--device", "cpu", "device=cuda"])
     assert commands.config(args, None).device == "cpu"
     grids = []
-    monkeypatch.setattr(sweep, "run_sweep", lambda cells, *_args: grids.append(cells) or [])
+    monkeypatch.setattr(sweep, "run_sweep", lambda cells, *_args, **_kw: grids.append(cells) or [])
     args = cli._parser().parse_args(["sweep", "--device", "cpu", "device=cuda", "seed=0,1"])
     commands.sweep(args, commands.config(args, None), progress=False)
     assert [c.config.device for c in grids[0]] == ["cpu", "cpu"]
