@@ -472,5 +472,5 @@ def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_pa
     pre_dir = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(swept['cells'][0].config)}"
     bare = export_safetensors(load_checkpoint(pre_dir), tmp_path / "bare.safetensors")
     with pytest.raises(ValueError, match="not its run's summary.*spikessl export RUN_DIR"):
-        restore_run(bare, tmp_path / "run")
+        restore_run(load_checkpoint(bare), bare, tmp_path / "run")
     assert not (tmp_path / "run").exists()

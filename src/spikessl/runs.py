@@ -184,11 +184,12 @@ def _run_claimed(
     return summary
 
 
-def restore_run(export: Path, run_dir: Path) -> dict:
-    """Rebuild a finished run's folder at ``run_dir`` (which must not exist) from the
-    ``spikessl export`` of that run's folder: ``checkpoint.pt`` with its weights, config and
-    split digest (no optimizer state: finished, so never resumed), ``config.yaml``,
-    ``metrics.jsonl`` and ``summary.json``. Returns the summary, which names the export.
+def restore_run(saved: dict, export: Path, run_dir: Path) -> dict:
+    """Rebuild a finished run's folder at ``run_dir`` (which must not exist) from ``saved``,
+    the ``spikessl export`` of that run's folder read from ``export``
+    (``checkpoints.load_export``): ``checkpoint.pt`` with its weights, config and split digest
+    (no optimizer state: finished, so never resumed), ``config.yaml``, ``metrics.jsonl`` and
+    ``summary.json``. Returns the summary, which names the export.
 
     Built in a hidden folder beside ``run_dir`` and renamed into place, so an interrupted
     restore leaves no half run behind.
@@ -196,10 +197,8 @@ def restore_run(export: Path, run_dir: Path) -> dict:
     import torch
     import yaml
 
-    from spikessl.checkpoints import load_export
     from spikessl.config import YamlDumper
 
-    saved = load_export(export)
     if "summary" not in saved:
         raise ValueError(
             f"{export} holds weights but not its run's summary and metrics (it was exported "

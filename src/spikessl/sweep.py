@@ -220,7 +220,7 @@ def _restore_pretraining(
         )
     if pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
         remove_unstarted(pre_dir)
-    restore_run(export, pre_dir)
+    restore_run(saved, export, pre_dir)  # the file read once, above
     log(f"  pretrain: restored {pre_dir} from {export}")
 
 
