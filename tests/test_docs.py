@@ -1,0 +1,86 @@
+"""The committed documentation and results: links resolve, every results folder is listed,
+every table says what its records say, and every kept pretraining is the one its folder's
+sweep would look for."""
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from spikessl.checkpoints import load_checkpoint
+from spikessl.config import Config, from_dict
+from spikessl.grid import pretrain_key, pretrained_with
+from spikessl.records import load_records, write_seed_tables, write_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+TABLED = sorted(p.parent for p in RESULTS.glob("*/results.csv"))
+KEPT = sorted(RESULTS.glob("*/pretrain-*.safetensors"))
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def relative_links(page: Path) -> list[str]:
+    return [t for t in LINK.findall(page.read_text()) if not re.match(r"[a-z]+:", t)]
+
+
+def test_link_pattern_finds_relative_targets_only():
+    page = "see [a](x/README.md#top), [b](https://example.org) and [c](../y.png)"
+    assert [t for t in LINK.findall(page) if not re.match(r"[a-z]+:", t)] == [
+        "x/README.md",
+        "../y.png",
+    ]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page):
+    missing = [t for t in relative_links(page) if not (page.parent / t).exists()]
+    assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
+
+
+def test_every_results_folder_is_listed():
+    linked = {Path(t).parts[0] for t in relative_links(RESULTS / "README.md")}
+    folders = {p.name for p in RESULTS.iterdir() if p.is_dir()}
+    assert folders - linked == set(), "results folders missing from docs/results/README.md"
+
+
+def rows(text: str) -> list[list[tuple[str, str]]]:
+    """CSV rows, each as its sorted (column, value) pairs, sorted: the sweep writes the
+    columns and rows in its own grid's order, ``load_records`` by file name."""
+    return sorted(sorted(r.items()) for r in csv.DictReader(io.StringIO(text)))
+
+
+@pytest.mark.parametrize("folder", TABLED, ids=lambda p: p.name)
+def test_committed_tables_match_their_records(folder, tmp_path):
+    records = load_records(folder)
+    write_tables(records, tmp_path / "results.csv", tmp_path / "results.md")
+    assert rows((folder / "results.csv").read_text()) == rows(
+        (tmp_path / "results.csv").read_text()
+    )
+    if (folder / "seeds.csv").exists():
+        write_seed_tables(records, tmp_path / "seeds.csv", tmp_path / "seeds.md")
+        for name in ("seeds.csv", "seeds.md"):
+            assert (folder / name).read_text() == (tmp_path / name).read_text(), name
+
+
+def test_table_check_sees_a_changed_accuracy(tmp_path):
+    folder = TABLED[0]
+    records = load_records(folder)
+    write_tables(records, tmp_path / "a.csv", tmp_path / "a.md")
+    records[0] = records[0] | {"finetune_test_accuracy": 1.0 + records[0]["finetune_test_accuracy"]}
+    write_tables(records, tmp_path / "b.csv", tmp_path / "b.md")
+    assert rows((tmp_path / "a.csv").read_text()) != rows((tmp_path / "b.csv").read_text())
+
+
+@pytest.mark.parametrize("export", KEPT, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_kept_pretraining_is_found_for_a_recorded_cell(export):
+    """``sweep`` restores ``pretrain-<key>.safetensors`` for the cells of that key: the key in
+    the name must be one of the folder's records' and the file's settings must match it."""
+    config = load_checkpoint(export)["config"]
+    key = export.stem.removeprefix("pretrain-")
+    cells = [from_dict(Config, r["config"]) for r in load_records(export.parent)]
+    matching = [cfg for cfg in cells if pretrain_key(cfg) == key]
+    assert matching, f"no record in {export.parent.name} pretrains with key {key}"
+    assert all(pretrained_with(config, cfg) for cfg in matching)
