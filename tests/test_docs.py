@@ -9,16 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from spikessl import report
 from spikessl.checkpoints import load_checkpoint
 from spikessl.config import Config, from_dict
 from spikessl.grid import pretrain_key, pretrained_with
-from spikessl.records import load_records, write_seed_tables, write_tables
+from spikessl.records import csv_text, load_records, write_seed_tables, write_tables
+from spikessl.reproduce import DEFAULT_SEEDS, base_config, cell_states, plan, report_contents
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 TABLED = sorted(p.parent for p in RESULTS.glob("*/results.csv"))
 KEPT = sorted(RESULTS.glob("*/pretrain-*.safetensors"))
+REPRODUCED = sorted(p.parent for p in RESULTS.glob("*/tables.md"))
+HEADING = re.compile(r"# (MNIST|CIFAR-10), budget `(\w+)`(?:, overrides `([^`]*)`)?\n")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
@@ -84,3 +88,26 @@ def test_kept_pretraining_is_found_for_a_recorded_cell(export):
     matching = [cfg for cfg in cells if pretrain_key(cfg) == key]
     assert matching, f"no record in {export.parent.name} pretrains with key {key}"
     assert all(pretrained_with(config, cfg) for cfg in matching)
+
+
+@pytest.mark.parametrize("folder", REPRODUCED, ids=lambda p: p.name)
+def test_reproduce_tables_match_their_records(folder):
+    """Tables I-IV as ``reproduce`` would write them from the folder's records, with the
+    dataset, budget and overrides its heading names; and no record made with other settings
+    than those."""
+    text = (folder / "tables.md").read_text()
+    found = HEADING.match(text)
+    assert found, f"{folder.name}/tables.md does not start with reproduce's heading"
+    dataset = {"MNIST": "mnist", "CIFAR-10": "cifar10"}[found[1]]
+    overrides = found[3].split() if found[3] else []
+    base = base_config(dataset, found[2], overrides)
+    steps = plan(base, DEFAULT_SEEDS)
+    assert "conflict" not in cell_states(steps, folder).values()
+    contents = report_contents(dataset, found[2], overrides, base, steps)
+    records = {r["cell"]: r for r in load_records(folder, list(contents.cells))}
+    rows = report.table_rows(contents.layout, records)
+    assert (folder / "tables.csv").read_text() == csv_text(rows, report.TABLE_COLUMNS)
+    labelled = f"{100 * base['data']['labelled_fraction']:g}%"
+    assert text == found[0] + "\n" + report.tables_markdown(
+        contents.name, contents.titles, rows, labelled
+    )
