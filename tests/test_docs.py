@@ -92,9 +92,9 @@ def test_kept_pretraining_is_found_for_a_recorded_cell(export):
 
 @pytest.mark.parametrize("folder", REPRODUCED, ids=lambda p: p.name)
 def test_reproduce_tables_match_their_records(folder):
-    """Tables I-IV as ``reproduce`` would write them from the folder's records, with the
-    dataset, budget and overrides its heading names; and no record made with other settings
-    than those."""
+    """Tables I-IV and the label-efficiency table as ``reproduce`` would write them from the
+    folder's records, with the dataset, budget and overrides its heading names; and no record
+    made with other settings than those."""
     text = (folder / "tables.md").read_text()
     found = HEADING.match(text)
     assert found, f"{folder.name}/tables.md does not start with reproduce's heading"
@@ -111,3 +111,8 @@ def test_reproduce_tables_match_their_records(folder):
     assert text == found[0] + "\n" + report.tables_markdown(
         contents.name, contents.titles, rows, labelled
     )
+    efficiency = report.label_efficiency_summary(
+        [records[n] for n in contents.label_cells if n in records]
+    )
+    saved = folder / "label-efficiency.csv"
+    assert saved.read_text() == report.label_efficiency_csv(efficiency)
