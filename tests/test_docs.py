@@ -1,17 +1,18 @@
 """The committed documentation and results: links resolve, every results folder is listed,
-every table says what its records say, and every kept pretraining is the one its folder's
-sweep would look for."""
+every table says what its records say, every sweep folder's command makes its records'
+cells, and every kept pretraining is the one its folder's sweep would look for."""
 
 import csv
 import io
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-from spikessl import report
+from spikessl import cli, commands, grid, report
 from spikessl.checkpoints import load_checkpoint
-from spikessl.config import Config, from_dict
+from spikessl.config import Config, from_dict, to_dict
 from spikessl.grid import pretrain_key, pretrained_with
 from spikessl.records import csv_text, load_records, write_seed_tables, write_tables
 from spikessl.reproduce import DEFAULT_SEEDS, base_config, cell_states, plan, report_contents
@@ -22,6 +23,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 TABLED = sorted(p.parent for p in RESULTS.glob("*/results.csv"))
 KEPT = sorted(RESULTS.glob("*/pretrain-*.safetensors"))
 REPRODUCED = sorted(p.parent for p in RESULTS.glob("*/tables.md"))
+SWEPT = [p for p in TABLED if p not in REPRODUCED]
+SWEEP_COMMAND = re.compile(r"^    ((?:OMP_NUM_THREADS=\d+ )?spikessl sweep (?:.*\\\n)*.*)$", re.M)
 HEADING = re.compile(r"# (MNIST|CIFAR-10), budget `(\w+)`(?:, overrides `([^`]*)`)?\n")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
@@ -116,3 +119,36 @@ def test_reproduce_tables_match_their_records(folder):
     )
     saved = folder / "label-efficiency.csv"
     assert saved.read_text() == report.label_efficiency_csv(efficiency)
+
+
+def sweep_cells(command: str) -> tuple[dict[str, grid.Cell], object]:
+    """The cells ``spikessl sweep ...`` (one shell command, ``\\`` continuations allowed)
+    runs, by name, and its parsed arguments: what ``cli.main`` does before running them."""
+    tokens = shlex.split(command.replace("\\\n", " "))
+    args, extra = cli._parser().parse_known_args(tokens[tokens.index("spikessl") + 1 :])
+    args.overrides = [*args.overrides, *extra]
+    axes, _ = commands.sweep_axes(args.overrides)
+    cells = grid.expand_grid(to_dict(commands.config(args, None)), axes)
+    return {c.name: c for c in cells}, args
+
+
+def test_sweep_command_pattern_joins_continued_lines():
+    text = "Run:\n\n    spikessl sweep --config paper-mnist \\\n        seed=1,2 --records x\n"
+    cells, args = sweep_cells(SWEEP_COMMAND.search(text)[1])
+    assert sorted(cells) == ["seed=1", "seed=2"] and args.records == "x"
+
+
+@pytest.mark.parametrize("folder", SWEPT, ids=lambda p: p.name)
+def test_sweep_folder_command_makes_its_records(folder):
+    """The first ``spikessl sweep`` command in the folder's README (indented as a code block)
+    names that folder as ``--records`` and has a cell, with the same settings, for each record
+    there (with the baseline where it asks for one): rerunning it skips them all."""
+    found = SWEEP_COMMAND.search((folder / "README.md").read_text())
+    assert found, f"{folder.name}/README.md has no indented `spikessl sweep` command"
+    cells, args = sweep_cells(found[1])
+    assert Path(args.records) == folder.relative_to(ROOT)
+    for record in load_records(folder):
+        cell = cells.get(record["cell"])
+        assert cell is not None, f"{record['cell']} is not a cell of the command"
+        assert grid.record_matches(record, cell), f"{record['cell']}: other settings"
+        assert not args.baseline or "supervised_test_accuracy" in record, record["cell"]
