@@ -666,6 +666,8 @@ def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:
     assert "2 of 2 cells recorded (one JSON each here). 1 pretraining and 1 fine-tuning" in readme
     assert "| total | 4 |" in readme  # 2 pretrainings, 2 fine-tunings
     assert table in readme and "device cpu" in readme and "speed probe" in readme
+    code, out, err = run_main([*argv, "--dry-run"])
+    assert code == 0 and err.count(": recorded\n") == 2 and json.loads(out)["to_run"] == []
     code, out, err = run_main(argv)  # everything recorded: nothing trains again
     assert code == 0 and err.count("recorded, skipping") == 2, err
     assert json.loads(out)["results"] == result["results"]
@@ -704,6 +706,32 @@ def test_sweep_with_a_stopped_cell_exits_2_and_still_writes_its_readme(
     assert "time_steps=3: stopped, going on with the other cells" in err
     assert "error: 1 cell(s) stopped: time_steps=3 (why: the log above" in err
     assert "1 of 2 cells recorded" in (records / "README.md").read_text()
+
+
+def test_sweep_dry_run_lists_the_cells_and_trains_nothing(tmp_path, monkeypatch) -> None:
+    from spikessl import pipeline
+
+    monkeypatch.setattr(pipeline, "staged", None)  # a call would fail
+    records, runs = tmp_path / "records", tmp_path / "runs"
+    argv = ["sweep", *TINY, "time_steps=2,3", "finetune.lr=1e-3,1e-2", "--baseline", "--dry-run"]
+    code, out, err = run_main([*argv, "--records", str(records), "--run-dir", str(runs)])
+    assert code == 0, err
+    assert json.loads(out) == {
+        "command": "sweep",
+        "dry_run": True,
+        "cells": 4,
+        "to_run": [f"time_steps={t}__finetune.lr={lr}" for t in (2, 3) for lr in ("1e-3", "1e-2")],
+    }
+    lines = err.splitlines()
+    assert lines[0] == (
+        "sweep [1/4] time_steps=2__finetune.lr=1e-3: pretraining to run, fine-tuning to run, "
+        "supervised baseline to run"
+    )
+    assert lines[1].startswith(
+        "sweep [2/4] time_steps=2__finetune.lr=1e-2: pretraining shared "
+        "with time_steps=2__finetune.lr=1e-3, "
+    )
+    assert len(lines) == 4 and not any(tmp_path.iterdir())
 
 
 def test_sweep_rejects_a_bad_grid_value_before_running(tmp_path) -> None:

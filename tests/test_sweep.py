@@ -474,3 +474,60 @@ def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_pa
     with pytest.raises(ValueError, match="not its run's summary.*spikessl export RUN_DIR"):
         restore_run(load_checkpoint(bare), bare, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_path, monkeypatch):
+    from spikessl.sweep import plan_cells, pretrained_export
+
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    monkeypatch.setattr(pipeline, "finetune", forbidden)
+    cells, records, runs = swept["cells"], swept["tmp"] / "records", swept["tmp"] / "runs"
+    pre = runs / f"pretrain-{pretrain_key(cells[0].config)}"
+    a, b = (c.name for c in cells)
+    assert plan_cells(cells, records, runs, baseline=True) == {a: "recorded", b: "recorded"}
+    # the runs are there, the records are not: both stages of each cell done
+    done = plan_cells(cells, tmp_path / "records", runs)
+    for cell in cells:
+        assert done[cell.name] == (
+            f"pretraining done ({pre}), fine-tuning done ({runs / cell.key / 'finetune'})"
+        )
+    # another fine-tuning setting: the pretraining is reused, the fine-tuning runs
+    other = expand_grid(tiny_base(), ["finetune.lr=1e-1"])
+    assert plan_cells(other, records, runs) == {
+        "finetune.lr=1e-1": f"pretraining done ({pre}), fine-tuning to run"
+    }
+    # a fresh machine: the first cell pretrains, or restores the kept export; the second shares
+    fresh = tmp_path / "fresh"
+    assert plan_cells(cells, fresh / "records", fresh / "runs") == {
+        a: "pretraining to run, fine-tuning to run",
+        b: f"pretraining shared with {a}, fine-tuning to run",
+    }
+    (fresh / "records").mkdir(parents=True)
+    export = pretrained_export(fresh / "records", cells[0])
+    export.write_bytes(b"")  # only its name is read
+    assert plan_cells(cells, fresh / "records", fresh / "runs")[a] == (
+        f"pretraining restored from {export.name}, fine-tuning to run"
+    )
+    # an interrupted pretraining resumes; a recorded cell without the baseline gets it
+    (fresh / "runs" / pre.name).mkdir(parents=True)
+    shutil.copy(pre / "checkpoint.pt", fresh / "runs" / pre.name)
+    assert plan_cells(cells, fresh / "records", fresh / "runs")[b].startswith(
+        f"pretraining resumes from {fresh / 'runs' / pre.name}, "
+    )
+    shutil.copy(records / f"{a}.json", fresh / "records")
+    record = json.loads((fresh / "records" / f"{a}.json").read_text())
+    del record["supervised_test_accuracy"]
+    (fresh / "records" / f"{a}.json").write_text(json.dumps(record))
+    assert plan_cells(cells, fresh / "records", fresh / "runs", baseline=True)[a] == (
+        "recorded; supervised baseline to run"
+    )
+    # a record made with other settings: listed, as the real sweep would refuse it
+    record["config"]["pretrain"]["epochs"] += 1
+    (fresh / "records" / f"{a}.json").write_text(json.dumps(record | {"key": "0" * 12}))
+    assert plan_cells(cells, fresh / "records", fresh / "runs")[a].startswith(
+        "conflict: " + str(fresh / "records" / f"{a}.json") + " was recorded with other settings"
+    )
+    assert sorted(p.name for p in fresh.rglob("*")) == sorted(
+        [*("records", "runs", pre.name, "checkpoint.pt", f"{a}.json", export.name)]
+    )
+    assert not (tmp_path / "records").exists()

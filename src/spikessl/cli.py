@@ -125,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
             )
         if name == "sweep":
             _keep_pretrained_option(p)
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="list the cells and what each would do (skipped, resumed, restored from "
+                "a kept pretraining, run); train and write nothing",
+            )
         if name in ("pipeline", "sweep"):
             p.add_argument(
                 "--baseline",

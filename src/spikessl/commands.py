@@ -185,11 +185,21 @@ def sweep_axes(overrides: list[str]) -> tuple[list[str], list[str]]:
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     from spikessl import grid
     from spikessl.config import to_dict
-    from spikessl.sweep import CellsFailed, run_sweep
+    from spikessl.sweep import CellsFailed, plan_cells, run_sweep
 
     axes, _ = sweep_axes(args.overrides)  # the fixed settings are in cfg already
     cells = grid.expand_grid(to_dict(cfg), axes)
     runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
+    if args.dry_run:
+        states = plan_cells(cells, args.records, runs_root, args.baseline)
+        for i, (name, state) in enumerate(states.items(), 1):
+            print(f"sweep [{i}/{len(cells)}] {name}: {state}", file=sys.stderr)
+        return {
+            "command": "sweep",
+            "dry_run": True,
+            "cells": len(cells),
+            "to_run": [n for n, state in states.items() if state != "recorded"],
+        }
     try:
         records = run_sweep(
             cells,

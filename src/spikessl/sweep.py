@@ -144,6 +144,66 @@ def run_sweep(
     return records
 
 
+def plan_cells(
+    cells: list[Cell], records_dir: str | Path, runs_root: str | Path, baseline: bool = False
+) -> dict[str, str]:
+    """What ``run_sweep`` would do with each cell, by name, as one line; nothing is written.
+
+    "recorded" (skipped), "conflict: ..." (``run_sweep`` refuses the grid), or, for a cell
+    to run, the state of each of its stages: done (reused), resumed from a checkpoint, a
+    pretraining restored from a kept export, shared with an earlier cell of the grid, or
+    to run.
+    """
+    records_dir, runs_root = Path(records_dir), Path(runs_root)
+    states: dict[str, str] = {}
+    pretrainings: dict[str, str] = {}  # pretraining key -> the first cell to need it
+    for cell in cells:
+        try:
+            record = _recorded(records_dir, cell)
+        except ValueError as err:
+            states[cell.name] = f"conflict: {err}"
+            continue
+        missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
+        if record is not None and not missing_baseline:
+            states[cell.name] = "recorded"
+            continue
+        cfg, parts = cell.config, []
+        if record is None:
+            shared = pretrain_key(cfg)
+            pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
+            export = pretrained_export(records_dir, cell)
+            if _stage_started(pre_dir):
+                pre = _stage_state(pre_dir)
+            elif shared in pretrainings:
+                pre = f"shared with {pretrainings[shared]}"
+            elif export.exists():
+                pre = f"restored from {export.name}"
+            else:
+                pre = "to run"
+            pretrainings.setdefault(shared, cell.name)
+            parts += [
+                f"pretraining {pre}",
+                f"fine-tuning {_stage_state(stage_dir(runs_root, '{}/finetune', cfg))}",
+            ]
+        if missing_baseline:
+            sup_dir = stage_dir(runs_root, "supervised-{}", cfg, supervised_unused(cfg))
+            parts.append(f"supervised baseline {_stage_state(sup_dir)}")
+        states[cell.name] = ("recorded; " if record else "") + ", ".join(parts)
+    return states
+
+
+def _stage_started(run_dir: Path) -> bool:
+    return finished(run_dir) or (run_dir / "checkpoint.pt").exists()
+
+
+def _stage_state(run_dir: Path) -> str:
+    if finished(run_dir):
+        return f"done ({run_dir})"
+    if (run_dir / "checkpoint.pt").exists():
+        return f"resumes from {run_dir}"
+    return "to run"
+
+
 class CellsFailed(FloatingPointError):
     """Cells of a sweep whose training stopped on its own numbers (on_divergence=stop,
     on_nonfinite=stop); ``records`` holds the grid's records all the same."""
