@@ -156,7 +156,14 @@ def test_dry_run_trains_and_writes_nothing(tmp_path, monkeypatch) -> None:
     assert code == 0, err
     result = json.loads(out)
     assert result["dry_run"] is True and result["cells"] == 15 and len(result["to_run"]) == 15
-    assert "reproduce [1/15] tables: time_steps=30: to run" in err
+    lines = err.splitlines()
+    assert lines[0] == (
+        "reproduce [1/15] tables: time_steps=30: pretraining to run, fine-tuning to run, "
+        "supervised baseline to run"
+    )
+    # the label-efficiency cells of seed 0 share the best cell's pretraining, across sweeps
+    assert "seed=0__finetune.label_fraction=0.01: pretraining shared with time_steps=30, " in err
+    assert len(lines) == 15
     assert not records.exists() and not (tmp_path / "runs").exists()
 
 

@@ -316,8 +316,16 @@ def reproduce(
     result |= {"overrides": list(overrides), "records": str(records_dir)}
     if dry_run:
         cells = [(step.what, cell.name) for step in steps for cell in step.cells]
+        plans: dict[str, str] = {}  # the chosen cells, stage by stage
+        pretrainings: dict[str, str] = {}  # shared across the steps' sweeps, as they run
+        for step in steps:
+            picked = [c for c in step.cells if c.name in chosen]
+            plans |= sweep.plan_cells(picked, records_dir, runs_root, step.baseline, pretrainings)
         for i, (what, name) in enumerate(cells, 1):
-            state = states[name] if name in chosen else f"{states[name]}, not in --only"
+            if states[name] == "conflict" or name not in chosen:
+                state = states[name] if name in chosen else f"{states[name]}, not in --only"
+            else:
+                state = plans[name]
             log(f"reproduce [{i}/{len(cells)}] {what}: {name}: {state}")
         todo = [n for n, state in states.items() if state != "recorded" and n in chosen]
         return result | {"dry_run": True, "cells": len(cells), "to_run": todo}

@@ -145,18 +145,23 @@ def run_sweep(
 
 
 def plan_cells(
-    cells: list[Cell], records_dir: str | Path, runs_root: str | Path, baseline: bool = False
+    cells: list[Cell],
+    records_dir: str | Path,
+    runs_root: str | Path,
+    baseline: bool = False,
+    pretrainings: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """What ``run_sweep`` would do with each cell, by name, as one line; nothing is written.
 
     "recorded" (skipped), "conflict: ..." (``run_sweep`` refuses the grid), or, for a cell
     to run, the state of each of its stages: done (reused), resumed from a checkpoint, a
     pretraining restored from a kept export, shared with an earlier cell of the grid, or
-    to run.
+    to run. ``pretrainings`` (pretraining key -> the first cell to need it) carries the
+    earlier cells over from a call for an earlier sweep of the same runs, and is updated.
     """
     records_dir, runs_root = Path(records_dir), Path(runs_root)
     states: dict[str, str] = {}
-    pretrainings: dict[str, str] = {}  # pretraining key -> the first cell to need it
+    pretrainings = {} if pretrainings is None else pretrainings
     for cell in cells:
         try:
             record = _recorded(records_dir, cell)
