@@ -525,7 +525,7 @@ def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_pat
     record["config"]["pretrain"]["epochs"] += 1
     (fresh / "records" / f"{a}.json").write_text(json.dumps(record | {"key": "0" * 12}))
     assert plan_cells(cells, fresh / "records", fresh / "runs")[a].startswith(
-        "conflict: " + str(fresh / "records" / f"{a}.json") + " was recorded with other settings"
+        "refused: " + str(fresh / "records" / f"{a}.json") + " was recorded with other settings"
     )
     assert sorted(p.name for p in fresh.rglob("*")) == sorted(
         [*("records", "runs", pre.name, "checkpoint.pt", f"{a}.json", export.name)]

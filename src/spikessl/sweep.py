@@ -153,7 +153,7 @@ def plan_cells(
 ) -> dict[str, str]:
     """What ``run_sweep`` would do with each cell, by name, as one line; nothing is written.
 
-    "recorded" (skipped), "conflict: ..." (``run_sweep`` refuses the grid), or, for a cell
+    "recorded" (skipped), "refused: <why>" (``run_sweep`` refuses the grid), or, for a cell
     to run, the state of each of its stages: done (reused), resumed from a checkpoint, a
     pretraining restored from a kept export, shared with an earlier cell of the grid, or
     to run. ``pretrainings`` (pretraining key -> the first cell to need it) carries the
@@ -166,7 +166,7 @@ def plan_cells(
         try:
             record = _recorded(records_dir, cell)
         except ValueError as err:
-            states[cell.name] = f"conflict: {err}"
+            states[cell.name] = f"refused: {err}"
             continue
         missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
         if record is not None and not missing_baseline:
