@@ -732,6 +732,21 @@ def test_sweep_dry_run_lists_the_cells_and_trains_nothing(tmp_path, monkeypatch)
         "with time_steps=2__finetune.lr=1e-3, "
     )
     assert len(lines) == 4 and not any(tmp_path.iterdir())
+    # a record the sweep would refuse: listed, then exit 2 as the sweep itself would
+    records.mkdir()
+    (records / "time_steps=3__finetune.lr=1e-2.json").write_text("{")
+    code, out, err = run_main([*argv, "--records", str(records), "--run-dir", str(runs)])
+    assert code == 2 and out == "", err
+    assert "sweep [4/4] time_steps=3__finetune.lr=1e-2: refused: sweep record " in err
+    assert "the sweep would refuse time_steps=3__finetune.lr=1e-2 (why: the lines above)" in err
+    (records / "x").write_text("")
+    code, _, err = run_main([*argv, "--records", str(records / "x"), "--run-dir", str(runs)])
+    assert code == 2 and "is a file, not a folder" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [
+        "records",
+        "time_steps=3__finetune.lr=1e-2.json",
+        "x",
+    ]
 
 
 def test_sweep_rejects_a_bad_grid_value_before_running(tmp_path) -> None:

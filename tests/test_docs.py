@@ -1,9 +1,8 @@
 """The committed documentation and results: links resolve, every results folder is listed,
-every table says what its records say, every sweep folder's command makes its records'
-cells, and every kept pretraining is the one its folder's sweep would look for."""
+every folder's command makes its records' cells, its tables are what those records give,
+and every kept pretraining is the one its folder's sweep would look for."""
 
-import csv
-import io
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -25,6 +24,7 @@ KEPT = sorted(RESULTS.glob("*/pretrain-*.safetensors"))
 REPRODUCED = sorted(p.parent for p in RESULTS.glob("*/tables.md"))
 SWEPT = [p for p in TABLED if p not in REPRODUCED]
 SWEEP_COMMAND = re.compile(r"^    ((?:OMP_NUM_THREADS=\d+ )?spikessl sweep (?:.*\\\n)*.*)$", re.M)
+# reproduce's tables.md heading (default --seeds: a folder made with others would fail here)
 HEADING = re.compile(r"# (MNIST|CIFAR-10), budget `(\w+)`(?:, overrides `([^`]*)`)?\n")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
@@ -53,32 +53,117 @@ def test_every_results_folder_is_listed():
     assert folders - linked == set(), "results folders missing from docs/results/README.md"
 
 
-def rows(text: str) -> list[list[tuple[str, str]]]:
-    """CSV rows, each as its sorted (column, value) pairs, sorted: the sweep writes the
-    columns and rows in its own grid's order, ``load_records`` by file name."""
-    return sorted(sorted(r.items()) for r in csv.DictReader(io.StringIO(text)))
+# --- sweep folders: the README's command ---------------------------------------------------
+
+
+def sweep_cells(command: str) -> tuple[dict[str, grid.Cell], argparse.Namespace]:
+    """The cells ``spikessl sweep ...`` (one shell command, ``\\`` continuations allowed)
+    runs, by name in grid order, and its parsed arguments: what ``cli.main`` does first."""
+    tokens = shlex.split(command.replace("\\\n", " "))
+    args, extra = cli._parser().parse_known_args(tokens[tokens.index("spikessl") + 1 :])
+    args.overrides = [*args.overrides, *extra]
+    axes, _ = commands.sweep_axes(args.overrides)
+    cells = grid.expand_grid(to_dict(commands.config(args, None)), axes)
+    return {c.name: c for c in cells}, args
+
+
+def folder_sweep(folder: Path) -> tuple[dict[str, grid.Cell], argparse.Namespace]:
+    found = SWEEP_COMMAND.search((folder / "README.md").read_text())
+    assert found, f"{folder.name}/README.md has no indented `spikessl sweep` command"
+    return sweep_cells(found[1])
+
+
+def test_sweep_command_pattern_joins_continued_lines():
+    text = "Run:\n\n    spikessl sweep --config paper-mnist \\\n        seed=1,2 --records x\n"
+    cells, args = sweep_cells(SWEEP_COMMAND.search(text)[1])
+    assert list(cells) == ["seed=1", "seed=2"] and args.records == "x"
+
+
+@pytest.mark.parametrize("folder", SWEPT, ids=lambda p: p.name)
+def test_sweep_folder_command_makes_its_records(folder):
+    """The first ``spikessl sweep`` command in the folder's README (indented as a code block)
+    names that folder as ``--records`` and has a cell, with the same settings, for each record
+    there (with the baseline where it asks for one): rerunning it skips them all."""
+    cells, args = folder_sweep(folder)
+    assert Path(args.records) == folder.relative_to(ROOT)
+    for record in load_records(folder):
+        cell = cells.get(record["cell"])
+        assert cell is not None, f"{record['cell']} is not a cell of the command"
+        assert grid.record_matches(record, cell), f"{record['cell']}: other settings"
+        assert not args.baseline or "supervised_test_accuracy" in record, record["cell"]
+
+
+# --- reproduce folders: the tables' heading -------------------------------------------------
+
+
+def folder_reproduce(folder: Path) -> tuple[report.Contents, list]:
+    """What ``reproduce`` reports in ``folder``, from the dataset, budget and overrides its
+    ``tables.md`` heading names, and the plan's steps; no record conflicts with them."""
+    found = HEADING.match((folder / "tables.md").read_text())
+    assert found, f"{folder.name}/tables.md does not start with reproduce's heading"
+    dataset = {"MNIST": "mnist", "CIFAR-10": "cifar10"}[found[1]]
+    overrides = found[3].split() if found[3] else []
+    base = base_config(dataset, found[2], overrides)
+    steps = plan(base, DEFAULT_SEEDS)
+    assert "conflict" not in cell_states(steps, folder).values()
+    return report_contents(dataset, found[2], overrides, base, steps), base
+
+
+@pytest.mark.parametrize("folder", REPRODUCED, ids=lambda p: p.name)
+def test_reproduce_tables_match_their_records(folder):
+    """Tables I-IV and the label-efficiency table, as ``reproduce`` writes them from the
+    folder's records."""
+    contents, base = folder_reproduce(folder)
+    records = {r["cell"]: r for r in load_records(folder, list(contents.cells))}
+    rows = report.table_rows(contents.layout, records)
+    heading = (folder / "tables.md").read_text().partition("\n")[0] + "\n\n"
+    labelled = f"{100 * base['data']['labelled_fraction']:g}%"
+    tables = report.tables_markdown(contents.name, contents.titles, rows, labelled)
+    assert (folder / "tables.md").read_text() == heading + tables
+    assert (folder / "tables.csv").read_text() == csv_text(rows, report.TABLE_COLUMNS)
+    efficiency = report.label_efficiency_summary(
+        [records[n] for n in contents.label_cells if n in records]
+    )
+    markdown = heading + report.label_efficiency_markdown(efficiency)
+    assert (folder / "label-efficiency.md").read_text() == markdown
+    assert (folder / "label-efficiency.csv").read_text() == report.label_efficiency_csv(efficiency)
+
+
+# --- every records folder --------------------------------------------------------------------
+
+
+def grid_order(folder: Path) -> list[str]:
+    """The folder's cells in the order its command runs them, as its tables list them."""
+    if folder in REPRODUCED:
+        return list(folder_reproduce(folder)[0].cells)
+    return list(folder_sweep(folder)[0])
+
+
+def tables(records: list[dict], where: Path, seeds: bool) -> dict[str, str]:
+    write_tables(records, where / "results.csv", where / "results.md")
+    if seeds:
+        write_seed_tables(records, where / "seeds.csv", where / "seeds.md")
+    return {p.name: p.read_text() for p in sorted(where.iterdir())}
 
 
 @pytest.mark.parametrize("folder", TABLED, ids=lambda p: p.name)
 def test_committed_tables_match_their_records(folder, tmp_path):
-    records = load_records(folder)
-    write_tables(records, tmp_path / "results.csv", tmp_path / "results.md")
-    assert rows((folder / "results.csv").read_text()) == rows(
-        (tmp_path / "results.csv").read_text()
-    )
-    if (folder / "seeds.csv").exists():
-        write_seed_tables(records, tmp_path / "seeds.csv", tmp_path / "seeds.md")
-        for name in ("seeds.csv", "seeds.md"):
-            assert (folder / name).read_text() == (tmp_path / name).read_text(), name
+    """results.csv and results.md (and seeds.csv, seeds.md where the grid has seeds) are
+    what the folder's records give, in its command's order."""
+    records = load_records(folder, grid_order(folder))
+    assert len(records) == len(list(folder.glob("*.json")))
+    made = tables(records, tmp_path, (folder / "seeds.csv").exists())
+    assert {name: (folder / name).read_text() for name in made} == made
 
 
 def test_table_check_sees_a_changed_accuracy(tmp_path):
-    folder = TABLED[0]
-    records = load_records(folder)
-    write_tables(records, tmp_path / "a.csv", tmp_path / "a.md")
+    folder = SWEPT[0]
+    records = load_records(folder, grid_order(folder))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    before = tables(records, tmp_path / "a", seeds=True)
     records[0] = records[0] | {"finetune_test_accuracy": 1.0 + records[0]["finetune_test_accuracy"]}
-    write_tables(records, tmp_path / "b.csv", tmp_path / "b.md")
-    assert rows((tmp_path / "a.csv").read_text()) != rows((tmp_path / "b.csv").read_text())
+    after = tables(records, tmp_path / "b", seeds=True)
+    assert len(before) == 4 and all(before[name] != after[name] for name in before)
 
 
 @pytest.mark.parametrize("export", KEPT, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -91,64 +176,3 @@ def test_kept_pretraining_is_found_for_a_recorded_cell(export):
     matching = [cfg for cfg in cells if pretrain_key(cfg) == key]
     assert matching, f"no record in {export.parent.name} pretrains with key {key}"
     assert all(pretrained_with(config, cfg) for cfg in matching)
-
-
-@pytest.mark.parametrize("folder", REPRODUCED, ids=lambda p: p.name)
-def test_reproduce_tables_match_their_records(folder):
-    """Tables I-IV and the label-efficiency table as ``reproduce`` would write them from the
-    folder's records, with the dataset, budget and overrides its heading names; and no record
-    made with other settings than those."""
-    text = (folder / "tables.md").read_text()
-    found = HEADING.match(text)
-    assert found, f"{folder.name}/tables.md does not start with reproduce's heading"
-    dataset = {"MNIST": "mnist", "CIFAR-10": "cifar10"}[found[1]]
-    overrides = found[3].split() if found[3] else []
-    base = base_config(dataset, found[2], overrides)
-    steps = plan(base, DEFAULT_SEEDS)
-    assert "conflict" not in cell_states(steps, folder).values()
-    contents = report_contents(dataset, found[2], overrides, base, steps)
-    records = {r["cell"]: r for r in load_records(folder, list(contents.cells))}
-    rows = report.table_rows(contents.layout, records)
-    assert (folder / "tables.csv").read_text() == csv_text(rows, report.TABLE_COLUMNS)
-    labelled = f"{100 * base['data']['labelled_fraction']:g}%"
-    assert text == found[0] + "\n" + report.tables_markdown(
-        contents.name, contents.titles, rows, labelled
-    )
-    efficiency = report.label_efficiency_summary(
-        [records[n] for n in contents.label_cells if n in records]
-    )
-    saved = folder / "label-efficiency.csv"
-    assert saved.read_text() == report.label_efficiency_csv(efficiency)
-
-
-def sweep_cells(command: str) -> tuple[dict[str, grid.Cell], object]:
-    """The cells ``spikessl sweep ...`` (one shell command, ``\\`` continuations allowed)
-    runs, by name, and its parsed arguments: what ``cli.main`` does before running them."""
-    tokens = shlex.split(command.replace("\\\n", " "))
-    args, extra = cli._parser().parse_known_args(tokens[tokens.index("spikessl") + 1 :])
-    args.overrides = [*args.overrides, *extra]
-    axes, _ = commands.sweep_axes(args.overrides)
-    cells = grid.expand_grid(to_dict(commands.config(args, None)), axes)
-    return {c.name: c for c in cells}, args
-
-
-def test_sweep_command_pattern_joins_continued_lines():
-    text = "Run:\n\n    spikessl sweep --config paper-mnist \\\n        seed=1,2 --records x\n"
-    cells, args = sweep_cells(SWEEP_COMMAND.search(text)[1])
-    assert sorted(cells) == ["seed=1", "seed=2"] and args.records == "x"
-
-
-@pytest.mark.parametrize("folder", SWEPT, ids=lambda p: p.name)
-def test_sweep_folder_command_makes_its_records(folder):
-    """The first ``spikessl sweep`` command in the folder's README (indented as a code block)
-    names that folder as ``--records`` and has a cell, with the same settings, for each record
-    there (with the baseline where it asks for one): rerunning it skips them all."""
-    found = SWEEP_COMMAND.search((folder / "README.md").read_text())
-    assert found, f"{folder.name}/README.md has no indented `spikessl sweep` command"
-    cells, args = sweep_cells(found[1])
-    assert Path(args.records) == folder.relative_to(ROOT)
-    for record in load_records(folder):
-        cell = cells.get(record["cell"])
-        assert cell is not None, f"{record['cell']} is not a cell of the command"
-        assert grid.record_matches(record, cell), f"{record['cell']}: other settings"
-        assert not args.baseline or "supervised_test_accuracy" in record, record["cell"]

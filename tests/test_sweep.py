@@ -477,6 +477,7 @@ def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_pa
 
 
 def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_path, monkeypatch):
+    from spikessl.checkpoints import export_safetensors
     from spikessl.sweep import plan_cells, pretrained_export
 
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
@@ -487,10 +488,10 @@ def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_pat
     assert plan_cells(cells, records, runs, baseline=True) == {a: "recorded", b: "recorded"}
     # the runs are there, the records are not: both stages of each cell done
     done = plan_cells(cells, tmp_path / "records", runs)
-    for cell in cells:
-        assert done[cell.name] == (
-            f"pretraining done ({pre}), fine-tuning done ({runs / cell.key / 'finetune'})"
-        )
+    assert done == {
+        a: f"pretraining done ({pre}), fine-tuning done ({runs / cells[0].key / 'finetune'})",
+        b: f"pretraining shared with {a}, fine-tuning done ({runs / cells[1].key / 'finetune'})",
+    }
     # another fine-tuning setting: the pretraining is reused, the fine-tuning runs
     other = expand_grid(tiny_base(), ["finetune.lr=1e-1"])
     assert plan_cells(other, records, runs) == {
@@ -504,16 +505,25 @@ def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_pat
     }
     (fresh / "records").mkdir(parents=True)
     export = pretrained_export(fresh / "records", cells[0])
-    export.write_bytes(b"")  # only its name is read
-    assert plan_cells(cells, fresh / "records", fresh / "runs")[a] == (
-        f"pretraining restored from {export.name}, fine-tuning to run"
+    export_safetensors(load_checkpoint(pre), export, pre)
+    assert plan_cells(cells, fresh / "records", fresh / "runs") == {
+        a: f"pretraining restored from {export.name}, fine-tuning to run",
+        b: f"pretraining shared with {a}, fine-tuning to run",
+    }
+    # an export of another pretraining, under this grid's name, is refused as the sweep would
+    lr = expand_grid(tiny_base(), ["pretrain.lr=1e-4"])
+    shutil.copy(export, pretrained_export(fresh / "records", lr[0]))
+    assert plan_cells(lr, fresh / "records", fresh / "runs")["pretrain.lr=1e-4"].startswith(
+        f"refused: {pretrained_export(fresh / 'records', lr[0])} holds a pretrain run with other"
     )
-    # an interrupted pretraining resumes; a recorded cell without the baseline gets it
+    pretrained_export(fresh / "records", lr[0]).unlink()
+    # an interrupted pretraining resumes (then is shared); a recorded cell lacks its baseline
     (fresh / "runs" / pre.name).mkdir(parents=True)
     shutil.copy(pre / "checkpoint.pt", fresh / "runs" / pre.name)
-    assert plan_cells(cells, fresh / "records", fresh / "runs")[b].startswith(
-        f"pretraining resumes from {fresh / 'runs' / pre.name}, "
-    )
+    assert plan_cells(cells, fresh / "records", fresh / "runs") == {
+        a: f"pretraining resumes from {fresh / 'runs' / pre.name}, fine-tuning to run",
+        b: f"pretraining shared with {a}, fine-tuning to run",
+    }
     shutil.copy(records / f"{a}.json", fresh / "records")
     record = json.loads((fresh / "records" / f"{a}.json").read_text())
     del record["supervised_test_accuracy"]
@@ -521,7 +531,7 @@ def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_pat
     assert plan_cells(cells, fresh / "records", fresh / "runs", baseline=True)[a] == (
         "recorded; supervised baseline to run"
     )
-    # a record made with other settings: listed, as the real sweep would refuse it
+    # a record made with other settings: refused, as the sweep would refuse the grid
     record["config"]["pretrain"]["epochs"] += 1
     (fresh / "records" / f"{a}.json").write_text(json.dumps(record | {"key": "0" * 12}))
     assert plan_cells(cells, fresh / "records", fresh / "runs")[a].startswith(
@@ -531,3 +541,15 @@ def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_pat
         [*("records", "runs", pre.name, "checkpoint.pt", f"{a}.json", export.name)]
     )
     assert not (tmp_path / "records").exists()
+
+
+def test_plan_cells_shares_a_baseline_across_pretraining_settings(tmp_path):
+    from spikessl.sweep import plan_cells
+
+    cells = expand_grid(tiny_base(), ["pretrain.lr=1e-3,1e-2"])
+    a, b = (c.name for c in cells)
+    assert plan_cells(cells, tmp_path / "records", tmp_path / "runs", baseline=True) == {
+        a: "pretraining to run, fine-tuning to run, supervised baseline to run",
+        b: f"pretraining to run, fine-tuning to run, supervised baseline shared with {a}",
+    }
+    assert not any(tmp_path.iterdir())

@@ -128,8 +128,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--dry-run",
                 action="store_true",
-                help="list the cells and what each would do (skipped, resumed, restored from "
-                "a kept pretraining, run); train and write nothing",
+                help="list the cells and what each would do: skipped (recorded), refused, or "
+                "per stage done, resumed, restored from a kept pretraining, shared with "
+                "another cell, or run; train and write nothing",
             )
         if name in ("pipeline", "sweep"):
             p.add_argument(

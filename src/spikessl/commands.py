@@ -194,6 +194,12 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
         states = plan_cells(cells, args.records, runs_root, args.baseline)
         for i, (name, state) in enumerate(states.items(), 1):
             print(f"sweep [{i}/{len(cells)}] {name}: {state}", file=sys.stderr)
+        refused = [name for name, state in states.items() if state.startswith("refused: ")]
+        if refused:
+            raise ValueError(
+                f"the sweep would refuse {', '.join(refused)} (why: the lines above) and stop "
+                "there; mend or move the files named, or use another --records folder"
+            )
         return {
             "command": "sweep",
             "dry_run": True,

@@ -317,10 +317,10 @@ def reproduce(
     if dry_run:
         cells = [(step.what, cell.name) for step in steps for cell in step.cells]
         plans: dict[str, str] = {}  # the chosen cells, stage by stage
-        pretrainings: dict[str, str] = {}  # shared across the steps' sweeps, as they run
+        claimed: dict[Path, str] = {}  # runs shared across the steps' sweeps, as they run
         for step in steps:
             picked = [c for c in step.cells if c.name in chosen]
-            plans |= sweep.plan_cells(picked, records_dir, runs_root, step.baseline, pretrainings)
+            plans |= sweep.plan_cells(picked, records_dir, runs_root, step.baseline, claimed)
         for i, (what, name) in enumerate(cells, 1):
             if states[name] == "conflict" or name not in chosen:
                 state = states[name] if name in chosen else f"{states[name]}, not in --only"

@@ -184,6 +184,16 @@ def _run_claimed(
     return summary
 
 
+def check_restorable(saved: dict, export: Path) -> None:
+    """Refuse an export ``restore_run`` cannot rebuild a finished run's folder from."""
+    if "summary" not in saved:
+        raise ValueError(
+            f"{export} holds weights but not its run's summary and metrics (it was exported "
+            "from a checkpoint file, or from an unfinished run): export the finished run's "
+            "folder (`spikessl export RUN_DIR`)"
+        )
+
+
 def restore_run(saved: dict, export: Path, run_dir: Path) -> dict:
     """Rebuild a finished run's folder at ``run_dir`` (which must not exist) from ``saved``,
     the ``spikessl export`` of that run's folder read from ``export``
@@ -199,12 +209,7 @@ def restore_run(saved: dict, export: Path, run_dir: Path) -> dict:
 
     from spikessl.config import YamlDumper
 
-    if "summary" not in saved:
-        raise ValueError(
-            f"{export} holds weights but not its run's summary and metrics (it was exported "
-            "from a checkpoint file, or from an unfinished run): export the finished run's "
-            "folder (`spikessl export RUN_DIR`)"
-        )
+    check_restorable(saved, export)
     tmp = run_dir.with_name(f".{run_dir.name}.restoring-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

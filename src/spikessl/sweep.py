@@ -53,7 +53,7 @@ from spikessl.records import (
     write_seed_tables,
     write_tables,
 )
-from spikessl.runs import claim_run_dir, finished, restore_run
+from spikessl.runs import check_restorable, claim_run_dir, finished, restore_run
 
 
 def log_to_stderr(message: str) -> None:
@@ -86,9 +86,7 @@ def run_sweep(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("sweep runs in one process: start it without torchrun")
     records_dir, runs_root = Path(records_dir), Path(runs_root)
-    for folder, option in ((records_dir, "--records"), (runs_root, "--run-dir")):
-        if folder.exists() and not folder.is_dir():  # found now, not after a cell has trained
-            raise ValueError(f"{option} {folder} is a file, not a folder: name a folder")
+    _check_folders(records_dir, runs_root)  # found now, not after a cell has trained
     names = [c.name for c in cells]
     if len(set(names)) < len(names):
         raise ValueError("run_sweep: two cells have the same name; build them with expand_grid")
@@ -149,62 +147,66 @@ def plan_cells(
     records_dir: str | Path,
     runs_root: str | Path,
     baseline: bool = False,
-    pretrainings: dict[str, str] | None = None,
+    claimed: dict[Path, str] | None = None,
 ) -> dict[str, str]:
     """What ``run_sweep`` would do with each cell, by name, as one line; nothing is written.
 
-    "recorded" (skipped), "refused: <why>" (``run_sweep`` refuses the grid), or, for a cell
-    to run, the state of each of its stages: done (reused), resumed from a checkpoint, a
-    pretraining restored from a kept export, shared with an earlier cell of the grid, or
-    to run. ``pretrainings`` (pretraining key -> the first cell to need it) carries the
-    earlier cells over from a call for an earlier sweep of the same runs, and is updated.
+    "recorded" (skipped), "refused: <why>" (a record or kept export ``run_sweep`` would
+    refuse, stopping the grid), or, for a cell to run, each stage's plan: done (reused),
+    resumes from its checkpoint, restored from a kept export, shared with an earlier cell
+    (the pretraining, or the baseline, that cells differing only in other settings share),
+    or to run. ``claimed`` (stage run directory -> the first cell to need it) carries those
+    over from an earlier sweep of the same runs, and is updated. Judged from the files
+    present: a run another process finishes meanwhile, or one whose summary is corrupt,
+    may be reused or redone where this says otherwise.
     """
     records_dir, runs_root = Path(records_dir), Path(runs_root)
+    _check_folders(records_dir, runs_root)
+    claimed = {} if claimed is None else claimed
     states: dict[str, str] = {}
-    pretrainings = {} if pretrainings is None else pretrainings
     for cell in cells:
         try:
             record = _recorded(records_dir, cell)
+            missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
+            if record is not None and not missing_baseline:
+                states[cell.name] = "recorded"
+                continue
+            cfg, parts = cell.config, []
+            if record is None:
+                pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
+                export = pretrained_export(records_dir, cell)
+                if pre_dir not in claimed and export.exists() and not _has_checkpoint(pre_dir):
+                    from spikessl.checkpoints import load_export
+
+                    _check_export(load_export(export), export, cell)
+                    claimed[pre_dir] = cell.name
+                    parts.append(f"pretraining restored from {export.name}")
+                else:
+                    parts.append(f"pretraining {_stage_plan(pre_dir, cell, claimed)}")
+                ft_dir = stage_dir(runs_root, "{}/finetune", cfg)
+                parts.append(f"fine-tuning {_stage_plan(ft_dir, cell, claimed)}")
+            if missing_baseline:
+                sup_dir = stage_dir(runs_root, "supervised-{}", cfg, supervised_unused(cfg))
+                parts.append(f"supervised baseline {_stage_plan(sup_dir, cell, claimed)}")
         except ValueError as err:
             states[cell.name] = f"refused: {err}"
             continue
-        missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
-        if record is not None and not missing_baseline:
-            states[cell.name] = "recorded"
-            continue
-        cfg, parts = cell.config, []
-        if record is None:
-            shared = pretrain_key(cfg)
-            pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
-            export = pretrained_export(records_dir, cell)
-            if _stage_started(pre_dir):
-                pre = _stage_state(pre_dir)
-            elif shared in pretrainings:
-                pre = f"shared with {pretrainings[shared]}"
-            elif export.exists():
-                pre = f"restored from {export.name}"
-            else:
-                pre = "to run"
-            pretrainings.setdefault(shared, cell.name)
-            parts += [
-                f"pretraining {pre}",
-                f"fine-tuning {_stage_state(stage_dir(runs_root, '{}/finetune', cfg))}",
-            ]
-        if missing_baseline:
-            sup_dir = stage_dir(runs_root, "supervised-{}", cfg, supervised_unused(cfg))
-            parts.append(f"supervised baseline {_stage_state(sup_dir)}")
         states[cell.name] = ("recorded; " if record else "") + ", ".join(parts)
     return states
 
 
-def _stage_started(run_dir: Path) -> bool:
-    return finished(run_dir) or (run_dir / "checkpoint.pt").exists()
+def _has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "checkpoint.pt").exists()
 
 
-def _stage_state(run_dir: Path) -> str:
+def _stage_plan(run_dir: Path, cell: Cell, claimed: dict[Path, str]) -> str:
+    """One stage's line in ``plan_cells``; the first cell to need ``run_dir`` claims it."""
+    if run_dir in claimed:
+        return f"shared with {claimed[run_dir]}"
+    claimed[run_dir] = cell.name
     if finished(run_dir):
         return f"done ({run_dir})"
-    if (run_dir / "checkpoint.pt").exists():
+    if _has_checkpoint(run_dir):
         return f"resumes from {run_dir}"
     return "to run"
 
@@ -246,6 +248,12 @@ def _recorded(records_dir: Path, cell: Cell) -> dict | None:
     return record
 
 
+def _check_folders(records_dir: Path, runs_root: Path) -> None:
+    for folder, option in ((records_dir, "--records"), (runs_root, "--run-dir")):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{option} {folder} is a file, not a folder: name a folder")
+
+
 def pretrained_export(records_dir: Path, cell: Cell) -> Path:
     """Where ``keep_pretrained`` puts the cell's pretraining: one file per pretraining key."""
     return records_dir / f"pretrain-{pretrain_key(cell.config)}.safetensors"
@@ -276,6 +284,16 @@ def _restore_pretraining(
     if (pre_dir / "checkpoint.pt").exists():  # another process's run, started or restored
         return
     saved = load_export(export)
+    _check_export(saved, export, cell)
+    if pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
+        remove_unstarted(pre_dir)
+    restore_run(saved, export, pre_dir)  # the file read once, above
+    log(f"  pretrain: restored {pre_dir} from {export}")
+
+
+def _check_export(saved: dict, export: Path, cell: Cell) -> None:
+    """Refuse an export (``checkpoints.load_export``) of another pretraining than the cell's,
+    or one that cannot rebuild a finished run (``runs.restore_run``)."""
     if saved.get("command") != "pretrain" or not pretrained_with(saved["config"], cell.config):
         raise ValueError(
             f"{export} holds a {saved.get('command', 'spikessl')} run with other settings "
@@ -283,10 +301,7 @@ def _restore_pretraining(
             f"{pretrain_key(cell.config)}): move it out of the records folder, or put there "
             "the export of that pretraining"
         )
-    if pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
-        remove_unstarted(pre_dir)
-    restore_run(saved, export, pre_dir)  # the file read once, above
-    log(f"  pretrain: restored {pre_dir} from {export}")
+    check_restorable(saved, export)
 
 
 def _run_cell(
