@@ -322,10 +322,8 @@ def reproduce(
             picked = [c for c in step.cells if c.name in chosen]
             plans |= sweep.plan_cells(picked, records_dir, runs_root, step.baseline, claimed)
         for i, (what, name) in enumerate(cells, 1):
-            if states[name] == "conflict" or name not in chosen:
-                state = states[name] if name in chosen else f"{states[name]}, not in --only"
-            else:
-                state = plans[name]
+            state = plans.get(name, states[name]) if states[name] != "conflict" else states[name]
+            state += "" if name in chosen else ", not in --only"
             log(f"reproduce [{i}/{len(cells)}] {what}: {name}: {state}")
         todo = [n for n, state in states.items() if state != "recorded" and n in chosen]
         return result | {"dry_run": True, "cells": len(cells), "to_run": todo}

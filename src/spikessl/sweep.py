@@ -175,7 +175,7 @@ def plan_cells(
             if record is None:
                 pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
                 export = pretrained_export(records_dir, cell)
-                if pre_dir not in claimed and export.exists() and not _has_checkpoint(pre_dir):
+                if pre_dir not in claimed and _restores(pre_dir, export):
                     from spikessl.checkpoints import load_export
 
                     _check_export(load_export(export), export, cell)
@@ -195,10 +195,6 @@ def plan_cells(
     return states
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / "checkpoint.pt").exists()
-
-
 def _stage_plan(run_dir: Path, cell: Cell, claimed: dict[Path, str]) -> str:
     """One stage's line in ``plan_cells``; the first cell to need ``run_dir`` claims it."""
     if run_dir in claimed:
@@ -206,7 +202,7 @@ def _stage_plan(run_dir: Path, cell: Cell, claimed: dict[Path, str]) -> str:
     claimed[run_dir] = cell.name
     if finished(run_dir):
         return f"done ({run_dir})"
-    if _has_checkpoint(run_dir):
+    if (run_dir / "checkpoint.pt").exists():
         return f"resumes from {run_dir}"
     return "to run"
 
@@ -291,6 +287,12 @@ def _restore_pretraining(
     log(f"  pretrain: restored {pre_dir} from {export}")
 
 
+def _restores(pre_dir: Path, export: Path) -> bool:
+    """Whether the sweep rebuilds the pretraining run ``pre_dir`` from the kept ``export``:
+    the file is there and no run has started (``_run_cell``, and ``plan_cells`` to say so)."""
+    return export.exists() and not (pre_dir / "checkpoint.pt").exists()
+
+
 def _check_export(saved: dict, export: Path, cell: Cell) -> None:
     """Refuse an export (``checkpoints.load_export``) of another pretraining than the cell's,
     or one that cannot rebuild a finished run (``runs.restore_run``)."""
@@ -313,7 +315,7 @@ def _run_cell(
     pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
     ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
     export = pretrained_export(records_dir, cell)
-    if export.exists() and not (pre_dir / "checkpoint.pt").exists():  # pretrained elsewhere
+    if _restores(pre_dir, export):  # pretrained elsewhere
         with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
             _restore_pretraining(export, pre_dir, cell, log)
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
