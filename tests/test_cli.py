@@ -732,6 +732,19 @@ def test_sweep_dry_run_lists_the_cells_and_trains_nothing(tmp_path, monkeypatch)
         "with time_steps=2__finetune.lr=1e-3, "
     )
     assert len(lines) == 4 and not any(tmp_path.iterdir())
+    # with --keep-pretrained: one export per pretraining the sweep would run, after the cells
+    code, out, err = run_main(
+        [*argv, "--records", str(records), "--run-dir", str(runs), "--keep-pretrained"]
+    )
+    assert code == 0, err
+    exports = [line for line in err.splitlines()[4:]]
+    assert len(exports) == 2 and len(set(exports)) == 2
+    assert all(
+        e.startswith(f"sweep: --keep-pretrained would write {records}/pretrain-")
+        and e.endswith(".safetensors")
+        for e in exports
+    )
+    assert not any(tmp_path.iterdir())
     # a record the sweep would refuse: listed, then exit 2 as the sweep itself would
     records.mkdir()
     (records / "time_steps=3__finetune.lr=1e-2.json").write_text("{")

@@ -165,6 +165,15 @@ def test_dry_run_trains_and_writes_nothing(tmp_path, monkeypatch) -> None:
     assert "seed=0__finetune.label_fraction=0.01: pretraining shared with time_steps=30, " in err
     assert len(lines) == 15
     assert not records.exists() and not (tmp_path / "runs").exists()
+    # --keep-pretrained: one export per pretraining, the seeds' fractions sharing theirs
+    code, out, err, records = reproduce_untrained(
+        tmp_path, monkeypatch, "--dataset", "cifar10", "--budget", "paper", "--dry-run",
+        "--keep-pretrained",
+    )  # fmt: skip
+    assert code == 0, err
+    exports = [line for line in err.splitlines() if "--keep-pretrained would write" in line]
+    assert len(exports) == len(set(exports)) == 9  # 7 table cells, and seeds 1 and 2
+    assert not records.exists() and not (tmp_path / "runs").exists()
 
 
 def test_only_selects_cells_by_shell_pattern_and_names_the_choices_when_none_match() -> None:
@@ -264,6 +273,15 @@ def test_records_made_with_other_settings_stop_before_training(tmp_path, monkeyp
     )
     assert code == 2 and out == ""
     assert "spikessl reproduce: error:" in err and "time_steps=10" in err
+    # the dry-run lists every cell, then stops as the run would
+    code, out, err = run_main(
+        ["reproduce", "--dataset", "mnist", "--budget", "quick", "--records", str(records)]
+        + ["--run-dir", str(tmp_path / "runs"), "--dry-run"]
+    )
+    assert code == 2 and out == ""
+    assert "tables: time_steps=10: conflict\n" in err
+    assert "error: reproduce would refuse time_steps=10 (why: the lines above)" in err
+    assert len([line for line in err.splitlines() if line.startswith("reproduce [")]) == 15
 
 
 def test_end_to_end_then_every_cell_is_skipped(tmp_path, monkeypatch) -> None:

@@ -478,14 +478,17 @@ def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_pa
 
 def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_path, monkeypatch):
     from spikessl.checkpoints import export_safetensors
-    from spikessl.sweep import plan_cells, pretrained_export
+    from spikessl.sweep import plan_cells, planned_exports, pretrained_export
 
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
     monkeypatch.setattr(pipeline, "finetune", forbidden)
     cells, records, runs = swept["cells"], swept["tmp"] / "records", swept["tmp"] / "runs"
     pre = runs / f"pretrain-{pretrain_key(cells[0].config)}"
     a, b = (c.name for c in cells)
-    assert plan_cells(cells, records, runs, baseline=True) == {a: "recorded", b: "recorded"}
+    recorded = plan_cells(cells, records, runs, baseline=True)
+    assert recorded == {a: "recorded", b: "recorded"}
+    # --keep-pretrained would export the one finished pretraining the two cells share
+    assert planned_exports(cells, records, runs, recorded) == [pretrained_export(records, cells[0])]
     # the runs are there, the records are not: both stages of each cell done
     done = plan_cells(cells, tmp_path / "records", runs)
     assert done == {
@@ -506,10 +509,12 @@ def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_pat
     (fresh / "records").mkdir(parents=True)
     export = pretrained_export(fresh / "records", cells[0])
     export_safetensors(load_checkpoint(pre), export, pre)
-    assert plan_cells(cells, fresh / "records", fresh / "runs") == {
+    restored = plan_cells(cells, fresh / "records", fresh / "runs")
+    assert restored == {
         a: f"pretraining restored from {export.name}, fine-tuning to run",
         b: f"pretraining shared with {a}, fine-tuning to run",
     }
+    assert planned_exports(cells, fresh / "records", fresh / "runs", restored) == []
     # an export of another pretraining, under this grid's name, is refused as the sweep would
     lr = expand_grid(tiny_base(), ["pretrain.lr=1e-4"])
     shutil.copy(export, pretrained_export(fresh / "records", lr[0]))

@@ -185,7 +185,7 @@ def sweep_axes(overrides: list[str]) -> tuple[list[str], list[str]]:
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     from spikessl import grid
     from spikessl.config import to_dict
-    from spikessl.sweep import CellsFailed, plan_cells, run_sweep
+    from spikessl.sweep import CellsFailed, plan_cells, planned_exports, run_sweep
 
     axes, _ = sweep_axes(args.overrides)  # the fixed settings are in cfg already
     cells = grid.expand_grid(to_dict(cfg), axes)
@@ -194,6 +194,9 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
         states = plan_cells(cells, args.records, runs_root, args.baseline)
         for i, (name, state) in enumerate(states.items(), 1):
             print(f"sweep [{i}/{len(cells)}] {name}: {state}", file=sys.stderr)
+        exports = planned_exports(cells, args.records, runs_root, states)
+        for export in exports if args.keep_pretrained else []:
+            print(f"sweep: --keep-pretrained would write {export}", file=sys.stderr)
         refused = [name for name, state in states.items() if state.startswith("refused: ")]
         if refused:
             raise ValueError(

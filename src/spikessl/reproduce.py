@@ -318,13 +318,27 @@ def reproduce(
         cells = [(step.what, cell.name) for step in steps for cell in step.cells]
         plans: dict[str, str] = {}  # the chosen cells, stage by stage
         claimed: dict[Path, str] = {}  # runs shared across the steps' sweeps, as they run
+        exports: list[Path] = []  # what --keep-pretrained would write, step by step
         for step in steps:
             picked = [c for c in step.cells if c.name in chosen]
-            plans |= sweep.plan_cells(picked, records_dir, runs_root, step.baseline, claimed)
+            step_plans = sweep.plan_cells(picked, records_dir, runs_root, step.baseline, claimed)
+            found = sweep.planned_exports(picked, records_dir, runs_root, step_plans)
+            exports += [e for e in found if e not in exports]
+            plans |= step_plans
+        refused = []
         for i, (what, name) in enumerate(cells, 1):
             state = plans.get(name, states[name]) if states[name] != "conflict" else states[name]
+            if state == "conflict" or state.startswith("refused: "):
+                refused.append(name)
             state += "" if name in chosen else ", not in --only"
             log(f"reproduce [{i}/{len(cells)}] {what}: {name}: {state}")
+        for export in exports if keep_pretrained else []:
+            log(f"reproduce: --keep-pretrained would write {export}")
+        if refused:  # as the run itself would stop
+            raise ValueError(
+                f"reproduce would refuse {', '.join(refused)} (why: the lines above) and stop; "
+                "mend or move the files named, or use another --records folder"
+            )
         todo = [n for n, state in states.items() if state != "recorded" and n in chosen]
         return result | {"dry_run": True, "cells": len(cells), "to_run": todo}
     conflicts = [name for name, state in states.items() if state == "conflict"]

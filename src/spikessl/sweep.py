@@ -195,6 +195,23 @@ def plan_cells(
     return states
 
 
+def planned_exports(
+    cells: list[Cell], records_dir: str | Path, runs_root: str | Path, states: dict[str, str]
+) -> list[Path]:
+    """The exports ``run_sweep`` with ``keep_pretrained`` would write, in order, given the
+    cells' ``plan_cells`` states: one per pretraining that is, or will be, finished and has
+    none yet (a cell that stops on its own numbers writes none)."""
+    records_dir, runs_root = Path(records_dir), Path(runs_root)
+    exports: list[Path] = []
+    for cell in cells:
+        export = pretrained_export(records_dir, cell)
+        pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
+        trains = states[cell.name].startswith("pretraining ")  # the cell runs, from its start
+        if not export.exists() and export not in exports and (trains or finished(pre_dir)):
+            exports.append(export)
+    return exports
+
+
 def _stage_plan(run_dir: Path, cell: Cell, claimed: dict[Path, str]) -> str:
     """One stage's line in ``plan_cells``; the first cell to need ``run_dir`` claims it."""
     if run_dir in claimed:
