@@ -92,6 +92,10 @@ def test_export_safetensors_round_trip(pretrained, capsys):
     assert main(["export", str(tmp / "pretrain"), "--out", str(folder)]) == 0
     assert json.loads(capsys.readouterr().out)["safetensors"] == str(folder / "model.safetensors")
     assert (folder / "model.safetensors").stat().st_size > 0
+    # readable as the user's other files are (umask), not owner-only as safetensors' save_file
+    plain = tmp / "plain.txt"
+    plain.write_text("")
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     assert main(["export", str(tmp / "pretrain"), "--out", f"{tmp / 'new'}/"]) == 0  # made
     assert json.loads(capsys.readouterr().out)["safetensors"] == str(
         tmp / "new" / "model.safetensors"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 
 from spikessl.config import Config, from_dict, to_dict
 from spikessl.encoders import EncoderConfig, SpikingEncoder
+from spikessl.records import replacing
 
 
 def checkpoint_source(path: str | Path) -> str:
@@ -97,7 +97,7 @@ def export_safetensors(checkpoint: dict, path: str | Path, run_dir: Path | None 
     the command and, where the checkpoint has one, the digest of the labelled split. With the
     folder of a finished run, also its ``summary.json`` and ``metrics.jsonl``: enough to
     rebuild the run's folder elsewhere (``runs.restore_run``)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     tensors = {k: v.contiguous() for k, v in checkpoint["model"].items()}
@@ -117,12 +117,9 @@ def export_safetensors(checkpoint: dict, path: str | Path, run_dir: Path | None 
         if summary.exists() and metrics.exists():  # what rebuilds the run elsewhere
             meta["summary"], meta["metrics"] = summary.read_text(), metrics.read_text()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a kill leaves no half file
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # bytes, written as any other file (umask, never half a file); save_file makes it 0600
+    with replacing(path) as fh:
+        fh.write(save(tensors, metadata=meta))
     return path
 
 
