@@ -14,7 +14,7 @@ from spikessl.checkpoints import load_checkpoint
 from spikessl.config import Config, from_dict, to_dict
 from spikessl.grid import pretrain_key, pretrained_with
 from spikessl.records import csv_text, load_records, write_seed_tables, write_tables
-from spikessl.reproduce import DEFAULT_SEEDS, base_config, cell_states, plan, report_contents
+from spikessl.reproduce import base_config, cell_states, parse_seeds, plan, report_contents
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -24,8 +24,7 @@ KEPT = sorted(RESULTS.glob("*/pretrain-*.safetensors"))
 REPRODUCED = sorted(p.parent for p in RESULTS.glob("*/tables.md"))
 SWEPT = [p for p in TABLED if p not in REPRODUCED]
 SWEEP_COMMAND = re.compile(r"^    ((?:OMP_NUM_THREADS=\d+ )?spikessl sweep (?:.*\\\n)*.*)$", re.M)
-# reproduce's tables.md heading (default --seeds: a folder made with others would fail here)
-HEADING = re.compile(r"# (MNIST|CIFAR-10), budget `(\w+)`(?:, overrides `([^`]*)`)?\n")
+REPRODUCE_COMMAND = re.compile(r"^    (spikessl reproduce .*)$", re.M)
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
@@ -97,16 +96,25 @@ def test_sweep_folder_command_makes_its_records(folder):
 
 
 def folder_reproduce(folder: Path) -> tuple[report.Contents, list]:
-    """What ``reproduce`` reports in ``folder``, from the dataset, budget and overrides its
-    ``tables.md`` heading names, and the plan's steps; no record conflicts with them."""
-    found = HEADING.match((folder / "tables.md").read_text())
-    assert found, f"{folder.name}/tables.md does not start with reproduce's heading"
-    dataset = {"MNIST": "mnist", "CIFAR-10": "cifar10"}[found[1]]
-    overrides = found[3].split() if found[3] else []
-    base = base_config(dataset, found[2], overrides)
-    steps = plan(base, DEFAULT_SEEDS)
+    """What ``reproduce`` reports in ``folder``: the plan of the first indented ``spikessl
+    reproduce`` command in its README, which names the folder (or is the default one), with
+    the same overrides as the ``tables.md`` heading; no record conflicts with it."""
+    found = REPRODUCE_COMMAND.search((folder / "README.md").read_text())
+    assert found, f"{folder.name}/README.md has no indented `spikessl reproduce` command"
+    tokens = shlex.split(found[1])
+    args, extra = cli._parser().parse_known_args(tokens[1:])
+    overrides = [*args.overrides, *extra]
+    records = args.records or f"docs/results/{args.dataset}-{args.budget}"
+    assert Path(records) == folder.relative_to(ROOT), f"{folder.name}: --records {records}"
+    base = base_config(args.dataset, args.budget, overrides)
+    steps = plan(base, parse_seeds(args.seeds))
     assert "conflict" not in cell_states(steps, folder).values()
-    return report_contents(dataset, found[2], overrides, base, steps), base
+    contents = report_contents(args.dataset, args.budget, overrides, base, steps)
+    heading = (folder / "tables.md").read_text().partition("\n")[0]
+    extra = f", overrides `{' '.join(overrides)}`" if overrides else ""
+    wanted = f"# {contents.name}, budget `{args.budget}`{extra}"
+    assert heading == wanted, f"{folder.name}: the README's command is not the tables' heading"
+    return contents, base
 
 
 @pytest.mark.parametrize("folder", REPRODUCED, ids=lambda p: p.name)
