@@ -133,6 +133,15 @@ def test_pipeline_refuses_torchrun(monkeypatch) -> None:
     assert code == 2 and "pipeline runs in one process" in err
 
 
+def test_sweep_and_its_dry_run_refuse_torchrun(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["sweep", *TINY, "seed=0,1", "--records", str(tmp_path / "r")]
+    for dry in ([], ["--dry-run"]):
+        code, _, err = run_main([*argv, "--run-dir", str(tmp_path / "runs"), *dry])
+        assert code == 2 and "sweep runs in one process" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_command_that_writes_no_run_refuses_run_dir() -> None:
     code, _, err = run_main(["knn", "--run-dir", "runs/x", "--no-progress"])
     assert code == 2 and "unrecognized arguments: --run-dir" in err

@@ -548,6 +548,16 @@ def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_pat
     assert not (tmp_path / "records").exists()
 
 
+def test_cells_with_one_name_are_refused_before_anything_runs(tmp_path):
+    from spikessl.sweep import plan_cells
+
+    cell = expand_grid(tiny_base(), [])[0]
+    for call in (run_sweep, plan_cells):
+        with pytest.raises(ValueError, match="two cells have the same name"):
+            call([cell, cell], tmp_path / "records", tmp_path / "runs")
+    assert not any(tmp_path.iterdir())
+
+
 def test_plan_cells_shares_a_baseline_across_pretraining_settings(tmp_path):
     from spikessl.sweep import plan_cells
 

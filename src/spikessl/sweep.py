@@ -83,13 +83,9 @@ def run_sweep(
     exported to ``records_dir``; an export found there stands in for a missing pretraining
     run. Returns the grid's records, in grid order.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("sweep runs in one process: start it without torchrun")
     records_dir, runs_root = Path(records_dir), Path(runs_root)
-    _check_folders(records_dir, runs_root)  # found now, not after a cell has trained
+    _check_sweep(cells, records_dir, runs_root)  # found now, not after a cell has trained
     names = [c.name for c in cells]
-    if len(set(names)) < len(names):
-        raise ValueError("run_sweep: two cells have the same name; build them with expand_grid")
     recorded = {c.name: _recorded(records_dir, c) for c in cells}
     tables = records_dir / "results.csv", records_dir / "results.md"
     seeds = seed_tables and len({dict(c.overrides).get("seed") for c in cells}) > 1
@@ -161,7 +157,7 @@ def plan_cells(
     may be reused or redone where this says otherwise.
     """
     records_dir, runs_root = Path(records_dir), Path(runs_root)
-    _check_folders(records_dir, runs_root)
+    _check_sweep(cells, records_dir, runs_root)
     claimed = {} if claimed is None else claimed
     states: dict[str, str] = {}
     for cell in cells:
@@ -259,6 +255,16 @@ def _recorded(records_dir: Path, cell: Cell) -> dict | None:
             f"another --records directory, or delete {path} to rerun this cell."
         )
     return record
+
+
+def _check_sweep(cells: list[Cell], records_dir: Path, runs_root: Path) -> None:
+    """What stops a sweep before any cell (``run_sweep``, and ``plan_cells`` to say so)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("sweep runs in one process: start it without torchrun")
+    names = [c.name for c in cells]
+    if len(set(names)) < len(names):
+        raise ValueError("run_sweep: two cells have the same name; build them with expand_grid")
+    _check_folders(records_dir, runs_root)
 
 
 def _check_folders(records_dir: Path, runs_root: Path) -> None:
