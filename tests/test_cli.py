@@ -746,7 +746,7 @@ def test_sweep_dry_run_lists_the_cells_and_trains_nothing(tmp_path, monkeypatch)
         [*argv, "--records", str(records), "--run-dir", str(runs), "--keep-pretrained"]
     )
     assert code == 0, err
-    exports = [line for line in err.splitlines()[4:]]
+    exports = err.splitlines()[4:]
     assert len(exports) == 2 and len(set(exports)) == 2
     assert all(
         e.startswith(f"sweep: --keep-pretrained would write {records}/pretrain-")

@@ -102,8 +102,8 @@ def folder_reproduce(folder: Path) -> tuple[report.Contents, list]:
     found = REPRODUCE_COMMAND.search((folder / "README.md").read_text())
     assert found, f"{folder.name}/README.md has no indented `spikessl reproduce` command"
     tokens = shlex.split(found[1])
-    args, extra = cli._parser().parse_known_args(tokens[1:])
-    overrides = [*args.overrides, *extra]
+    args, unparsed = cli._parser().parse_known_args(tokens[1:])
+    overrides = [*args.overrides, *unparsed]
     records = args.records or f"docs/results/{args.dataset}-{args.budget}"
     assert Path(records) == folder.relative_to(ROOT), f"{folder.name}: --records {records}"
     base = base_config(args.dataset, args.budget, overrides)

@@ -279,7 +279,7 @@ def test_records_made_with_other_settings_stop_before_training(tmp_path, monkeyp
         + ["--run-dir", str(tmp_path / "runs"), "--dry-run"]
     )
     assert code == 2 and out == ""
-    assert "tables: time_steps=10: conflict\n" in err
+    assert f"tables: time_steps=10: refused: {records / 'time_steps=10.json'} was recorded" in err
     assert "error: reproduce would refuse time_steps=10 (why: the lines above)" in err
     assert len([line for line in err.splitlines() if line.startswith("reproduce [")]) == 15
 

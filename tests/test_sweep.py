@@ -372,6 +372,27 @@ def test_a_baseline_that_stops_keeps_the_cells_ssl_record(tmp_path, monkeypatch)
         run_sweep(cells, tmp_path / "records", tmp_path / "runs", baseline=True, log=print)
 
 
+def test_a_fine_tuning_that_stops_still_keeps_its_finished_pretraining(tmp_path, monkeypatch):
+    from spikessl import sweep
+    from spikessl.train import Stopped
+
+    finished, kept = set(), []
+
+    def fake_cell(cell, runs_root, records_dir, progress, log):
+        finished.add(cell.name)  # the pretraining is done, then the fine-tuning stops
+        raise Stopped("finetune", "finetune: loss is nan at epoch 1, step 1")
+
+    def keep(cell, runs_root, records_dir, log):  # _keep_pretraining: only a finished run
+        kept.extend([cell.name] if cell.name in finished and cell.name not in kept else [])
+
+    monkeypatch.setattr(sweep, "_run_cell", fake_cell)
+    monkeypatch.setattr(sweep, "_keep_pretraining", keep)
+    cells = expand_grid(tiny_base(), ["finetune.lr=0.01"])
+    with pytest.raises(sweep.CellsFailed):
+        run_sweep(cells, tmp_path / "r", tmp_path / "runs", log=print, keep_pretrained=True)
+    assert kept == ["finetune.lr=0.01"]
+
+
 def test_cells_that_share_a_stopped_pretraining_are_not_run_again(tmp_path, monkeypatch):
     from spikessl import sweep
     from spikessl.train import Stopped
@@ -398,7 +419,7 @@ def test_cells_that_share_a_stopped_pretraining_are_not_run_again(tmp_path, monk
 
 
 def test_a_kept_pretraining_stands_in_for_its_run_on_another_machine(swept, tmp_path, monkeypatch):
-    from spikessl.sweep import pretrained_export
+    from spikessl.sweep import planned_exports, pretrained_export
 
     cells = swept["cells"]
     here = tmp_path / "here"
@@ -418,8 +439,12 @@ def test_a_kept_pretraining_stands_in_for_its_run_on_another_machine(swept, tmp_
             keep_pretrained=keep,
         )
 
+    planned = planned_exports(
+        cells, here / "records", here / "runs", {c.name: "recorded" for c in cells}
+    )
     sweep(here, keep=True)  # recorded cells: nothing trains, their one pretraining is exported
     export = pretrained_export(here / "records", cells[0])
+    assert planned == [export] and export.exists()  # as the dry-run said
     assert export == pretrained_export(here / "records", cells[1])
     assert export.name == f"pretrain-{pretrain_key(cells[0].config)}.safetensors"
     assert sum("kept as" in line for line in logs) == 1

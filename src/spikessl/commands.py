@@ -194,14 +194,14 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
         states = plan_cells(cells, args.records, runs_root, args.baseline)
         for i, (name, state) in enumerate(states.items(), 1):
             print(f"sweep [{i}/{len(cells)}] {name}: {state}", file=sys.stderr)
-        exports = planned_exports(cells, args.records, runs_root, states)
-        for export in exports if args.keep_pretrained else []:
-            print(f"sweep: --keep-pretrained would write {export}", file=sys.stderr)
         refused = [name for name, state in states.items() if state.startswith("refused: ")]
+        if args.keep_pretrained and not refused:
+            for export in planned_exports(cells, args.records, runs_root, states):
+                print(f"sweep: --keep-pretrained would write {export}", file=sys.stderr)
         if refused:
             raise ValueError(
-                f"the sweep would refuse {', '.join(refused)} (why: the lines above) and stop "
-                "there; mend or move the files named, or use another --records folder"
+                f"the sweep would refuse {', '.join(refused)} (why: the lines above) and stop; "
+                "mend or move the files named, or use another --records folder"
             )
         return {
             "command": "sweep",

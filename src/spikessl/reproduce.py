@@ -327,13 +327,16 @@ def reproduce(
             plans |= step_plans
         refused = []
         for i, (what, name) in enumerate(cells, 1):
-            state = plans.get(name, states[name]) if states[name] != "conflict" else states[name]
-            if state == "conflict" or state.startswith("refused: "):
+            state = plans.get(name, states[name])
+            if states[name] == "conflict":  # refused, --only or not: plan_cells says why
+                state = plans.get(name, f"refused: {records_dir / name}.json has other settings")
+            if state.startswith("refused: "):
                 refused.append(name)
             state += "" if name in chosen else ", not in --only"
             log(f"reproduce [{i}/{len(cells)}] {what}: {name}: {state}")
-        for export in exports if keep_pretrained else []:
-            log(f"reproduce: --keep-pretrained would write {export}")
+        if keep_pretrained and not refused:
+            for export in exports:
+                log(f"reproduce: --keep-pretrained would write {export}")
         if refused:  # as the run itself would stop
             raise ValueError(
                 f"reproduce would refuse {', '.join(refused)} (why: the lines above) and stop; "

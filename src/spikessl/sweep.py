@@ -126,6 +126,8 @@ def run_sweep(
             log(f"{tag}: stopped, going on with the other cells: {err}")
             if record is None and getattr(err, "stage", None) == "pretrain":
                 stopped[shared] = cell.name
+            elif keep_pretrained:  # its pretraining finished, all the same
+                _keep_pretraining(cell, runs_root, records_dir, log)
             baseline_only = record is not None  # its SSL result is recorded
             failed.append(cell.name + " (its supervised baseline)" * baseline_only)
             continue
@@ -196,7 +198,7 @@ def planned_exports(
 ) -> list[Path]:
     """The exports ``run_sweep`` with ``keep_pretrained`` would write, in order, given the
     cells' ``plan_cells`` states: one per pretraining that is, or will be, finished and has
-    none yet (a cell that stops on its own numbers writes none)."""
+    none yet (a pretraining that stops on its own numbers writes none)."""
     records_dir, runs_root = Path(records_dir), Path(runs_root)
     exports: list[Path] = []
     for cell in cells:
@@ -263,7 +265,7 @@ def _check_sweep(cells: list[Cell], records_dir: Path, runs_root: Path) -> None:
         raise ValueError("sweep runs in one process: start it without torchrun")
     names = [c.name for c in cells]
     if len(set(names)) < len(names):
-        raise ValueError("run_sweep: two cells have the same name; build them with expand_grid")
+        raise ValueError("two cells of the grid have the same name: build them with expand_grid")
     _check_folders(records_dir, runs_root)
 
 
