@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 import yaml
-from tiny import tiny_base
+from tiny import forbidden, tiny_base
 
 from spikessl import pipeline
 from spikessl.checkpoints import load_checkpoint
@@ -17,10 +17,6 @@ from spikessl.config import to_dict
 from spikessl.grid import expand_grid, pretrain_key
 from spikessl.sweep import cpu_model, run_sweep, speed_probe
 from spikessl.train import Interrupted
-
-
-def forbidden(*args, **kwargs):
-    raise AssertionError("nothing should train here")
 
 
 @pytest.mark.parametrize(
@@ -52,36 +48,6 @@ def test_a_file_given_as_a_folder_fails_before_anything_runs(monkeypatch, tmp_pa
     with pytest.raises(ValueError, match=f"{option} .*{which} is a file, not a folder"):
         run_sweep(expand_grid(tiny_base(), []), tmp_path / "records", tmp_path / "runs")
     assert (tmp_path / which).read_text() == "mine"
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    """A real two-cell grid over the fine-tuning lr, then the baseline added on a rerun."""
-    tmp = tmp_path_factory.mktemp("sweep")
-    cells = expand_grid(tiny_base(), ["finetune.lr=1e-3,1e-2"])
-    logs: list[str] = []
-    first = run_sweep(cells, tmp / "records", tmp / "runs", progress=False, log=logs.append)
-    supervised_calls, real_finetune = [], pipeline.finetune
-
-    def supervised_only(cfg, checkpoint, run_dir, progress, resume=None):
-        assert checkpoint is None and resume is None
-        supervised_calls.append(run_dir)
-        return real_finetune(cfg, checkpoint, run_dir, progress, resume=resume)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "pretrain", forbidden)
-        mp.setattr(pipeline, "finetune", supervised_only)
-        second = run_sweep(
-            cells, tmp / "records", tmp / "runs", baseline=True, progress=False, log=logs.append
-        )
-    return {
-        "cells": cells,
-        "first": first,
-        "second": second,
-        "tmp": tmp,
-        "logs": logs,
-        "supervised_calls": supervised_calls,
-    }
 
 
 def test_cells_share_one_pretraining(swept):
@@ -382,11 +348,11 @@ def test_a_fine_tuning_that_stops_still_keeps_its_finished_pretraining(tmp_path,
         finished.add(cell.name)  # the pretraining is done, then the fine-tuning stops
         raise Stopped("finetune", "finetune: loss is nan at epoch 1, step 1")
 
-    def keep(cell, runs_root, records_dir, log):  # _keep_pretraining: only a finished run
+    def keep(cell, runs_root, records_dir, log):  # kept.keep: only a finished run
         kept.extend([cell.name] if cell.name in finished and cell.name not in kept else [])
 
     monkeypatch.setattr(sweep, "_run_cell", fake_cell)
-    monkeypatch.setattr(sweep, "_keep_pretraining", keep)
+    monkeypatch.setattr(sweep.kept, "keep", keep)
     cells = expand_grid(tiny_base(), ["finetune.lr=0.01"])
     with pytest.raises(sweep.CellsFailed):
         run_sweep(cells, tmp_path / "r", tmp_path / "runs", log=print, keep_pretrained=True)
@@ -418,178 +384,11 @@ def test_cells_that_share_a_stopped_pretraining_are_not_run_again(tmp_path, monk
         assert any(line.endswith(said) for line in lines), lines
 
 
-def test_a_kept_pretraining_stands_in_for_its_run_on_another_machine(swept, tmp_path, monkeypatch):
-    from spikessl.sweep import planned_exports, pretrained_export
-
-    cells = swept["cells"]
-    here = tmp_path / "here"
-    shutil.copytree(swept["tmp"] / "records", here / "records")
-    shutil.copytree(swept["tmp"] / "runs", here / "runs")
-    monkeypatch.setattr(pipeline, "pretrain", forbidden)
-    monkeypatch.setattr(pipeline, "finetune", forbidden)
-    logs: list[str] = []
-
-    def sweep(where, records="records", keep=False):
-        return run_sweep(
-            cells,
-            where / records,
-            where / "runs",
-            progress=False,
-            log=logs.append,
-            keep_pretrained=keep,
-        )
-
-    planned = planned_exports(
-        cells, here / "records", here / "runs", {c.name: "recorded" for c in cells}
-    )
-    sweep(here, keep=True)  # recorded cells: nothing trains, their one pretraining is exported
-    export = pretrained_export(here / "records", cells[0])
-    assert planned == [export] and export.exists()  # as the dry-run said
-    assert export == pretrained_export(here / "records", cells[1])
-    assert export.name == f"pretrain-{pretrain_key(cells[0].config)}.safetensors"
-    assert sum("kept as" in line for line in logs) == 1
-    # another machine: no run directories, the records folder holds only the export
-    there = tmp_path / "there"
-    (there / "records").mkdir(parents=True)
-    shutil.copy(export, there / "records")
-    monkeypatch.undo()
-    monkeypatch.setattr(pipeline, "pretrain", forbidden)
-    logs.clear()
-    records = sweep(there)
-    assert sum("restored" in line for line in logs) == 1  # the second cell reuses it
-    for new, old in zip(records, swept["first"], strict=True):
-        for key in ("knn_accuracy", "knn_accuracy_at_init", "knn_by_epoch", "firing_rates"):
-            assert new[key] == old[key], key
-        assert new["pretrain_loss_by_epoch"] == old["pretrain_loss_by_epoch"]
-        assert new["wall_seconds"]["pretrain"] == old["wall_seconds"]["pretrain"]
-        # fine-tuned from the same weights on the same labelled images: the same result
-        assert new["finetune_test_accuracy"] == old["finetune_test_accuracy"]
-        assert new["finetune_accuracy_by_epoch"] == old["finetune_accuracy_by_epoch"]
-    assert [r["pretrain_restored_from"] for r in records] == [export.name] * 2
-    restored = there / "runs" / f"pretrain-{pretrain_key(cells[0].config)}"
-    summary = json.loads((restored / "summary.json").read_text())
-    assert summary["restored_from"] == str(there / "records" / export.name)
-    assert "loop" not in load_checkpoint(restored)  # weights only: finished, never resumed
-    # kept again from there, the export still holds the split's digest
-    sweep(there, "again", keep=True)
-    again = load_checkpoint(pretrained_export(there / "again", cells[0]))
-    assert again["split_labelled_sha256"] == load_checkpoint(export)["split_labelled_sha256"]
-
-
-def test_an_export_of_another_pretraining_is_refused(swept, tmp_path, monkeypatch):
-    from spikessl.checkpoints import export_safetensors
-    from spikessl.sweep import pretrained_export
-
-    monkeypatch.setattr(pipeline, "pretrain", forbidden)
-    source = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(swept['cells'][0].config)}"
-    other = expand_grid(tiny_base("pretrain.lr=5e-4"), [])
-    wrong = pretrained_export(tmp_path / "records", other[0])  # named for the other cell
-    export_safetensors(load_checkpoint(source), wrong, source)
-    with pytest.raises(ValueError, match="with other settings than cell .* move it out"):
-        run_sweep(other, tmp_path / "records", tmp_path / "runs", progress=False)
-    assert not list((tmp_path / "runs").glob("pretrain-*"))
-
-
-def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_path):
-    from spikessl.checkpoints import export_safetensors
-    from spikessl.runs import restore_run
-
-    pre_dir = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(swept['cells'][0].config)}"
-    bare = export_safetensors(load_checkpoint(pre_dir), tmp_path / "bare.safetensors")
-    with pytest.raises(ValueError, match="not its run's summary.*spikessl export RUN_DIR"):
-        restore_run(load_checkpoint(bare), bare, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
-def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_path, monkeypatch):
-    from spikessl.checkpoints import export_safetensors
-    from spikessl.sweep import plan_cells, planned_exports, pretrained_export
-
-    monkeypatch.setattr(pipeline, "pretrain", forbidden)
-    monkeypatch.setattr(pipeline, "finetune", forbidden)
-    cells, records, runs = swept["cells"], swept["tmp"] / "records", swept["tmp"] / "runs"
-    pre = runs / f"pretrain-{pretrain_key(cells[0].config)}"
-    a, b = (c.name for c in cells)
-    recorded = plan_cells(cells, records, runs, baseline=True)
-    assert recorded == {a: "recorded", b: "recorded"}
-    # --keep-pretrained would export the one finished pretraining the two cells share
-    assert planned_exports(cells, records, runs, recorded) == [pretrained_export(records, cells[0])]
-    # the runs are there, the records are not: both stages of each cell done
-    done = plan_cells(cells, tmp_path / "records", runs)
-    assert done == {
-        a: f"pretraining done ({pre}), fine-tuning done ({runs / cells[0].key / 'finetune'})",
-        b: f"pretraining shared with {a}, fine-tuning done ({runs / cells[1].key / 'finetune'})",
-    }
-    # another fine-tuning setting: the pretraining is reused, the fine-tuning runs
-    other = expand_grid(tiny_base(), ["finetune.lr=1e-1"])
-    assert plan_cells(other, records, runs) == {
-        "finetune.lr=1e-1": f"pretraining done ({pre}), fine-tuning to run"
-    }
-    # a fresh machine: the first cell pretrains, or restores the kept export; the second shares
-    fresh = tmp_path / "fresh"
-    assert plan_cells(cells, fresh / "records", fresh / "runs") == {
-        a: "pretraining to run, fine-tuning to run",
-        b: f"pretraining shared with {a}, fine-tuning to run",
-    }
-    (fresh / "records").mkdir(parents=True)
-    export = pretrained_export(fresh / "records", cells[0])
-    export_safetensors(load_checkpoint(pre), export, pre)
-    restored = plan_cells(cells, fresh / "records", fresh / "runs")
-    assert restored == {
-        a: f"pretraining restored from {export.name}, fine-tuning to run",
-        b: f"pretraining shared with {a}, fine-tuning to run",
-    }
-    assert planned_exports(cells, fresh / "records", fresh / "runs", restored) == []
-    # an export of another pretraining, under this grid's name, is refused as the sweep would
-    lr = expand_grid(tiny_base(), ["pretrain.lr=1e-4"])
-    shutil.copy(export, pretrained_export(fresh / "records", lr[0]))
-    assert plan_cells(lr, fresh / "records", fresh / "runs")["pretrain.lr=1e-4"].startswith(
-        f"refused: {pretrained_export(fresh / 'records', lr[0])} holds a pretrain run with other"
-    )
-    pretrained_export(fresh / "records", lr[0]).unlink()
-    # an interrupted pretraining resumes (then is shared); a recorded cell lacks its baseline
-    (fresh / "runs" / pre.name).mkdir(parents=True)
-    shutil.copy(pre / "checkpoint.pt", fresh / "runs" / pre.name)
-    assert plan_cells(cells, fresh / "records", fresh / "runs") == {
-        a: f"pretraining resumes from {fresh / 'runs' / pre.name}, fine-tuning to run",
-        b: f"pretraining shared with {a}, fine-tuning to run",
-    }
-    shutil.copy(records / f"{a}.json", fresh / "records")
-    record = json.loads((fresh / "records" / f"{a}.json").read_text())
-    del record["supervised_test_accuracy"]
-    (fresh / "records" / f"{a}.json").write_text(json.dumps(record))
-    assert plan_cells(cells, fresh / "records", fresh / "runs", baseline=True)[a] == (
-        "recorded; supervised baseline to run"
-    )
-    # a record made with other settings: refused, as the sweep would refuse the grid
-    record["config"]["pretrain"]["epochs"] += 1
-    (fresh / "records" / f"{a}.json").write_text(json.dumps(record | {"key": "0" * 12}))
-    assert plan_cells(cells, fresh / "records", fresh / "runs")[a].startswith(
-        "refused: " + str(fresh / "records" / f"{a}.json") + " was recorded with other settings"
-    )
-    assert sorted(p.name for p in fresh.rglob("*")) == sorted(
-        [*("records", "runs", pre.name, "checkpoint.pt", f"{a}.json", export.name)]
-    )
-    assert not (tmp_path / "records").exists()
-
-
 def test_cells_with_one_name_are_refused_before_anything_runs(tmp_path):
-    from spikessl.sweep import plan_cells
+    from spikessl.dryrun import plan_cells
 
     cell = expand_grid(tiny_base(), [])[0]
     for call in (run_sweep, plan_cells):
-        with pytest.raises(ValueError, match="two cells have the same name"):
+        with pytest.raises(ValueError, match="two cells of the grid have the same name"):
             call([cell, cell], tmp_path / "records", tmp_path / "runs")
-    assert not any(tmp_path.iterdir())
-
-
-def test_plan_cells_shares_a_baseline_across_pretraining_settings(tmp_path):
-    from spikessl.sweep import plan_cells
-
-    cells = expand_grid(tiny_base(), ["pretrain.lr=1e-3,1e-2"])
-    a, b = (c.name for c in cells)
-    assert plan_cells(cells, tmp_path / "records", tmp_path / "runs", baseline=True) == {
-        a: "pretraining to run, fine-tuning to run, supervised baseline to run",
-        b: f"pretraining to run, fine-tuning to run, supervised baseline shared with {a}",
-    }
     assert not any(tmp_path.iterdir())

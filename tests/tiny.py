@@ -21,3 +21,8 @@ def tiny_base(*extra: str) -> dict:
     from spikessl.config import load_config, to_dict
 
     return to_dict(load_config("mnist-quick", [*TINY, *extra]))
+
+
+def forbidden(*args, **kwargs):
+    """Monkeypatched over a training function where a test must train nothing."""
+    raise AssertionError("nothing should train here")

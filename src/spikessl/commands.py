@@ -185,7 +185,8 @@ def sweep_axes(overrides: list[str]) -> tuple[list[str], list[str]]:
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     from spikessl import grid
     from spikessl.config import to_dict
-    from spikessl.sweep import CellsFailed, plan_cells, planned_exports, run_sweep
+    from spikessl.dryrun import plan_cells, planned_exports
+    from spikessl.sweep import CellsFailed, run_sweep
 
     axes, _ = sweep_axes(args.overrides)  # the fixed settings are in cfg already
     cells = grid.expand_grid(to_dict(cfg), axes)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spikessl import grid, report, sweep
+from spikessl import dryrun, grid, report, sweep
 from spikessl.config import load_config, parse_overrides, set_data_root, to_dict
 from spikessl.records import labelled_count, load_records
 
@@ -321,8 +321,8 @@ def reproduce(
         exports: list[Path] = []  # what --keep-pretrained would write, step by step
         for step in steps:
             picked = [c for c in step.cells if c.name in chosen]
-            step_plans = sweep.plan_cells(picked, records_dir, runs_root, step.baseline, claimed)
-            found = sweep.planned_exports(picked, records_dir, runs_root, step_plans)
+            step_plans = dryrun.plan_cells(picked, records_dir, runs_root, step.baseline, claimed)
+            found = dryrun.planned_exports(picked, records_dir, runs_root, step_plans)
             exports += [e for e in found if e not in exports]
             plans |= step_plans
         refused = []

@@ -14,11 +14,12 @@ interruption and a move to another machine, so:
   A stage directory made by an earlier spikessl, whose key also hashed fewer config fields,
   is found by its ``config.yaml`` when the fields added since are at their defaults;
 * with ``keep_pretrained`` (``--keep-pretrained``), each finished pretraining is also
-  exported to the records directory as ``pretrain-<key>.safetensors`` (weights, config,
-  summary, per-epoch metrics; under a megabyte for the paper presets). A cell whose
-  pretraining folder is missing but whose export is there has the folder rebuilt from it
-  (``runs.restore_run``) and only fine-tunes: pretrainings move between machines with the
-  records, and fine-tuning variants of a grid can reuse them anywhere.
+  exported to the records directory as ``pretrain-<key>.safetensors`` (``spikessl.kept``).
+  A cell whose pretraining folder is missing but whose export is there has the folder
+  rebuilt from it and only fine-tunes: pretrainings move between machines with the records,
+  and fine-tuning variants of a grid can reuse them anywhere.
+
+``spikessl.dryrun`` says what a sweep would do, cell by cell, without doing it.
 
 Records from the whole grid are summarised in ``results.csv`` and ``results.md`` next to them,
 and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl.records``).
@@ -36,12 +37,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from spikessl import kept
 from spikessl.config import to_dict
 from spikessl.grid import (
     PRETRAIN_UNUSED,
     Cell,
     pretrain_key,
-    pretrained_with,
     record_matches,
     stage_dir,
     supervised_unused,
@@ -53,7 +54,7 @@ from spikessl.records import (
     write_seed_tables,
     write_tables,
 )
-from spikessl.runs import check_restorable, claim_run_dir, finished, restore_run
+from spikessl.runs import claim_run_dir
 
 
 def log_to_stderr(message: str) -> None:
@@ -84,9 +85,9 @@ def run_sweep(
     run. Returns the grid's records, in grid order.
     """
     records_dir, runs_root = Path(records_dir), Path(runs_root)
-    _check_sweep(cells, records_dir, runs_root)  # found now, not after a cell has trained
+    check_sweep(cells, records_dir, runs_root)  # found now, not after a cell has trained
     names = [c.name for c in cells]
-    recorded = {c.name: _recorded(records_dir, c) for c in cells}
+    recorded = {c.name: cell_record(records_dir, c) for c in cells}
     tables = records_dir / "results.csv", records_dir / "results.md"
     seeds = seed_tables and len({dict(c.overrides).get("seed") for c in cells}) > 1
     seed_paths = records_dir / "seeds.csv", records_dir / "seeds.md"
@@ -103,7 +104,7 @@ def run_sweep(
         record = recorded[cell.name]
         missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
         if keep_pretrained:  # a recorded cell's pretraining too, where its run is at hand
-            _keep_pretraining(cell, runs_root, records_dir, log)
+            kept.keep(cell, runs_root, records_dir, log)
         if record is not None and not missing_baseline:
             log(f"{tag}: recorded, skipping")
             continue
@@ -117,7 +118,7 @@ def run_sweep(
             if record is None:
                 record = _run_cell(cell, runs_root, records_dir, progress, log)
                 if keep_pretrained:
-                    _keep_pretraining(cell, runs_root, records_dir, log)
+                    kept.keep(cell, runs_root, records_dir, log)
                 if missing_baseline:  # the SSL result is kept even if the baseline fails
                     _write_record(records_dir, cell, record, names, tabulate)
             if missing_baseline:
@@ -127,7 +128,7 @@ def run_sweep(
             if record is None and getattr(err, "stage", None) == "pretrain":
                 stopped[shared] = cell.name
             elif keep_pretrained:  # its pretraining finished, all the same
-                _keep_pretraining(cell, runs_root, records_dir, log)
+                kept.keep(cell, runs_root, records_dir, log)
             baseline_only = record is not None  # its SSL result is recorded
             failed.append(cell.name + " (its supervised baseline)" * baseline_only)
             continue
@@ -138,88 +139,6 @@ def run_sweep(
     if failed:
         raise CellsFailed(failed, records, records_dir)
     return records
-
-
-def plan_cells(
-    cells: list[Cell],
-    records_dir: str | Path,
-    runs_root: str | Path,
-    baseline: bool = False,
-    claimed: dict[Path, str] | None = None,
-) -> dict[str, str]:
-    """What ``run_sweep`` would do with each cell, by name, as one line; nothing is written.
-
-    "recorded" (skipped), "refused: <why>" (a record or kept export ``run_sweep`` would
-    refuse, stopping the grid), or, for a cell to run, each stage's plan: done (reused),
-    resumes from its checkpoint, restored from a kept export, shared with an earlier cell
-    (the pretraining, or the baseline, that cells differing only in other settings share),
-    or to run. ``claimed`` (stage run directory -> the first cell to need it) carries those
-    over from an earlier sweep of the same runs, and is updated. Judged from the files
-    present: a run another process finishes meanwhile, or one whose summary is corrupt,
-    may be reused or redone where this says otherwise.
-    """
-    records_dir, runs_root = Path(records_dir), Path(runs_root)
-    _check_sweep(cells, records_dir, runs_root)
-    claimed = {} if claimed is None else claimed
-    states: dict[str, str] = {}
-    for cell in cells:
-        try:
-            record = _recorded(records_dir, cell)
-            missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
-            if record is not None and not missing_baseline:
-                states[cell.name] = "recorded"
-                continue
-            cfg, parts = cell.config, []
-            if record is None:
-                pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
-                export = pretrained_export(records_dir, cell)
-                if pre_dir not in claimed and _restores(pre_dir, export):
-                    from spikessl.checkpoints import load_export
-
-                    _check_export(load_export(export), export, cell)
-                    claimed[pre_dir] = cell.name
-                    parts.append(f"pretraining restored from {export.name}")
-                else:
-                    parts.append(f"pretraining {_stage_plan(pre_dir, cell, claimed)}")
-                ft_dir = stage_dir(runs_root, "{}/finetune", cfg)
-                parts.append(f"fine-tuning {_stage_plan(ft_dir, cell, claimed)}")
-            if missing_baseline:
-                sup_dir = stage_dir(runs_root, "supervised-{}", cfg, supervised_unused(cfg))
-                parts.append(f"supervised baseline {_stage_plan(sup_dir, cell, claimed)}")
-        except ValueError as err:
-            states[cell.name] = f"refused: {err}"
-            continue
-        states[cell.name] = ("recorded; " if record else "") + ", ".join(parts)
-    return states
-
-
-def planned_exports(
-    cells: list[Cell], records_dir: str | Path, runs_root: str | Path, states: dict[str, str]
-) -> list[Path]:
-    """The exports ``run_sweep`` with ``keep_pretrained`` would write, in order, given the
-    cells' ``plan_cells`` states: one per pretraining that is, or will be, finished and has
-    none yet (a pretraining that stops on its own numbers writes none)."""
-    records_dir, runs_root = Path(records_dir), Path(runs_root)
-    exports: list[Path] = []
-    for cell in cells:
-        export = pretrained_export(records_dir, cell)
-        pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
-        trains = states[cell.name].startswith("pretraining ")  # the cell runs, from its start
-        if not export.exists() and export not in exports and (trains or finished(pre_dir)):
-            exports.append(export)
-    return exports
-
-
-def _stage_plan(run_dir: Path, cell: Cell, claimed: dict[Path, str]) -> str:
-    """One stage's line in ``plan_cells``; the first cell to need ``run_dir`` claims it."""
-    if run_dir in claimed:
-        return f"shared with {claimed[run_dir]}"
-    claimed[run_dir] = cell.name
-    if finished(run_dir):
-        return f"done ({run_dir})"
-    if (run_dir / "checkpoint.pt").exists():
-        return f"resumes from {run_dir}"
-    return "to run"
 
 
 class CellsFailed(FloatingPointError):
@@ -245,7 +164,9 @@ def _write_record(
     tabulate(load_records(records_dir, names))  # progress visible mid-grid
 
 
-def _recorded(records_dir: Path, cell: Cell) -> dict | None:
+def cell_record(records_dir: Path, cell: Cell) -> dict | None:
+    """The cell's record in ``records_dir``, None if it has none; one made with other
+    settings is refused (a ValueError that says how to rerun the cell)."""
     path = records_dir / f"{cell.name}.json"
     if not path.exists():
         return None
@@ -259,8 +180,8 @@ def _recorded(records_dir: Path, cell: Cell) -> dict | None:
     return record
 
 
-def _check_sweep(cells: list[Cell], records_dir: Path, runs_root: Path) -> None:
-    """What stops a sweep before any cell (``run_sweep``, and ``plan_cells`` to say so)."""
+def check_sweep(cells: list[Cell], records_dir: Path, runs_root: Path) -> None:
+    """What stops a sweep before any cell (``run_sweep``, and ``dryrun.plan_cells`` to say so)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("sweep runs in one process: start it without torchrun")
     names = [c.name for c in cells]
@@ -275,62 +196,6 @@ def _check_folders(records_dir: Path, runs_root: Path) -> None:
             raise ValueError(f"{option} {folder} is a file, not a folder: name a folder")
 
 
-def pretrained_export(records_dir: Path, cell: Cell) -> Path:
-    """Where ``keep_pretrained`` puts the cell's pretraining: one file per pretraining key."""
-    return records_dir / f"pretrain-{pretrain_key(cell.config)}.safetensors"
-
-
-def _keep_pretraining(
-    cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]
-) -> None:
-    """Export the cell's finished pretraining run to ``records_dir``, unless it is there."""
-    from spikessl.checkpoints import export_safetensors, load_checkpoint
-
-    export = pretrained_export(records_dir, cell)
-    pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
-    if export.exists() or not finished(pre_dir):
-        return
-    export_safetensors(load_checkpoint(pre_dir), export, pre_dir)
-    log(f"  pretrain: kept as {export}")
-
-
-def _restore_pretraining(
-    export: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None]
-) -> None:
-    """Rebuild the cell's pretraining run from ``export`` (the lock on ``pre_dir`` held),
-    unless a run is there by now; an export of another pretraining is refused."""
-    from spikessl.checkpoints import load_export
-    from spikessl.runs import remove_unstarted
-
-    if (pre_dir / "checkpoint.pt").exists():  # another process's run, started or restored
-        return
-    saved = load_export(export)
-    _check_export(saved, export, cell)
-    if pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
-        remove_unstarted(pre_dir)
-    restore_run(saved, export, pre_dir)  # the file read once, above
-    log(f"  pretrain: restored {pre_dir} from {export}")
-
-
-def _restores(pre_dir: Path, export: Path) -> bool:
-    """Whether the sweep rebuilds the pretraining run ``pre_dir`` from the kept ``export``:
-    the file is there and no run has started (``_run_cell``, and ``plan_cells`` to say so)."""
-    return export.exists() and not (pre_dir / "checkpoint.pt").exists()
-
-
-def _check_export(saved: dict, export: Path, cell: Cell) -> None:
-    """Refuse an export (``checkpoints.load_export``) of another pretraining than the cell's,
-    or one that cannot rebuild a finished run (``runs.restore_run``)."""
-    if saved.get("command") != "pretrain" or not pretrained_with(saved["config"], cell.config):
-        raise ValueError(
-            f"{export} holds a {saved.get('command', 'spikessl')} run with other settings "
-            f"than cell {cell.name}'s pretraining (its name says key "
-            f"{pretrain_key(cell.config)}): move it out of the records folder, or put there "
-            "the export of that pretraining"
-        )
-    check_restorable(saved, export)
-
-
 def _run_cell(
     cell: Cell, runs_root: Path, records_dir: Path, progress: bool, log: Callable[[str], None]
 ) -> dict:
@@ -339,10 +204,10 @@ def _run_cell(
     cfg = cell.config
     pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
     ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
-    export = pretrained_export(records_dir, cell)
-    if _restores(pre_dir, export):  # pretrained elsewhere
+    export = kept.export_path(records_dir, cell)
+    if kept.restores(pre_dir, export):  # pretrained elsewhere
         with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
-            _restore_pretraining(export, pre_dir, cell, log)
+            kept.restore(export, pre_dir, cell, log)
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
     pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
     config = to_dict(cfg)

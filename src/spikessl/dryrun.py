@@ -1,0 +1,93 @@
+"""The dry-run: what ``sweep.run_sweep`` would do with each cell, stage by stage, training
+and writing nothing (``spikessl sweep --dry-run``, ``spikessl reproduce --dry-run``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spikessl import kept
+from spikessl.grid import PRETRAIN_UNUSED, Cell, stage_dir, supervised_unused
+from spikessl.runs import finished
+from spikessl.sweep import cell_record, check_sweep
+
+
+def plan_cells(
+    cells: list[Cell],
+    records_dir: str | Path,
+    runs_root: str | Path,
+    baseline: bool = False,
+    claimed: dict[Path, str] | None = None,
+) -> dict[str, str]:
+    """What ``run_sweep`` would do with each cell, by name, as one line; nothing is written.
+
+    "recorded" (skipped), "refused: <why>" (a record or kept export ``run_sweep`` would
+    refuse, stopping the grid), or, for a cell to run, each stage's plan: done (reused),
+    resumes from its checkpoint, restored from a kept export, shared with an earlier cell
+    (the pretraining, or the baseline, that cells differing only in other settings share),
+    or to run. ``claimed`` (stage run directory -> the first cell to need it) carries those
+    over from an earlier sweep of the same runs, and is updated. Judged from the files
+    present: a run another process finishes meanwhile, or one whose summary is corrupt,
+    may be reused or redone where this says otherwise.
+    """
+    records_dir, runs_root = Path(records_dir), Path(runs_root)
+    check_sweep(cells, records_dir, runs_root)
+    claimed = {} if claimed is None else claimed
+    states: dict[str, str] = {}
+    for cell in cells:
+        try:
+            record = cell_record(records_dir, cell)
+            missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
+            if record is not None and not missing_baseline:
+                states[cell.name] = "recorded"
+                continue
+            cfg, parts = cell.config, []
+            if record is None:
+                pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
+                export = kept.export_path(records_dir, cell)
+                if pre_dir not in claimed and kept.restores(pre_dir, export):
+                    from spikessl.checkpoints import load_export
+
+                    kept.check(load_export(export), export, cell)
+                    claimed[pre_dir] = cell.name
+                    parts.append(f"pretraining restored from {export.name}")
+                else:
+                    parts.append(f"pretraining {_stage_plan(pre_dir, cell, claimed)}")
+                ft_dir = stage_dir(runs_root, "{}/finetune", cfg)
+                parts.append(f"fine-tuning {_stage_plan(ft_dir, cell, claimed)}")
+            if missing_baseline:
+                sup_dir = stage_dir(runs_root, "supervised-{}", cfg, supervised_unused(cfg))
+                parts.append(f"supervised baseline {_stage_plan(sup_dir, cell, claimed)}")
+        except ValueError as err:
+            states[cell.name] = f"refused: {err}"
+            continue
+        states[cell.name] = ("recorded; " if record else "") + ", ".join(parts)
+    return states
+
+
+def planned_exports(
+    cells: list[Cell], records_dir: str | Path, runs_root: str | Path, states: dict[str, str]
+) -> list[Path]:
+    """The exports ``run_sweep`` with ``keep_pretrained`` would write, in order, given the
+    cells' ``plan_cells`` states: one per pretraining that is, or will be, finished and has
+    none yet (a pretraining that stops on its own numbers writes none)."""
+    records_dir, runs_root = Path(records_dir), Path(runs_root)
+    exports: list[Path] = []
+    for cell in cells:
+        export = kept.export_path(records_dir, cell)
+        pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
+        trains = states[cell.name].startswith("pretraining ")  # the cell runs, from its start
+        if not export.exists() and export not in exports and (trains or finished(pre_dir)):
+            exports.append(export)
+    return exports
+
+
+def _stage_plan(run_dir: Path, cell: Cell, claimed: dict[Path, str]) -> str:
+    """One stage's line in ``plan_cells``; the first cell to need ``run_dir`` claims it."""
+    if run_dir in claimed:
+        return f"shared with {claimed[run_dir]}"
+    claimed[run_dir] = cell.name
+    if finished(run_dir):
+        return f"done ({run_dir})"
+    if (run_dir / "checkpoint.pt").exists():
+        return f"resumes from {run_dir}"
+    return "to run"
