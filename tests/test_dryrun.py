@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import pytest
 from tiny import forbidden, tiny_base
 
 from spikessl import pipeline
@@ -10,6 +11,7 @@ from spikessl.checkpoints import load_checkpoint
 from spikessl.dryrun import plan_cells, planned_exports
 from spikessl.grid import expand_grid, pretrain_key
 from spikessl.kept import export_path
+from spikessl.sweep import run_sweep
 
 
 def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_path, monkeypatch):
@@ -92,3 +94,25 @@ def test_plan_cells_shares_a_baseline_across_pretraining_settings(tmp_path):
         b: f"pretraining to run, fine-tuning to run, supervised baseline shared with {a}",
     }
     assert not any(tmp_path.iterdir())
+
+
+def test_a_pretraining_without_its_checkpoint_is_refused_as_the_sweep_refuses_it(
+    swept, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    monkeypatch.setattr(pipeline, "finetune", forbidden)
+    cells, runs, records = swept["cells"], tmp_path / "runs", tmp_path / "records"
+    pre = runs / f"pretrain-{pretrain_key(cells[0].config)}"
+    shutil.copytree(swept["tmp"] / "runs" / pre.name, pre)
+    (pre / "checkpoint.pt").unlink()  # deleted to save space, say
+    said = f"refused: {pre} holds a finished pretraining without its checkpoint.pt"
+    assert all(state.startswith(said) for state in plan_cells(cells, records, runs).values())
+    with pytest.raises(ValueError, match="no weights to start from: put the file back"):
+        run_sweep(cells, records, runs, progress=False)
+    # a finished fine-tuning needs no pretrained weights: that cell is reused
+    shutil.copytree(swept["tmp"] / "runs" / cells[0].key, runs / cells[0].key)
+    plans = plan_cells(cells, records, runs)
+    ft = runs / cells[0].key / "finetune"
+    assert plans[cells[0].name] == f"pretraining done ({pre}), fine-tuning done ({ft})"
+    assert plans[cells[1].name].startswith(said)
+    assert not records.exists()

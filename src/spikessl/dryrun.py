@@ -8,7 +8,7 @@ from pathlib import Path
 from spikessl import kept
 from spikessl.grid import PRETRAIN_UNUSED, Cell, stage_dir, supervised_unused
 from spikessl.runs import finished
-from spikessl.sweep import cell_record, check_sweep
+from spikessl.sweep import cell_record, check_pretrained, check_sweep
 
 
 def plan_cells(
@@ -43,6 +43,8 @@ def plan_cells(
             cfg, parts = cell.config, []
             if record is None:
                 pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
+                ft_dir = stage_dir(runs_root, "{}/finetune", cfg)
+                check_pretrained(pre_dir, ft_dir)
                 export = kept.export_path(records_dir, cell)
                 if pre_dir not in claimed and kept.restores(pre_dir, export):
                     from spikessl.checkpoints import load_export
@@ -52,7 +54,6 @@ def plan_cells(
                     parts.append(f"pretraining restored from {export.name}")
                 else:
                     parts.append(f"pretraining {_stage_plan(pre_dir, cell, claimed)}")
-                ft_dir = stage_dir(runs_root, "{}/finetune", cfg)
                 parts.append(f"fine-tuning {_stage_plan(ft_dir, cell, claimed)}")
             if missing_baseline:
                 sup_dir = stage_dir(runs_root, "supervised-{}", cfg, supervised_unused(cfg))

@@ -54,7 +54,7 @@ from spikessl.records import (
     write_seed_tables,
     write_tables,
 )
-from spikessl.runs import claim_run_dir
+from spikessl.runs import claim_run_dir, finished
 
 
 def log_to_stderr(message: str) -> None:
@@ -196,6 +196,20 @@ def _check_folders(records_dir: Path, runs_root: Path) -> None:
             raise ValueError(f"{option} {folder} is a file, not a folder: name a folder")
 
 
+def check_pretrained(pre_dir: Path, ft_dir: Path) -> None:
+    """Refuse a fine-tuning still to start from a finished pretraining folder that has lost
+    its ``checkpoint.pt``: there are no weights to start from (``_run_cell``, and
+    ``dryrun.plan_cells`` to say so)."""
+    ft_started = finished(ft_dir) or (ft_dir / "checkpoint.pt").exists()
+    if finished(pre_dir) and not (pre_dir / "checkpoint.pt").exists() and not ft_started:
+        raise ValueError(
+            f"{pre_dir} holds a finished pretraining without its checkpoint.pt, so the "
+            "fine-tuning has no weights to start from: put the file back, or move the folder "
+            "away (the sweep then restores it from the records' kept pretrain-<key>.safetensors "
+            "if there is one, or pretrains again)"
+        )
+
+
 def _run_cell(
     cell: Cell, runs_root: Path, records_dir: Path, progress: bool, log: Callable[[str], None]
 ) -> dict:
@@ -204,6 +218,7 @@ def _run_cell(
     cfg = cell.config
     pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
     ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
+    check_pretrained(pre_dir, ft_dir)
     export = kept.export_path(records_dir, cell)
     if kept.restores(pre_dir, export):  # pretrained elsewhere
         with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
