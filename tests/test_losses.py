@@ -91,3 +91,28 @@ def test_nt_xent_is_float32_inside_a_bf16_autocast_region():
         inside = nt_xent(z1, z2, 0.1)
     assert inside.dtype == torch.float32
     assert torch.equal(inside, reference)
+
+
+def test_a_silent_view_gets_a_bounded_gradient_and_the_others_theirs():
+    # one all-zero row among spiking ones: F.normalize (eps 1e-12) gave it a 1e12-sized
+    # gradient; here it is of the others' size, and the loss and other rows are unchanged
+    torch.manual_seed(0)
+    z1, z2 = torch.poisson(torch.full((4, 8), 3.0)), torch.poisson(torch.full((4, 8), 3.0))
+    z1[1] = 0
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    nt_xent(a, b, 0.1).backward()
+    assert a.grad.abs().max() < 10 and a.grad[1].abs().max() > 0
+
+    def normalized(z1, z2):  # the cosine form for rows that spike: F.normalize
+        z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+        logits = (z @ z.T / 0.1).fill_diagonal_(float("-inf"))
+        return torch.nn.functional.cross_entropy(logits, torch.tensor([4, 5, 6, 7, 0, 1, 2, 3]))
+
+    c, d = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    loss = normalized(c, d)
+    loss.backward()
+    assert nt_xent(z1, z2, 0.1).item() == pytest.approx(loss.item(), rel=1e-6)
+    spiking = [0, 2, 3]
+    torch.testing.assert_close(a.grad[spiking], c.grad[spiking])
+    torch.testing.assert_close(b.grad, d.grad)
+    assert c.grad[1].abs().max() > 1e9  # what the gradient was

@@ -26,7 +26,12 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     if n < 2:
         raise ValueError("NT-Xent needs at least 2 images per batch to have negatives")
     with torch.autocast(z1.device.type, enabled=False):  # float32 even under precision=bf16
-        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D); an all-zero row stays 0
+        z = torch.cat([z1, z2]).float()  # (2N, D)
+        norms = z.norm(dim=1, keepdim=True)
+        # cosine similarity: rows scaled to unit length. An all-zero row (a silent view) stays
+        # 0 and passes its gradient on unscaled, not times 1/eps as in F.normalize (1e12: one
+        # silent view's step would swamp Adam's moments); every other row is as before
+        z = z / torch.where(norms > 0, norms, torch.ones_like(norms))
         logits = z @ z.T / temperature  # (2N, 2N) cosine similarities / tau
         logits.fill_diagonal_(float("-inf"))  # j != i
         positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
