@@ -146,6 +146,41 @@ def test_label_fraction_picks_a_stratified_subset_of_the_labelled_part(tmp_path)
     assert torch.equal(pipeline.labelled_indices(data, default), data.labelled)
 
 
+def test_val_fraction_holds_a_stratified_part_out_of_every_label_budget(tmp_path):
+    cfg = small_config(tmp_path, finetune={"val_fraction": 0.1})
+    data = pipeline.load_data(cfg, torch.device("cpu"))
+    held = pipeline.validation_indices(data, cfg)
+    assert torch.bincount(data.train_labels[held], minlength=10).tolist() == [6] * 10
+    assert set(held.tolist()) <= set(data.labelled.tolist())  # 10% of the 600 labelled
+    # 5%: a quarter of the 54 left in each class, 13.5, rounded to 14
+    for fraction, trained in ((0.0, 540), (0.05, 140), (1.0, 2940)):
+        part = pipeline.labelled_indices(
+            data, small_config(tmp_path, finetune={"val_fraction": 0.1, "label_fraction": fraction})
+        )
+        assert len(part) == trained and not set(part.tolist()) & set(held.tolist())
+    assert torch.equal(held, pipeline.validation_indices(data, cfg))  # seeded
+    assert len(pipeline.validation_indices(data, small_config(tmp_path))) == 0
+    with pytest.raises(ValueError, match=r"finetune.val_fraction.*\[0, 1\)"):
+        small_config(tmp_path, finetune={"val_fraction": 1.0})
+
+
+def test_fine_tuning_with_a_validation_part_reports_the_epoch_it_would_choose(tmp_path, pretrained):
+    _, _, tmp = pretrained
+    cfg = small_config(tmp_path, finetune={"val_fraction": 0.2, "epochs": 3})
+    summary = pipeline.finetune(cfg, load_checkpoint(tmp / "pretrain"), tmp_path / "ft", False)
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").open()]
+    assert summary["val_images"] == 120 and summary["labelled_images"] == 480
+    assert summary["val_accuracy"] == rows[-1]["val_accuracy"]
+    best = max(rows, key=lambda r: r["val_accuracy"])
+    assert summary["best_val_accuracy"] == best["val_accuracy"]
+    assert summary["best_val_epoch"] == best["epoch"]
+    assert summary["test_accuracy_at_best_val"] == best["test_accuracy"]
+    without = pipeline.finetune(
+        small_config(tmp_path), load_checkpoint(tmp / "pretrain"), tmp_path / "plain", False
+    )
+    assert "val_accuracy" not in without and without["labelled_images"] == 600
+
+
 def test_label_fraction_between_the_part_and_everything_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="label_fraction"):
         small_config(tmp_path, finetune={"label_fraction": 0.5})

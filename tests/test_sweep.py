@@ -392,3 +392,14 @@ def test_cells_with_one_name_are_refused_before_anything_runs(tmp_path):
         with pytest.raises(ValueError, match="two cells of the grid have the same name"):
             call([cell, cell], tmp_path / "records", tmp_path / "runs")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_records_validation_numbers_come_from_the_stage_summary():
+    from spikessl.sweep import _validation
+
+    summary = {"test_accuracy": 90.0, "val_accuracy": 88.5, "best_val_epoch": 3}
+    assert _validation(summary, "supervised") == {
+        "supervised_val_accuracy": 88.5,
+        "supervised_best_val_epoch": 3,
+    }
+    assert _validation({"test_accuracy": 90.0}, "finetune") == {}  # no validation part

@@ -182,9 +182,19 @@ class FinetuneConfig:
     # "prototypes": each class's row is the mean direction of its labelled images' spike
     # counts under the pretrained encoder (a nearest-class-mean classifier to start from)
     head_init: str = "random"
+    # > 0: this share of the labelled part (stratified, seeded) is held out of fine-tuning and
+    # of the supervised baseline, which report val_accuracy on it: settings can then be chosen
+    # without looking at the test set. Every label budget loses the same share.
+    val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _check_optim(self, "finetune")
+        _check(
+            0.0 <= self.val_fraction < 1.0,
+            "finetune.val_fraction",
+            self.val_fraction,
+            "a fraction in [0, 1) of the labelled part (0: no validation set; 0.1: a tenth)",
+        )
         _check(
             self.head_init in ("random", "prototypes"),
             "finetune.head_init",

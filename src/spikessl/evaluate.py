@@ -230,11 +230,17 @@ def probe_accuracy(
 
 
 def test_accuracy(model: SpikingClassifier, data: Data, cfg: Config) -> float:
-    with precision(cfg, data.test_images.device):
-        counts = batched_outputs(
-            model, data.test_images, cfg.time_steps, data.prepare, cfg.eval_batch_size
-        )
-    return round(accuracy(counts.argmax(1), data.test_labels), 2)
+    return images_accuracy(model, data.test_images, data.test_labels, data, cfg)
+
+
+def images_accuracy(
+    model: SpikingClassifier, images: Tensor, labels: Tensor, data: Data, cfg: Config
+) -> float:
+    """Percent of ``images`` (uint8, e.g. the test set or a validation part) classified as
+    ``labels`` by the output neuron with the most spikes, rounded to 0.01."""
+    with precision(cfg, images.device):
+        counts = batched_outputs(model, images, cfg.time_steps, data.prepare, cfg.eval_batch_size)
+    return round(accuracy(counts.argmax(1), labels), 2)
 
 
 class Pixels(nn.Module):

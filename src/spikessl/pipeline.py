@@ -27,6 +27,7 @@ from spikessl.encoders import ProjectionHead, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import (
     Pixels,
     class_prototypes,
+    images_accuracy,
     knn_accuracy,
     precision,
     probe_accuracy,
@@ -222,7 +223,7 @@ def finetune(
     pretrained = command == "finetune"
     model = SpikingClassifier(encoder, data.num_classes).to(device)
     ft = cfg.finetune
-    labelled = labelled_indices(data, cfg)
+    labelled, held = labelled_indices(data, cfg), validation_indices(data, cfg)
     x, y = data.train_images[labelled], data.train_labels[labelled]
     if pretrained and resume is None and ft.head_init == "prototypes":
         prototype_head(model, x, y, data, cfg)
@@ -259,12 +260,20 @@ def finetune(
         return F.cross_entropy(logits, labels), rates
 
     run_dir = new_run_dir(cfg, command, run_dir, world, resume is not None)
+    validation = data.train_images[held], data.train_labels[held]
     task = Task(
         command,
         model,
         groups,
         loss,
-        evaluate=lambda: {"test_accuracy": test_accuracy(model, data, cfg)},
+        evaluate=lambda: {
+            "test_accuracy": test_accuracy(model, data, cfg),
+            **(
+                {"val_accuracy": images_accuracy(model, *validation, data, cfg)}
+                if len(held)
+                else {}
+            ),
+        },
         local_mean=True,
     )
     epochs = finetune_epochs(ft, len(x), world.size)
@@ -291,10 +300,27 @@ def finetune(
             "epochs": epochs,
             "steps": history[-1]["step"],
             "labelled_images": len(x),
+            **_validation_summary(history, len(held)),
             "firing_rates": history[-1]["firing_rates"],
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
     )
+
+
+def _validation_summary(history: list[dict], held_out: int) -> dict:
+    """With a validation part: its final accuracy, its best and at which epoch, and the test
+    accuracy of that epoch (the epoch a validation set would choose, the test set unseen)."""
+    if not held_out:
+        return {}
+    rows = [h for h in history if "val_accuracy" in h]
+    best = max(rows, key=lambda h: h["val_accuracy"])  # the first of equals: the earliest
+    return {
+        "val_images": held_out,
+        "val_accuracy": rows[-1]["val_accuracy"],
+        "best_val_accuracy": best["val_accuracy"],
+        "best_val_epoch": best["epoch"],
+        "test_accuracy_at_best_val": best["test_accuracy"],
+    }
 
 
 def _check_same_split(checkpoint: dict, data: Data) -> None:
@@ -368,15 +394,28 @@ def finetune_epochs(ft: FinetuneConfig, images: int, processes: int = 1) -> int:
 
 
 def labelled_indices(data: Data, cfg: Config) -> Tensor:
-    """The training images whose labels fine-tuning uses (``finetune.label_fraction``)."""
-    f = cfg.finetune.label_fraction
+    """The training images whose labels fine-tuning uses (``finetune.label_fraction``),
+    without the validation part (``validation_indices``)."""
+    f, held = cfg.finetune.label_fraction, validation_indices(data, cfg)
     if f == 1.0:
-        return torch.arange(len(data.train_labels), device=data.labelled.device)
+        everything = torch.arange(len(data.train_labels), device=data.labelled.device)
+        return everything[~torch.isin(everything, held)]
+    pool = data.labelled[~torch.isin(data.labelled, held)]  # the labelled part at val 0
     if f == 0.0 or f == cfg.data.labelled_fraction:
-        return data.labelled
-    labels = data.train_labels[data.labelled].cpu()
+        return pool
+    labels = data.train_labels[pool].cpu()
     _, keep = stratified_split(labels, f / cfg.data.labelled_fraction, cfg.seed)
-    return data.labelled[keep.to(data.labelled.device)]
+    return pool[keep.to(pool.device)]
+
+
+def validation_indices(data: Data, cfg: Config) -> Tensor:
+    """The labelled images held out of fine-tuning to validate on (``finetune.val_fraction``
+    of the labelled part, stratified and seeded); none at 0."""
+    if cfg.finetune.val_fraction == 0:
+        return data.labelled[:0]
+    labels = data.train_labels[data.labelled].cpu()
+    _, held = stratified_split(labels, cfg.finetune.val_fraction, cfg.seed)
+    return data.labelled[held.to(data.labelled.device)]
 
 
 def probe(cfg: Config, checkpoint: dict | None) -> dict:

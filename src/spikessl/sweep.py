@@ -240,6 +240,7 @@ def _run_cell(
         },
         "finetune_test_accuracy": fin["test_accuracy"],
         "finetune_best_test_accuracy": fin["best_test_accuracy"],
+        **_validation(fin, "finetune"),
         "finetune_steps": fin.get("steps"),
         "finetune_epochs": fin.get("epochs"),  # which epochs the curve's: records.accuracy_curve
         "finetune_accuracy_by_epoch": [
@@ -270,6 +271,7 @@ def _add_supervised(
         **record,
         "supervised_test_accuracy": sup["test_accuracy"],
         "supervised_best_test_accuracy": sup["best_test_accuracy"],
+        **_validation(sup, "supervised"),
         "supervised_steps": sup.get("steps"),
         "supervised_epochs": sup.get("epochs"),
         "supervised_accuracy_by_epoch": by_epoch,
@@ -277,6 +279,12 @@ def _add_supervised(
         "run_dirs": {**record.get("run_dirs", {}), "supervised": str(run_dir)},
         "finished": _now(),
     }
+
+
+def _validation(summary: dict, stage: str) -> dict:
+    """A stage's validation numbers (``finetune.val_fraction`` > 0), prefixed for a record."""
+    keys = ("val_accuracy", "best_val_accuracy", "best_val_epoch", "test_accuracy_at_best_val")
+    return {f"{stage}_{k}": summary[k] for k in keys if k in summary}
 
 
 def _metrics(run_dir: Path) -> list[dict]:
