@@ -108,6 +108,14 @@ def test_two_records_of_one_fraction_and_seed_are_refused_not_overwritten() -> N
         label_efficiency_summary([a, b])
 
 
+def test_a_baseline_with_other_steps_than_its_fine_tuning_is_refused() -> None:
+    same = record(0.01, 0, 50.0, 40.0) | {"finetune_steps": 282, "supervised_steps": 282}
+    assert label_efficiency_summary([same])[0]["steps"] == 282
+    other = same | {"cell": "seed=0", "supervised_steps": 94}
+    with pytest.raises(ValueError, match="cell seed=0: fine-tuning took 282 steps, its supervised"):
+        label_efficiency_summary([other])
+
+
 def test_label_efficiency_margin_pairs_the_seeds_that_have_both_methods() -> None:
     records = [
         record(0.01, 0, 50.0, 40.0),
