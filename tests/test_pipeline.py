@@ -175,6 +175,15 @@ def test_fine_tuning_with_a_validation_part_reports_the_epoch_it_would_choose(tm
     assert summary["best_val_accuracy"] == best["val_accuracy"]
     assert summary["best_val_epoch"] == best["epoch"]
     assert summary["test_accuracy_at_best_val"] == best["test_accuracy"]
+    # measured on the held-out images: the final weights score them as the summary says
+    from spikessl.evaluate import images_accuracy
+
+    data = pipeline.load_data(cfg, torch.device("cpu"))
+    model = SpikingClassifier(SpikingEncoder(cfg.encoder), 10)
+    model.load_state_dict(load_checkpoint(tmp_path / "ft")["model"])
+    held = pipeline.validation_indices(data, cfg)
+    images, labels = data.train_images[held], data.train_labels[held]
+    assert images_accuracy(model, images, labels, data, cfg) == summary["val_accuracy"]
     without = pipeline.finetune(
         small_config(tmp_path), load_checkpoint(tmp / "pretrain"), tmp_path / "plain", False
     )

@@ -114,6 +114,9 @@ def test_a_baseline_with_other_steps_than_its_fine_tuning_is_refused() -> None:
     other = same | {"cell": "seed=0", "supervised_steps": 94}
     with pytest.raises(ValueError, match="cell seed=0: fine-tuning took 282 steps, its supervised"):
         label_efficiency_summary([other])
+    # a record older than finetune_steps, its baseline added later: nothing to compare
+    older = record(0.01, 0, 50.0, 40.0) | {"supervised_steps": 282}
+    assert label_efficiency_summary([older])[0]["steps"] is None
 
 
 def test_label_efficiency_margin_pairs_the_seeds_that_have_both_methods() -> None:

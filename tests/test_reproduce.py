@@ -102,6 +102,13 @@ def test_quick_budget_and_overrides_apply_to_every_cell() -> None:
     assert time_rows == ["10", "20", "30", "12 (this run's base)"]
 
 
+def test_fewer_labels_train_as_many_steps_as_the_labelled_part_less_its_validation_share():
+    # MNIST, paper budget: 12,000 labelled images, batches of 128, 20 epochs
+    assert reproduce.labelled_steps(base_config("mnist", "paper")) == 94 * 20
+    held = base_config("mnist", "paper", ["finetune.val_fraction=0.5"])  # 6,000 train on
+    assert reproduce.labelled_steps(held) == 47 * 20
+
+
 def test_an_override_on_a_table_axis_still_measures_the_papers_rows() -> None:
     base = base_config("mnist", "paper", ["augment.views=crop-rotate"])
     steps = plan(base, [0])

@@ -184,7 +184,8 @@ class FinetuneConfig:
     head_init: str = "random"
     # > 0: this share of the labelled part (stratified, seeded) is held out of fine-tuning and
     # of the supervised baseline, which report val_accuracy on it: settings can then be chosen
-    # without looking at the test set. Every label budget loses the same share.
+    # without looking at the test set. The same images whatever finetune.label_fraction is:
+    # every budget's training images exclude them (at 1% labels they can outnumber those).
     val_fraction: float = 0.0
 
     def __post_init__(self) -> None:

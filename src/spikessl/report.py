@@ -148,11 +148,12 @@ def label_efficiency_summary(records: list[dict]) -> list[dict]:
         fraction = config["finetune"]["label_fraction"] or config["data"]["labelled_fraction"]
         if record.get("finetune_steps"):
             steps[float(fraction)] = record["finetune_steps"]
-        if record.get("supervised_steps") not in (None, record.get("finetune_steps")):
+        ssl_steps, sup_steps = record.get("finetune_steps"), record.get("supervised_steps")
+        if None not in (ssl_steps, sup_steps) and ssl_steps != sup_steps:
             raise ValueError(  # the table's steps column says "the same for both methods"
-                f"cell {record.get('cell')}: fine-tuning took {record.get('finetune_steps')} "
-                f"steps, its supervised baseline {record['supervised_steps']}: not the same "
-                "budget; rerun the cell with both in one sweep (--baseline)"
+                f"cell {record.get('cell')}: fine-tuning took {ssl_steps} steps, its "
+                f"supervised baseline {sup_steps}: not the same budget; delete the record and "
+                "rerun the cell with its baseline (--baseline)"
             )
         seed = config["seed"]
         if (float(fraction), int(seed)) in cells:

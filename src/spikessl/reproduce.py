@@ -177,7 +177,7 @@ def _share(base: dict) -> str:
 def labelled_steps(base: dict) -> int:
     """Fine-tuning steps on the whole labelled part: ``finetune.epochs`` of its batches."""
     data, ft = base["data"], base["finetune"]
-    kept = 1 - ft.get("val_fraction", 0.0)  # a validation part is held out of every budget
+    kept = 1 - ft.get("val_fraction", 0.0)  # the labelled part less its validation share
     images = round(labelled_count(data, data["labelled_fraction"]) * kept)
     return math.ceil(images / ft["batch_size"]) * ft["epochs"]
 
