@@ -185,7 +185,7 @@ def sweep_axes(overrides: list[str]) -> tuple[list[str], list[str]]:
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     from spikessl import grid
     from spikessl.config import to_dict
-    from spikessl.dryrun import plan_cells, planned_exports
+    from spikessl.dryrun import plan_cells, planned_exports, refusal, refused
     from spikessl.sweep import CellsFailed, run_sweep
 
     axes, _ = sweep_axes(args.overrides)  # the fixed settings are in cfg already
@@ -195,15 +195,12 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
         states = plan_cells(cells, args.records, runs_root, args.baseline)
         for i, (name, state) in enumerate(states.items(), 1):
             print(f"sweep [{i}/{len(cells)}] {name}: {state}", file=sys.stderr)
-        refused = [name for name, state in states.items() if state.startswith("refused: ")]
-        if args.keep_pretrained and not refused:
+        stopped = refused(states)
+        if args.keep_pretrained and not stopped:
             for export in planned_exports(cells, args.records, runs_root, states):
                 print(f"sweep: --keep-pretrained would write {export}", file=sys.stderr)
-        if refused:
-            raise ValueError(
-                f"the sweep would refuse {', '.join(refused)} (why: the lines above) and stop; "
-                "mend or move the files named, or use another --records folder"
-            )
+        if stopped:
+            raise refusal("the sweep", stopped)
         return {
             "command": "sweep",
             "dry_run": True,

@@ -92,3 +92,16 @@ def _stage_plan(run_dir: Path, cell: Cell, claimed: dict[Path, str]) -> str:
     if (run_dir / "checkpoint.pt").exists():
         return f"resumes from {run_dir}"
     return "to run"
+
+
+def refused(states: dict[str, str]) -> list[str]:
+    """The cells of ``plan_cells`` states that the run would refuse, stopping there."""
+    return [name for name, state in states.items() if state.startswith("refused: ")]
+
+
+def refusal(command: str, names: list[str]) -> ValueError:
+    """The dry-run's error where the run itself would stop (its lines above say why)."""
+    return ValueError(
+        f"{command} would refuse {', '.join(names)} (why: the lines above) and stop; "
+        "mend or move the files named, or use another --records folder"
+    )

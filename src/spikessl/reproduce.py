@@ -326,23 +326,21 @@ def reproduce(
             found = dryrun.planned_exports(picked, records_dir, runs_root, step_plans)
             exports += [e for e in found if e not in exports]
             plans |= step_plans
-        refused = []
+        shown: dict[str, str] = {}  # each cell's line: its plan, or (not chosen) its state
+        for _, name in cells:
+            state = states[name]
+            if state == "conflict":  # refused, chosen or not: plan_cells says why if chosen
+                state = f"refused: {records_dir / name}.json has other settings"
+            shown[name] = plans.get(name, state)
         for i, (what, name) in enumerate(cells, 1):
-            state = plans.get(name, states[name])
-            if states[name] == "conflict":  # refused, --only or not: plan_cells says why
-                state = plans.get(name, f"refused: {records_dir / name}.json has other settings")
-            if state.startswith("refused: "):
-                refused.append(name)
-            state += "" if name in chosen else ", not in --only"
-            log(f"reproduce [{i}/{len(cells)}] {what}: {name}: {state}")
-        if keep_pretrained and not refused:
+            more = "" if name in chosen else ", not in --only"
+            log(f"reproduce [{i}/{len(cells)}] {what}: {name}: {shown[name]}{more}")
+        stopped = dryrun.refused(shown)
+        if keep_pretrained and not stopped:
             for export in exports:
                 log(f"reproduce: --keep-pretrained would write {export}")
-        if refused:  # as the run itself would stop
-            raise ValueError(
-                f"reproduce would refuse {', '.join(refused)} (why: the lines above) and stop; "
-                "mend or move the files named, or use another --records folder"
-            )
+        if stopped:  # as the run itself would stop
+            raise dryrun.refusal("reproduce", stopped)
         todo = [n for n, state in states.items() if state != "recorded" and n in chosen]
         return result | {"dry_run": True, "cells": len(cells), "to_run": todo}
     conflicts = [name for name, state in states.items() if state == "conflict"]
