@@ -164,6 +164,20 @@ def test_val_fraction_holds_a_stratified_part_out_of_every_label_budget(tmp_path
         small_config(tmp_path, finetune={"val_fraction": 1.0})
 
 
+def test_a_validation_part_that_takes_a_whole_class_is_refused(tmp_path):
+    # 2 images of each class, 1 of them labelled: the validation part takes that one
+    cfg = small_config(tmp_path, data={"train_limit": 20}, finetune={"val_fraction": 0.1})
+    data = pipeline.load_data(cfg, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"every labelled image of class\(es\) \[0, 1, .*9\]"):
+        pipeline.labelled_indices(data, cfg)
+    # with every training label the other image of each class is trained on
+    everything = small_config(
+        tmp_path, data={"train_limit": 20}, finetune={"val_fraction": 0.1, "label_fraction": 1.0}
+    )
+    part = pipeline.labelled_indices(data, everything)
+    assert torch.bincount(data.train_labels[part], minlength=10).tolist() == [1] * 10
+
+
 def test_fine_tuning_with_a_validation_part_reports_the_epoch_it_would_choose(tmp_path, pretrained):
     _, _, tmp = pretrained
     cfg = small_config(tmp_path, finetune={"val_fraction": 0.2, "epochs": 3})

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -392,6 +393,33 @@ def test_cells_with_one_name_are_refused_before_anything_runs(tmp_path):
         with pytest.raises(ValueError, match="two cells of the grid have the same name"):
             call([cell, cell], tmp_path / "records", tmp_path / "runs")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_sweep_over_val_fraction_shares_one_pretraining_and_records_validation(tmp_path):
+    # tiny: 40 labelled images, 4 of each class; a quarter of them (1 each) held out
+    cells = expand_grid(tiny_base(), ["finetune.val_fraction=0,0.25"])
+    records = run_sweep(
+        cells, tmp_path / "records", tmp_path / "runs", baseline=True, progress=False
+    )
+    assert len(list((tmp_path / "runs").glob("pretrain-*"))) == 1  # validation: fine-tuning's
+    plain, held = records
+    assert not [k for k in plain if "val_" in k]
+    for stage in ("finetune", "supervised"):
+        summary = json.loads((Path(held["run_dirs"][stage]) / "summary.json").read_text())
+        assert summary["val_images"] == 10 and summary["labelled_images"] == 30
+        assert held[f"{stage}_val_accuracy"] == summary["val_accuracy"]
+        assert held[f"{stage}_best_val_epoch"] == 1  # one epoch, one evaluation
+        assert held[f"{stage}_test_accuracy_at_best_val"] == held[f"{stage}_test_accuracy"]
+        assert held[f"{stage}_val_accuracy"] in {10.0 * n for n in range(11)}  # of 10 images
+    with open(tmp_path / "records" / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [c for c in rows[0] if "accuracy" in c][2:] == [
+        "finetune_test_accuracy",
+        "finetune_val_accuracy",
+        "supervised_test_accuracy",
+        "supervised_val_accuracy",
+    ]
+    assert rows[0]["finetune_val_accuracy"] == "" != rows[1]["finetune_val_accuracy"]
 
 
 def test_a_records_validation_numbers_come_from_the_stage_summary():

@@ -399,13 +399,28 @@ def labelled_indices(data: Data, cfg: Config) -> Tensor:
     f, held = cfg.finetune.label_fraction, validation_indices(data, cfg)
     if f == 1.0:
         everything = torch.arange(len(data.train_labels), device=data.labelled.device)
-        return everything[~torch.isin(everything, held)]
-    pool = data.labelled[~torch.isin(data.labelled, held)]  # the labelled part at val 0
-    if f == 0.0 or f == cfg.data.labelled_fraction:
-        return pool
-    labels = data.train_labels[pool].cpu()
-    _, keep = stratified_split(labels, f / cfg.data.labelled_fraction, cfg.seed)
-    return pool[keep.to(pool.device)]
+        part = everything[~torch.isin(everything, held)]
+    else:
+        part = data.labelled[~torch.isin(data.labelled, held)]  # the labelled part at val 0
+        if f != 0.0 and f != cfg.data.labelled_fraction:
+            labels = data.train_labels[part].cpu()
+            _, keep = stratified_split(labels, f / cfg.data.labelled_fraction, cfg.seed)
+            part = part[keep.to(part.device)]
+    _check_every_class_trains(data.train_labels[held], data.train_labels[part], cfg)
+    return part
+
+
+def _check_every_class_trains(held: Tensor, trained: Tensor, cfg: Config) -> None:
+    """A validation part must not take every labelled image of a class (at least one of each
+    class goes to it, so a class with one labelled image would never be trained on)."""
+    missing = sorted(set(held.unique().tolist()) - set(trained.unique().tolist()))
+    if missing:
+        raise ValueError(
+            f"finetune.val_fraction={cfg.finetune.val_fraction} holds out every labelled image "
+            f"of class(es) {missing}, so fine-tuning would never see them; lower "
+            "finetune.val_fraction, raise finetune.label_fraction or data.train_limit, "
+            "or set finetune.val_fraction=0"
+        )
 
 
 def validation_indices(data: Data, cfg: Config) -> Tensor:

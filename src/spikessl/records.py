@@ -174,15 +174,18 @@ def pretrain_diverged_epoch(record: dict) -> int | None:
 
 
 def default_columns(records: list[dict]) -> list[str]:
-    """Grid keys, seed, the accuracies, the epoch a pretraining diverged (if one did) and each
-    stage's wall time (minutes)."""
+    """Grid keys, seed, the accuracies (with the validation part's where one was held out:
+    ``finetune.val_fraction``), the epoch a pretraining diverged (if one did) and each stage's
+    wall time (minutes)."""
     columns = list(dict.fromkeys(k for r in records for k in r.get("grid", {})))
     if "seed" not in columns:
         columns.append("seed")
-    columns += ["knn_accuracy_at_init", "knn_accuracy", "finetune_test_accuracy"]
+    columns += ["knn_accuracy_at_init", "knn_accuracy"]
     baseline = any("supervised_test_accuracy" in r for r in records)
-    if baseline:
-        columns.append("supervised_test_accuracy")
+    for stage in ["finetune", *(["supervised"] if baseline else [])]:
+        columns.append(f"{stage}_test_accuracy")
+        if any(f"{stage}_val_accuracy" in r for r in records):
+            columns.append(f"{stage}_val_accuracy")
     if any(pretrain_diverged_epoch(r) for r in records):
         columns.append("pretrain_diverged_epoch")
     stages = ["pretrain", "finetune", *(["supervised"] if baseline else [])]
