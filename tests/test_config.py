@@ -25,9 +25,11 @@ from spikessl.config import (
     FinetuneConfig,
     KNNConfig,
     PretrainConfig,
+    load_config,
+)
+from spikessl.config_yaml import (
     dump_yaml,
     from_dict,
-    load_config,
     load_yaml,
     parse_overrides,
     preset_names,

@@ -7,7 +7,8 @@ import re
 import pytest
 from tiny import tiny_base
 
-from spikessl.config import load_config, to_dict
+from spikessl.config import load_config
+from spikessl.config_yaml import to_dict
 from spikessl.grid import (
     cell_key,
     cell_name,
@@ -132,7 +133,7 @@ def test_record_from_before_a_new_config_field_still_counts():
 
 
 def test_made_with_reads_a_runs_config_and_never_matches_an_unreadable_one(tmp_path):
-    from spikessl.config import dump_yaml
+    from spikessl.config_yaml import dump_yaml
     from spikessl.grid import made_with
 
     cfg = load_config(tiny_base())

@@ -12,7 +12,8 @@ import pytest
 from tiny import TINY
 
 from spikessl import cli, figures, pipeline, reproduce
-from spikessl.config import load_config, parse_overrides
+from spikessl.config import load_config
+from spikessl.config_yaml import parse_overrides
 from spikessl.grid import pretrain_key
 from spikessl.report import GENERATED_BY_REPRODUCE
 from spikessl.reproduce import BEST, base_config, paper_rows, plan

@@ -14,7 +14,7 @@ from tiny import forbidden, tiny_base
 
 from spikessl import pipeline
 from spikessl.checkpoints import load_checkpoint
-from spikessl.config import to_dict
+from spikessl.config_yaml import to_dict
 from spikessl.grid import expand_grid, pretrain_key
 from spikessl.sweep import cpu_model, run_sweep, speed_probe
 from spikessl.train import Interrupted

@@ -18,7 +18,8 @@ TINY = [
 
 def tiny_base(*extra: str) -> dict:
     """The ``mnist-quick`` preset shrunk by ``TINY`` (and ``extra``), as a config tree."""
-    from spikessl.config import load_config, to_dict
+    from spikessl.config import load_config
+    from spikessl.config_yaml import to_dict
 
     return to_dict(load_config("mnist-quick", [*TINY, *extra]))
 

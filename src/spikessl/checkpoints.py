@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spikessl.config import Config, from_dict, to_dict
+from spikessl.config import Config
+from spikessl.config_yaml import from_dict, to_dict
 from spikessl.encoders import EncoderConfig, SpikingEncoder
 from spikessl.records import replacing
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from spikessl import commands
-from spikessl.config import preset_names
+from spikessl.config_yaml import preset_names
 
 COMMANDS = {
     "pretrain": "SimCLR pretraining on the unlabelled part (80%), then kNN accuracy",

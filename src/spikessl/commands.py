@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from spikessl.config import Config, load_config, parse_overrides, set_data_root
+from spikessl.config import Config, load_config
+from spikessl.config_yaml import parse_overrides, set_data_root
 
 DEFAULT_CONFIG = "paper-mnist"  # the preset when --config is not given
 
@@ -171,7 +172,7 @@ def sweep_axes(overrides: list[str]) -> tuple[list[str], list[str]]:
     """A sweep's ``key=value`` items split into grid axes (several comma-separated values;
     cells are named after these) and settings of every cell (one value)."""
     from spikessl import grid
-    from spikessl.config import preset_names
+    from spikessl.config_yaml import preset_names
 
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -184,7 +185,7 @@ def sweep_axes(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     from spikessl import grid
-    from spikessl.config import to_dict
+    from spikessl.config_yaml import to_dict
     from spikessl.dryrun import plan_cells, planned_exports, refusal, refused
     from spikessl.sweep import CellsFailed, run_sweep
 
@@ -389,7 +390,7 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
 def _check_same_settings(run_dir: Path, cfg: Config) -> None:
     """A stage of an earlier ``pipeline`` in ``run_dir`` is reused or resumed only when it
     was run with ``cfg``'s settings (device, out_dir and the like aside)."""
-    from spikessl.config import to_dict
+    from spikessl.config_yaml import to_dict
     from spikessl.grid import made_with
 
     if (run_dir / "config.yaml").exists() and not made_with(run_dir, to_dict(cfg)):

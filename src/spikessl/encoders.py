@@ -239,7 +239,7 @@ def build_encoder(spec: str | EncoderConfig | dict) -> SpikingEncoder:
 
         spec = load_config(spec).encoder
     elif isinstance(spec, dict):
-        from spikessl.config import from_dict
+        from spikessl.config_yaml import from_dict
 
         spec = from_dict(EncoderConfig, spec, "encoder")
     return SpikingEncoder(spec)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from spikessl.config import Config, load_config, load_yaml, parse_overrides, to_dict
+from spikessl.config import Config, load_config
+from spikessl.config_yaml import load_yaml, parse_overrides, to_dict
 
 # Settings that do not change a run's results: never part of a key, so a grid recorded on a
 # laptop is still recognised on a GPU machine with another data folder (on_divergence=stop

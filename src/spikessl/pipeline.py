@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from spikessl import distributed
 from spikessl.augment import build_augment, two_views
 from spikessl.checkpoints import load_checkpoint, pretrained_encoder, split_digest
-from spikessl.config import Config, FinetuneConfig, to_dict
+from spikessl.config import Config, FinetuneConfig
+from spikessl.config_yaml import to_dict
 from spikessl.data import Data, load_data, stratified_split
 from spikessl.distributed import World
 from spikessl.encoders import ProjectionHead, SpikingClassifier, SpikingEncoder

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikessl import dryrun, grid, report, sweep
-from spikessl.config import load_config, parse_overrides, set_data_root, to_dict
+from spikessl.config import load_config
+from spikessl.config_yaml import parse_overrides, set_data_root, to_dict
 from spikessl.records import labelled_count, load_records
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}

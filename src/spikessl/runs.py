@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spikessl.config import Config, dump_yaml
+from spikessl.config import Config
+from spikessl.config_yaml import dump_yaml
 from spikessl.records import write_atomic
 
 if TYPE_CHECKING:  # torch only where something trains
@@ -207,7 +208,7 @@ def restore_run(saved: dict, export: Path, run_dir: Path) -> dict:
     import torch
     import yaml
 
-    from spikessl.config import YamlDumper
+    from spikessl.config_yaml import YamlDumper
 
     check_restorable(saved, export)
     tmp = run_dir.with_name(f".{run_dir.name}.restoring-{os.getpid()}")

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from spikessl import kept
-from spikessl.config import to_dict
+from spikessl.config_yaml import to_dict
 from spikessl.grid import (
     PRETRAIN_UNUSED,
     Cell,
