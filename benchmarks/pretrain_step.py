@@ -25,9 +25,8 @@ from spikessl import _native, distributed
 from spikessl.augment import build_augment, two_views
 from spikessl.config import load_config
 from spikessl.data import load_data
-from spikessl.encoders import SpikingEncoder
+from spikessl.encoders import SimCLR, SpikingEncoder
 from spikessl.losses import nt_xent
-from spikessl.pipeline import SimCLR
 
 PHASES = ("index", "augment", "normalise", "forward", "loss", "backward", "adam", "sync")
 

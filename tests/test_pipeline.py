@@ -11,8 +11,9 @@ import torch
 from spikessl import pipeline
 from spikessl.checkpoints import load_checkpoint
 from spikessl.config import load_config
-from spikessl.encoders import SpikingClassifier, SpikingEncoder
+from spikessl.encoders import SimCLR, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import class_prototypes
+from spikessl.labelled import labelled_split
 
 
 def small_config(tmp_path, **overrides):
@@ -132,52 +133,6 @@ def test_linear_probe_leaves_the_encoder_untouched(tmp_path, pretrained):
             assert torch.equal(after[key], value), key
 
 
-def test_label_fraction_picks_a_stratified_subset_of_the_labelled_part(tmp_path):
-    cfg = small_config(tmp_path, finetune={"label_fraction": 0.05})
-    data = pipeline.load_data(cfg, torch.device("cpu"))
-    part = pipeline.labelled_indices(data, cfg)
-    assert set(part.tolist()) <= set(data.labelled.tolist())
-    assert len(part) == 150  # 5% of 3000, 15 of each of the 10 classes
-    assert torch.bincount(data.train_labels[part], minlength=10).tolist() == [15] * 10
-    assert torch.equal(part, pipeline.labelled_indices(data, cfg))  # seeded
-    full = small_config(tmp_path, finetune={"label_fraction": 1.0})
-    assert len(pipeline.labelled_indices(data, full)) == 3000
-    default = small_config(tmp_path)
-    assert torch.equal(pipeline.labelled_indices(data, default), data.labelled)
-
-
-def test_val_fraction_holds_a_stratified_part_out_of_every_label_budget(tmp_path):
-    cfg = small_config(tmp_path, finetune={"val_fraction": 0.1})
-    data = pipeline.load_data(cfg, torch.device("cpu"))
-    held = pipeline.validation_indices(data, cfg)
-    assert torch.bincount(data.train_labels[held], minlength=10).tolist() == [6] * 10
-    assert set(held.tolist()) <= set(data.labelled.tolist())  # 10% of the 600 labelled
-    # 5%: a quarter of the 54 left in each class, 13.5, rounded to 14
-    for fraction, trained in ((0.0, 540), (0.05, 140), (1.0, 2940)):
-        part = pipeline.labelled_indices(
-            data, small_config(tmp_path, finetune={"val_fraction": 0.1, "label_fraction": fraction})
-        )
-        assert len(part) == trained and not set(part.tolist()) & set(held.tolist())
-    assert torch.equal(held, pipeline.validation_indices(data, cfg))  # seeded
-    assert len(pipeline.validation_indices(data, small_config(tmp_path))) == 0
-    with pytest.raises(ValueError, match=r"finetune.val_fraction.*\[0, 1\)"):
-        small_config(tmp_path, finetune={"val_fraction": 1.0})
-
-
-def test_a_validation_part_that_takes_a_whole_class_is_refused(tmp_path):
-    # 2 images of each class, 1 of them labelled: the validation part takes that one
-    cfg = small_config(tmp_path, data={"train_limit": 20}, finetune={"val_fraction": 0.1})
-    data = pipeline.load_data(cfg, torch.device("cpu"))
-    with pytest.raises(ValueError, match=r"every labelled image of class\(es\) \[0, 1, .*9\]"):
-        pipeline.labelled_indices(data, cfg)
-    # with every training label the other image of each class is trained on
-    everything = small_config(
-        tmp_path, data={"train_limit": 20}, finetune={"val_fraction": 0.1, "label_fraction": 1.0}
-    )
-    part = pipeline.labelled_indices(data, everything)
-    assert torch.bincount(data.train_labels[part], minlength=10).tolist() == [1] * 10
-
-
 def test_fine_tuning_with_a_validation_part_reports_the_epoch_it_would_choose(tmp_path, pretrained):
     _, _, tmp = pretrained
     cfg = small_config(tmp_path, finetune={"val_fraction": 0.2, "epochs": 3})
@@ -195,7 +150,7 @@ def test_fine_tuning_with_a_validation_part_reports_the_epoch_it_would_choose(tm
     data = pipeline.load_data(cfg, torch.device("cpu"))
     model = SpikingClassifier(SpikingEncoder(cfg.encoder), 10)
     model.load_state_dict(load_checkpoint(tmp_path / "ft")["model"])
-    held = pipeline.validation_indices(data, cfg)
+    held = labelled_split(data, cfg)[1]
     images, labels = data.train_images[held], data.train_labels[held]
     assert images_accuracy(model, images, labels, data, cfg) == summary["val_accuracy"]
     without = pipeline.finetune(
@@ -243,9 +198,6 @@ def test_min_steps_repeats_epochs_of_a_small_label_set(tmp_path):
     lines = (tmp_path / "sup" / "metrics.jsonl").read_text().splitlines()
     tested = [json.loads(line)["epoch"] for line in lines if "test_accuracy" in line]
     assert len(lines) == 7 and tested == [4, 7]  # tested about finetune.epochs times
-    # enough steps already: min_steps changes nothing
-    assert pipeline.finetune_epochs(cfg.finetune, 1000) == 2
-    assert pipeline.finetune_epochs(cfg.finetune, 10, processes=2) == 10
 
 
 def test_negative_min_steps_is_rejected(tmp_path):
@@ -290,7 +242,7 @@ def test_knn_with_every_training_label_beats_the_labelled_part_on_pixels(tmp_pat
 def test_center_feeds_nt_xent_standardised_counts_and_keeps_the_encoder_raw():
     torch.manual_seed(0)
     cfg = load_config("mnist-quick", {"time_steps": 4, "pretrain": {"center": True}})
-    model = pipeline.SimCLR(pipeline.SpikingEncoder(cfg.encoder), 0, cfg.pretrain.center)
+    model = SimCLR(SpikingEncoder(cfg.encoder), 0, cfg.pretrain.center)
     assert not list(model.projector.parameters())  # nothing learned: only batch statistics
     images = torch.rand(16, 1, 28, 28) * 3
     counts = model.encoder(images, 4)  # what kNN and fine-tuning read: raw spike counts

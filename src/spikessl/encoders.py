@@ -232,6 +232,23 @@ class ProjectionHead(nn.Module):
         return self.mlp(counts)
 
 
+class SimCLR(nn.Module):
+    """Pretraining's model: the encoder and what maps its spike counts to the latents NT-Xent
+    compares (the counts themselves, batch-standardised counts or a projection head); the
+    pretraining step runs the two through ``distributed.Traced``."""
+
+    def __init__(self, encoder: SpikingEncoder, projection_dim: int = 0, center: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        d = encoder.latent_dim
+        if center:  # per-count batch statistics, no parameters: (z - mean) / std
+            self.projector = nn.BatchNorm1d(d, affine=False)
+        elif projection_dim:
+            self.projector = ProjectionHead(d, d, projection_dim)
+        else:
+            self.projector = nn.Identity()
+
+
 def build_encoder(spec: str | EncoderConfig | dict) -> SpikingEncoder:
     """An encoder from a preset name (``"paper-mnist"``), an ``EncoderConfig`` or a dict."""
     if isinstance(spec, str):

@@ -7,7 +7,6 @@ loop and writes a run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoin
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,12 +18,12 @@ from torch import Tensor, nn
 
 from spikessl import distributed
 from spikessl.augment import build_augment, two_views
-from spikessl.checkpoints import load_checkpoint, pretrained_encoder, split_digest
-from spikessl.config import Config, FinetuneConfig
+from spikessl.checkpoints import load_checkpoint, pretrained_encoder
+from spikessl.config import Config
 from spikessl.config_yaml import to_dict
-from spikessl.data import Data, load_data, stratified_split
+from spikessl.data import Data, load_data
 from spikessl.distributed import World
-from spikessl.encoders import ProjectionHead, SpikingClassifier, SpikingEncoder
+from spikessl.encoders import SimCLR, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import (
     Pixels,
     class_prototypes,
@@ -34,8 +33,14 @@ from spikessl.evaluate import (
     probe_accuracy,
     test_accuracy,
 )
+from spikessl.labelled import (
+    check_same_split,
+    finetune_epochs,
+    labelled_split,
+    validation_summary,
+)
 from spikessl.losses import nt_xent
-from spikessl.records import evaluation_interval, finetune_epoch_count
+from spikessl.records import evaluation_interval
 from spikessl.runs import check_run_dir, new_run_dir, run_stage, write_summary
 from spikessl.train import LoopSettings, Task, epoch_sizes, fit
 
@@ -52,21 +57,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not has_mps:
         raise ValueError("device=mps but no Apple GPU (MPS) is available; use device=cpu or auto")
     return torch.device(name)
-
-
-class SimCLR(nn.Module):
-    """Encoder plus optional projection head; ``forward`` gives the latents fed to NT-Xent."""
-
-    def __init__(self, encoder: SpikingEncoder, projection_dim: int = 0, center: bool = False):
-        super().__init__()
-        self.encoder = encoder
-        d = encoder.latent_dim
-        if center:  # per-count batch statistics, no parameters: (z - mean) / std
-            self.projector = nn.BatchNorm1d(d, affine=False)
-        elif projection_dim:
-            self.projector = ProjectionHead(d, d, projection_dim)
-        else:
-            self.projector = nn.Identity()
 
 
 def _start(cfg: Config) -> tuple[torch.device, World, Data]:
@@ -220,11 +210,11 @@ def finetune(
         command = "finetune" if checkpoint is not None else "supervised"
         encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
         if checkpoint is not None:
-            _check_same_split(checkpoint, data)
+            check_same_split(checkpoint, data)
     pretrained = command == "finetune"
     model = SpikingClassifier(encoder, data.num_classes).to(device)
     ft = cfg.finetune
-    labelled, held = labelled_indices(data, cfg), validation_indices(data, cfg)
+    labelled, held = labelled_split(data, cfg)
     x, y = data.train_images[labelled], data.train_labels[labelled]
     if pretrained and resume is None and ft.head_init == "prototypes":
         prototype_head(model, x, y, data, cfg)
@@ -301,42 +291,11 @@ def finetune(
             "epochs": epochs,
             "steps": history[-1]["step"],
             "labelled_images": len(x),
-            **_validation_summary(history, len(held)),
+            **validation_summary(history, len(held)),
             "firing_rates": history[-1]["firing_rates"],
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
     )
-
-
-def _validation_summary(history: list[dict], held_out: int) -> dict:
-    """With a validation part: its final accuracy, its best and at which epoch, and the test
-    accuracy of that epoch (the epoch a validation set would choose, the test set unseen)."""
-    if not held_out:
-        return {}
-    rows = [h for h in history if "val_accuracy" in h]
-    best = max(rows, key=lambda h: h["val_accuracy"])  # the first of equals: the earliest
-    return {
-        "val_images": held_out,
-        "val_accuracy": rows[-1]["val_accuracy"],
-        "best_val_accuracy": best["val_accuracy"],
-        "best_val_epoch": best["epoch"],
-        "test_accuracy_at_best_val": best["test_accuracy"],
-    }
-
-
-def _check_same_split(checkpoint: dict, data: Data) -> None:
-    """The labelled part must be the one the pretraining left out (the paper's 80/20)."""
-    saved = checkpoint.get("split", {}).get("labelled")
-    digest = checkpoint.get("split_labelled_sha256")  # a safetensors export's record of it
-    if (saved is not None and not torch.equal(saved.cpu(), data.labelled.cpu())) or (
-        digest is not None and digest != split_digest(data.labelled)
-    ):
-        raise ValueError(
-            "fine-tuning's labelled part is not the one this pretraining run left out: its seed, "
-            "data.labelled_fraction or data.train_limit differ from the run's, so images it "
-            "pretrained on would be fine-tuned on. Drop those overrides (the run's own config is "
-            "the default), or pretrain with them"
-        )
 
 
 @torch.no_grad()
@@ -385,62 +344,13 @@ def prototype_head(
         model.head.bias.copy_(-mean / std)
 
 
-def finetune_epochs(ft: FinetuneConfig, images: int, processes: int = 1) -> int:
-    """``ft.epochs``, or more where ``images`` labelled images give under ``ft.min_steps`` steps.
-
-    ``ft.batch_size`` is per process, as in ``train.fit``.
-    """
-    per_epoch = math.ceil(images / (ft.batch_size * processes))
-    return finetune_epoch_count(ft.epochs, ft.min_steps, per_epoch)
-
-
-def labelled_indices(data: Data, cfg: Config) -> Tensor:
-    """The training images whose labels fine-tuning uses (``finetune.label_fraction``),
-    without the validation part (``validation_indices``)."""
-    f, held = cfg.finetune.label_fraction, validation_indices(data, cfg)
-    if f == 1.0:
-        everything = torch.arange(len(data.train_labels), device=data.labelled.device)
-        part = everything[~torch.isin(everything, held)]
-    else:
-        part = data.labelled[~torch.isin(data.labelled, held)]  # the labelled part at val 0
-        if f != 0.0 and f != cfg.data.labelled_fraction:
-            labels = data.train_labels[part].cpu()
-            _, keep = stratified_split(labels, f / cfg.data.labelled_fraction, cfg.seed)
-            part = part[keep.to(part.device)]
-    _check_every_class_trains(data.train_labels[held], data.train_labels[part], cfg)
-    return part
-
-
-def _check_every_class_trains(held: Tensor, trained: Tensor, cfg: Config) -> None:
-    """A validation part must not take every labelled image of a class (at least one of each
-    class goes to it, so a class with one labelled image would never be trained on)."""
-    missing = sorted(set(held.unique().tolist()) - set(trained.unique().tolist()))
-    if missing:
-        raise ValueError(
-            f"finetune.val_fraction={cfg.finetune.val_fraction} holds out every labelled image "
-            f"of class(es) {missing}, so fine-tuning would never see them; lower "
-            "finetune.val_fraction, raise finetune.label_fraction or data.train_limit, "
-            "or set finetune.val_fraction=0"
-        )
-
-
-def validation_indices(data: Data, cfg: Config) -> Tensor:
-    """The labelled images held out of fine-tuning to validate on (``finetune.val_fraction``
-    of the labelled part, stratified and seeded); none at 0."""
-    if cfg.finetune.val_fraction == 0:
-        return data.labelled[:0]
-    labels = data.train_labels[data.labelled].cpu()
-    _, held = stratified_split(labels, cfg.finetune.val_fraction, cfg.seed)
-    return data.labelled[held.to(data.labelled.device)]
-
-
 def probe(cfg: Config, checkpoint: dict | None) -> dict:
     """Linear-probe accuracy of a pretrained encoder's latents (or of a fresh one, without):
     a logistic regression on the frozen spike counts of the labelled images (the
     ``finetune.label_fraction`` that fine-tuning uses), and the same on the input pixels."""
     device, _, data = _start(cfg)
     encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
-    labelled = labelled_indices(data, cfg)
+    labelled = labelled_split(data, cfg)[0]
     result: dict = {"command": "probe", "labelled_images": int(labelled.numel())}
     for name, model in (("probe", encoder.to(device)), ("pixel_probe", Pixels())):
         score, weight_decay, held_out = probe_accuracy(model, data, cfg, labelled)
