@@ -3,22 +3,10 @@ validation part, the epochs a small budget needs."""
 
 import pytest
 import torch
+from tiny import small_config
 
-from spikessl.config import load_config
 from spikessl.data import load_data
 from spikessl.labelled import finetune_epochs, labelled_split
-
-
-def small_config(tmp_path, **sections):
-    base = {
-        "time_steps": 4,
-        "device": "cpu",
-        "out_dir": str(tmp_path),
-        "data": {"train_limit": 3000, "test_limit": 1000},
-    }
-    for key, value in sections.items():
-        base.setdefault(key, {}).update(value)
-    return load_config("mnist-quick", base)
 
 
 def labelled_indices(data, cfg):

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from tiny import small_config
 
 from spikessl import pipeline
 from spikessl.checkpoints import load_checkpoint
@@ -14,24 +15,6 @@ from spikessl.config import load_config
 from spikessl.encoders import SimCLR, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import class_prototypes
 from spikessl.labelled import labelled_split
-
-
-def small_config(tmp_path, **overrides):
-    base = {
-        "time_steps": 4,
-        "device": "cpu",
-        "out_dir": str(tmp_path),
-        "data": {"train_limit": 3000, "test_limit": 1000},
-        "pretrain": {"epochs": 9, "batch_size": 64},
-        "finetune": {"epochs": 3, "batch_size": 64},
-        "knn": {"k": 20},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            base.setdefault(key, {}).update(value)
-        else:
-            base[key] = value
-    return load_config("mnist-quick", base)
 
 
 @pytest.fixture(scope="module")

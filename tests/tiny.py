@@ -1,4 +1,5 @@
-"""Overrides for the smallest real run, shared by the sweep and reproduce tests."""
+"""Configs for small real runs shared by test modules: the smallest (sweep, reproduce) and
+``small_config`` (pipeline, labelled)."""
 
 # A few seconds per stage on a busy 2-core CPU: 160 unlabelled images (5 steps), 40 labelled.
 TINY = [
@@ -27,3 +28,25 @@ def tiny_base(*extra: str) -> dict:
 def forbidden(*args, **kwargs):
     """Monkeypatched over a training function where a test must train nothing."""
     raise AssertionError("nothing should train here")
+
+
+def small_config(tmp_path, **overrides):
+    """``mnist-quick`` at T=4 on 3,000 training and 1,000 test images, on the CPU, writing under
+    ``tmp_path``; ``overrides``: top-level values, or sections merged key by key."""
+    from spikessl.config import load_config
+
+    base = {
+        "time_steps": 4,
+        "device": "cpu",
+        "out_dir": str(tmp_path),
+        "data": {"train_limit": 3000, "test_limit": 1000},
+        "pretrain": {"epochs": 9, "batch_size": 64},
+        "finetune": {"epochs": 3, "batch_size": 64},
+        "knn": {"k": 20},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
+    return load_config("mnist-quick", base)
