@@ -23,7 +23,7 @@ import yaml
 
 from spikessl import cli, pipeline
 from spikessl.config import load_config
-from spikessl.report import GENERATED
+from spikessl.readme import GENERATED
 
 # tests/conftest.py points SPIKESSL_DATA at ../shared/datasets; absolute, since tests chdir
 DATA = Path(os.environ["SPIKESSL_DATA"]).resolve()

@@ -15,7 +15,7 @@ from spikessl import cli, figures, pipeline, reproduce
 from spikessl.config import load_config
 from spikessl.config_yaml import parse_overrides
 from spikessl.grid import pretrain_key
-from spikessl.report import GENERATED_BY_REPRODUCE
+from spikessl.readme import GENERATED_BY_REPRODUCE
 from spikessl.reproduce import BEST, base_config, paper_rows, plan
 
 

@@ -244,7 +244,7 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
 
 def _sweep_readme(args: argparse.Namespace, axes: list[str], cells: int, records: list) -> None:
     """The records folder's README: the command that remakes it and the table so far."""
-    from spikessl import report
+    from spikessl.readme import write_sweep_readme
 
     if not records:
         return
@@ -256,7 +256,7 @@ def _sweep_readme(args: argparse.Namespace, axes: list[str], cells: int, records
     over = ", ".join(o.partition("=")[0] for o in axes) or "no axis (one cell)"
     readme = Path(args.records) / "README.md"
     title = f"Sweep of `{preset}` over {over}"
-    if not report.write_sweep_readme(readme, title, command, cells, records):
+    if not write_sweep_readme(readme, title, command, cells, records):
         print(f"sweep: kept {readme}: written by hand (no spikessl line)", file=sys.stderr)
 
 
