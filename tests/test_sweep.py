@@ -297,7 +297,7 @@ def test_seeds_are_summarised_when_the_grid_varies_them(tmp_path, monkeypatch):
 
 def test_a_cell_that_stops_on_its_numbers_does_not_stop_the_others(tmp_path, monkeypatch):
     from spikessl import sweep
-    from spikessl.train import Diverged
+    from spikessl.health import Diverged
 
     def fake_cell(cell, runs_root, records_dir, progress, log):
         if cell.config.finetune.lr == 0.02:
@@ -341,7 +341,7 @@ def test_a_baseline_that_stops_keeps_the_cells_ssl_record(tmp_path, monkeypatch)
 
 def test_a_fine_tuning_that_stops_still_keeps_its_finished_pretraining(tmp_path, monkeypatch):
     from spikessl import sweep
-    from spikessl.train import Stopped
+    from spikessl.health import Stopped
 
     finished, kept = set(), []
 
@@ -362,7 +362,7 @@ def test_a_fine_tuning_that_stops_still_keeps_its_finished_pretraining(tmp_path,
 
 def test_cells_that_share_a_stopped_pretraining_are_not_run_again(tmp_path, monkeypatch):
     from spikessl import sweep
-    from spikessl.train import Stopped
+    from spikessl.health import Stopped
 
     ran, lines = [], []
 

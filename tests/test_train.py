@@ -20,12 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikessl import train
+from spikessl.health import Diverged
 from spikessl.train import (
     LoopSettings,
     Task,
     atomic_save,
-    check_divergence,
-    check_rates,
     fit,
     lr_factor,
 )
@@ -69,43 +68,6 @@ def test_lr_factor_unknown_schedule() -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# check_divergence
-# ------------------------------------------------------------------------------------------
-
-
-def epochs_of(*losses: float) -> list[dict]:
-    return [{"epoch": i + 1, "loss": v} for i, v in enumerate(losses)]
-
-
-def test_check_divergence_the_measured_jump() -> None:
-    # the 32-channel MNIST pretraining's NT-Xent, epochs 8-11
-    msg = check_divergence(epochs_of(0.996, 0.947, 0.918), 2.23, "pretrain epoch 4")
-    assert msg is not None
-    assert "pretrain epoch 4: loss 2.23, up from 0.918 at epoch 3" in msg
-    assert "lower learning rate" in msg
-
-
-@pytest.mark.parametrize(
-    "history, loss",
-    [
-        ([], 9.0),  # nothing to compare with
-        (epochs_of(3.0, 2.0, 1.0), 1.9),  # under twice the lowest
-        (epochs_of(0.01, 0.005), 0.03),  # six times, but only 0.025 nats: fine-tuning noise
-        (epochs_of(1.0), 2.0),  # exactly twice is not more than twice
-        (epochs_of(1.0), float("nan")),  # on_nonfinite handles these
-    ],
-)
-def test_check_divergence_quiet(history: list[dict], loss: float) -> None:
-    assert check_divergence(history, loss, "x") is None
-
-
-def test_check_divergence_compares_with_the_lowest_epoch() -> None:
-    msg = check_divergence(epochs_of(2.0, 0.4, 0.9), 1.0, "x")  # 2.5x the lowest (epoch 2)
-    assert msg is not None and "up from 0.4 at epoch 2" in msg
-    assert check_divergence(epochs_of(2.0, 0.6, 0.9), 1.0, "x") is None
-
-
-# ------------------------------------------------------------------------------------------
 # atomic_save
 # ------------------------------------------------------------------------------------------
 
@@ -139,35 +101,6 @@ def test_atomic_save_failure_keeps_the_previous_file(
     monkeypatch.undo()
     loaded = torch.load(path, weights_only=True)
     assert loaded["epoch"] == 1 and torch.equal(loaded["w"], torch.ones(3))
-
-
-# ------------------------------------------------------------------------------------------
-# check_rates
-# ------------------------------------------------------------------------------------------
-
-
-def test_check_rates_silent_layer() -> None:
-    msg = check_rates(torch.tensor([0.2, 0.0, 0.3]), "pretrain step 7")
-    assert msg is not None
-    assert "pretrain step 7" in msg and "layer 1 silent" in msg
-    assert "layer 0" not in msg and "layer 2" not in msg
-
-
-def test_check_rates_saturated_layer() -> None:
-    msg = check_rates(torch.tensor([0.2, 0.5, 1.0]), "finetune step 1")
-    assert msg is not None
-    assert "finetune step 1" in msg and "layer 2 saturated" in msg
-    assert "layer 0" not in msg and "layer 1" not in msg
-
-
-def test_check_rates_names_every_bad_layer() -> None:
-    msg = check_rates(torch.tensor([0.0, 0.5, 1.0]), "x")
-    assert msg is not None and "layer 0 silent" in msg and "layer 2 saturated" in msg
-
-
-@pytest.mark.parametrize("rates", [[0.1, 0.5, 0.9], [1e-3], [2e-4, 0.98], []])
-def test_check_rates_healthy(rates: list[float]) -> None:
-    assert check_rates(torch.tensor(rates), "x") is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -448,7 +381,7 @@ def test_on_divergence_stop_ends_the_run_after_the_diverging_epoch(tmp_path: Pat
     stopped = r"toy: its loss diverged at epoch 3 \(4\.348\): stopped \(on_divergence=stop\)"
     with (
         pytest.warns(RuntimeWarning, match="toy epoch 3: loss"),
-        pytest.raises(train.Diverged, match=stopped),
+        pytest.raises(Diverged, match=stopped),
     ):
         fit(task, x, y, stop, tmp_path)
     assert [r.get("diverging", False) for r in read_metrics(tmp_path)] == [False, False, True]
@@ -457,7 +390,7 @@ def test_on_divergence_stop_ends_the_run_after_the_diverging_epoch(tmp_path: Pat
     assert (kept["epoch"], checkpoint["epoch"]) == (2, 3)  # both kept, the epoch's own too
     # resumed with the same setting, it stops at once: no epoch is trained again
     again = make_task(lr=0.0, shift=lambda call: pytest.fail("trained after stopping"))
-    with pytest.raises(train.Diverged, match=r"epoch 3 \(4\.348\): stopped"):
+    with pytest.raises(Diverged, match=r"epoch 3 \(4\.348\): stopped"):
         fit(again, x, y, stop, tmp_path, resume=checkpoint)
     assert len(read_metrics(tmp_path)) == 3
     # resumed with on_divergence=warn, it trains on as if it had never stopped
@@ -465,7 +398,7 @@ def test_on_divergence_stop_ends_the_run_after_the_diverging_epoch(tmp_path: Pat
     history = fit(on, x, y, settings(epochs=5), tmp_path, resume=checkpoint)
     assert [r.get("diverging", False) for r in history] == [False, False, True, True, True]
     last = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    with pytest.raises(train.Diverged, match=r"epoch 3 \(4\.348, and the run is at epoch 5\)"):
+    with pytest.raises(Diverged, match=r"epoch 3 \(4\.348, and the run is at epoch 5\)"):
         fit(again, x, y, settings(epochs=6, on_divergence="stop"), tmp_path, resume=last)
 
 

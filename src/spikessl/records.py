@@ -158,12 +158,12 @@ def load_records(records_dir: str | Path, names: list[str] | None = None) -> lis
 def pretrain_diverged_epoch(record: dict) -> int | None:
     """The first epoch at which the record's SimCLR pretraining diverged, judged from its
     ``pretrain_loss_by_epoch`` by the rule the training loop warns with
-    (``train.check_divergence``), or None. Tables mark such cells; their numbers stay as
+    (``health.check_divergence``), or None. Tables mark such cells; their numbers stay as
     measured."""
     losses = record.get("pretrain_loss_by_epoch") or []
     if len(losses) < 2:
         return None
-    from spikessl.train import check_divergence  # torch: only for a curve to judge
+    from spikessl.health import check_divergence  # health imports this module
 
     history: list[dict] = []
     for epoch, loss in enumerate(losses, 1):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -29,11 +28,14 @@ from tqdm import tqdm
 
 from spikessl import _native
 from spikessl.distributed import World, all_mean, any_process, gather_objects, my_slice
+from spikessl.health import (
+    check_divergence,
+    check_rates,
+    keep_before_divergence,
+    nonfinite,
+    stop_diverged,
+)
 from spikessl.records import replacing
-
-SILENT, SATURATED = 1e-4, 0.99  # firing rates that starve the surrogate gradient
-# an epoch's loss above twice the lowest so far, and this much above it, is a divergence
-DIVERGED_BY = 0.5
 
 
 @dataclass
@@ -88,69 +90,6 @@ def atomic_save(obj: object, path: Path) -> None:
     """``torch.save`` through ``records.replacing``: a crash never leaves half a file."""
     with replacing(path) as fh:
         torch.save(obj, fh)
-
-
-def check_rates(rates: Tensor, where: str) -> str | None:
-    """A warning text when some layer is silent or saturated (no surrogate gradient)."""
-    bad = [
-        f"layer {i} {'silent' if r < SILENT else 'saturated'} (rate {r:.2g})"
-        for i, r in enumerate(rates.tolist())
-        if not SILENT <= r <= SATURATED  # also catches NaN
-    ]
-    if not bad:
-        return None
-    return (
-        f"{where}: {', '.join(bad)}. A layer that never (or always) fires passes no "
-        "gradient; try encoder.norm=batch, a lower encoder.threshold or a smaller slope."
-    )
-
-
-def check_divergence(history: list[dict], loss: float, where: str) -> str | None:
-    """A warning text when ``loss`` (this epoch's) has more than doubled from the lowest
-    epoch loss in ``history`` and risen by over ``DIVERGED_BY``: training is diverging.
-
-    Measured: a 32-channel MNIST encoder's NT-Xent went 0.92 -> 2.23 -> 5.08 in two epochs
-    and did not come back, and the loop went on without a word.
-    """
-    finite = [h for h in history if math.isfinite(h["loss"])]  # NaN: every step was skipped
-    if not finite or not math.isfinite(loss):
-        return None  # a non-finite loss is on_nonfinite's business
-    best = min(finite, key=lambda h: h["loss"])
-    if loss <= 2 * best["loss"] or loss - best["loss"] <= DIVERGED_BY:
-        return None
-    return (
-        f"{where}: loss {loss:.4g}, up from {best['loss']:.4g} at epoch {best['epoch']}: "
-        "training is diverging and rarely recovers; rerun with a lower learning rate or "
-        "with gradient clipping (grad_clip=1.0 in the pretrain or finetune section)"
-    )
-
-
-class Stopped(FloatingPointError):
-    """Training stopped on its own numbers, in ``stage`` (the task's name: "pretrain",
-    "finetune", "supervised"): a NaN/inf under on_nonfinite=stop, or ``Diverged``."""
-
-    def __init__(self, stage: str, message: str) -> None:
-        super().__init__(message)
-        self.stage = stage
-
-
-class Diverged(Stopped):
-    """An epoch's loss diverged (``check_divergence``) and ``on_divergence`` is "stop": the
-    epoch's metrics and checkpoint are saved, the last checkpoint before it is kept in
-    ``checkpoint-before-divergence.pt``, and training stops."""
-
-
-def _stop_diverged(name: str, run_dir: Path, record: dict, at: int) -> Diverged:
-    """The error for ``record``, the run's first diverging epoch, with the run at epoch ``at``."""
-    went_on = f", and the run is at epoch {at}" if at != record["epoch"] else ""
-    return Diverged(
-        name,
-        f"{name}: its loss diverged at epoch {record['epoch']} ({record['loss']:.4g}{went_on}): "
-        f"stopped (on_divergence=stop). {run_dir} keeps its metrics, its checkpoint and the "
-        "last checkpoint before the divergence (checkpoint-before-divergence.pt). Rerun with "
-        "gradient clipping (grad_clip=1.0 in the pretrain or finetune section) or a lower "
-        "learning rate, or continue this run with on_divergence=warn",
-    )
 
 
 class Interrupted(Exception):
@@ -225,37 +164,6 @@ def epoch_sizes(
     return steps_per_epoch, total, steps_per_epoch * batch if drop_last else n
 
 
-def _nonfinite(
-    name: str, bad: str, epoch: int, step: int, policy: str, checkpoint: Path | None
-) -> None:
-    """A step skipped for a non-finite loss or gradient: raise (``policy`` "stop", naming
-    the last good ``checkpoint`` if there is one) or warn ("skip")."""
-    if policy == "stop":
-        kept = (
-            f"; the last good checkpoint is {checkpoint}"
-            if checkpoint is not None and checkpoint.exists()
-            else ""
-        )
-        raise Stopped(
-            name,
-            f"{name}: {bad} at epoch {epoch}, step {step}: likely a too-high learning rate "
-            f"(lower lr) or an exploding input (on_nonfinite=skip skips such steps){kept}",
-        )
-    warnings.warn(f"{name} step {step}: {bad}; step skipped", RuntimeWarning, stacklevel=3)
-
-
-def _keep_before_divergence(run_dir: Path, msg: str) -> None:
-    """On the first diverging epoch, keep a copy of the last checkpoint saved before this
-    epoch's end (the epoch's own is written after this) and warn; later ones say nothing."""
-    kept = run_dir / "checkpoint-before-divergence.pt"
-    if kept.exists():
-        return
-    with open(run_dir / "checkpoint.pt", "rb") as src, replacing(kept) as dst:
-        shutil.copyfileobj(src, dst)
-    msg += f" (the last checkpoint before this epoch's end: {kept})"
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
-
-
 def _backward_and_step(
     loss: Tensor, optimizer: torch.optim.Optimizer, params: list[Tensor], clip: float, world: World
 ) -> str | None:
@@ -328,7 +236,7 @@ def fit(
         (run_dir / "metrics.jsonl").write_text(lines)
     diverged = next((h for h in history if h.get("diverging")), None)
     if diverged and settings.on_divergence == "stop":  # a run stopped for it stays stopped
-        raise _stop_diverged(task.name, run_dir, diverged, done_epochs)
+        raise stop_diverged(task.name, run_dir, diverged, done_epochs)
 
     def save(epoch_start_shuffle: Tensor) -> None:
         rngs = gather_objects(rng_state(), world)  # every process draws its own augmentations
@@ -385,7 +293,7 @@ def fit(
                 bad = _backward_and_step(loss * share, optimizer, params, settings.grad_clip, world)
                 if bad is not None:  # stops the run, or warns and counts the skipped step
                     last = run_dir / "checkpoint.pt" if main else None
-                    _nonfinite(task.name, bad, epoch, step, settings.on_nonfinite, last)
+                    nonfinite(task.name, bad, epoch, step, settings.on_nonfinite, last)
                     sums["skipped"] += 1
                 step += 1
                 epoch_step = b + 1
@@ -436,7 +344,7 @@ def fit(
             where = f"{task.name} epoch {epoch}"
             if main and (msg := check_divergence(history, record["loss"], where)):
                 record["diverging"] = True
-                _keep_before_divergence(run_dir, msg)
+                keep_before_divergence(run_dir, msg)
             history.append(record)
             done_epochs, epoch_step = epoch, 0
             sums = {"loss": 0.0, "images": 0, "rates": None, "seconds": 0.0, "skipped": 0}
@@ -447,7 +355,7 @@ def fit(
             if main:
                 _print_epoch(task.name, record, rates_epoch)
             if settings.on_divergence == "stop" and any_process("diverging" in record, world):
-                raise _stop_diverged(task.name, run_dir, record, epoch)
+                raise stop_diverged(task.name, run_dir, record, epoch)
     return history
 
 
