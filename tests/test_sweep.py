@@ -409,6 +409,7 @@ def test_a_sweep_over_val_fraction_shares_one_pretraining_and_records_validation
         assert summary["val_images"] == 10 and summary["labelled_images"] == 30
         assert held[f"{stage}_val_accuracy"] == summary["val_accuracy"]
         assert held[f"{stage}_best_val_epoch"] == 1  # one epoch, one evaluation
+        assert held[f"{stage}_best_val_accuracy"] == summary["best_val_accuracy"]
         assert held[f"{stage}_test_accuracy_at_best_val"] == held[f"{stage}_test_accuracy"]
         assert held[f"{stage}_val_accuracy"] in {10.0 * n for n in range(11)}  # of 10 images
     with open(tmp_path / "records" / "results.csv") as fh:
