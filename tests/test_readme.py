@@ -61,3 +61,12 @@ def test_sweep_readme_shows_seeds_md_only_for_records_over_seeds(tmp_path) -> No
     two_seeds = [{"cell": f"seed={s}", "config": config(s)} for s in (0, 1)]
     assert write_sweep_readme(readme_path, "T", "spikessl sweep", 2, two_seeds)
     assert "| setting | mean |" in readme_path.read_text()
+
+
+def test_readme_says_when_cells_used_a_subset_of_the_data() -> None:
+    def record(**data) -> dict:
+        return {"cell": "a", "config": {"data": {"train_limit": 0, "test_limit": 0, **data}}}
+
+    assert "Subsets" not in readme("T", "c", "settings.", [record(), {"cell": "b"}], {})
+    text = readme("T", "c", "settings.", [record(), record(test_limit=500, train_limit=200)], {})
+    assert "settings. **Subsets:** data.test_limit=500, data.train_limit=200 in some" in text

@@ -32,6 +32,26 @@ def _cells(probes: list) -> str:
     return f"{len(probes)} cell(s), speed probe {span} images/s (`spikessl.sweep.speed_probe`)"
 
 
+def _subsets(records: list[dict]) -> str:
+    """A warning sentence when some records trained or tested on a class-balanced subset
+    (``data.train_limit``, ``data.test_limit``): their accuracies are not the whole test set's."""
+    limits = sorted(
+        {
+            f"data.{key}={r['config']['data'][key]}"
+            for r in records
+            for key in ("train_limit", "test_limit")
+            if r.get("config", {}).get("data", {}).get(key)
+        }
+    )
+    if not limits:
+        return ""
+    return (
+        f" **Subsets:** {', '.join(limits)} in some cells: their accuracies come from a "
+        "class-balanced part of the data, not the whole training or test set, and do not "
+        "compare with the paper's."
+    )
+
+
 def readme(title: str, command: str, settings: str, records: list[dict], sections: dict) -> str:
     """The records folder's README: how to regenerate it, cost, environment, results."""
     environments: dict[str, list] = {}  # environment -> one speed probe (or None) per cell
@@ -48,7 +68,7 @@ def readme(title: str, command: str, settings: str, records: list[dict], section
         "",
         f"    {command}",
         "",
-        settings,
+        settings + _subsets(records),
         "",
         "## Wall time",
         "",
