@@ -353,3 +353,15 @@ def test_an_unusable_run_dir_is_refused_before_the_data_loads(
             pipeline.pretrain(cfg, run_dir)
         else:
             pipeline.finetune(cfg, {} if command == "finetune" else None, run_dir)
+
+
+def test_a_validation_part_that_leaves_a_class_out_fails_before_the_pretraining(
+    tmp_path, monkeypatch
+):
+    from tiny import forbidden
+
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    cfg = small_config(tmp_path, data={"train_limit": 20}, finetune={"val_fraction": 0.1})
+    with pytest.raises(ValueError, match="holds out every labelled image"):
+        pipeline.staged(cfg, tmp_path / "pre", tmp_path / "ft", False, print)
+    assert not (tmp_path / "pre").exists()

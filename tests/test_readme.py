@@ -69,4 +69,9 @@ def test_readme_says_when_cells_used_a_subset_of_the_data() -> None:
 
     assert "Subsets" not in readme("T", "c", "settings.", [record(), {"cell": "b"}], {})
     text = readme("T", "c", "settings.", [record(), record(test_limit=500, train_limit=200)], {})
-    assert "settings. **Subsets:** data.test_limit=500, data.train_limit=200 in some" in text
+    assert (
+        "settings. **Subsets:** data.test_limit=500, data.train_limit=200 in 1 of 2 cells" in text
+    )
+    assert "part of the training or test set, not the whole" in text
+    text = readme("T", "c", "settings.", [record(test_limit=500)], {})
+    assert "data.test_limit=500 in every cell: " in text and "of the test set, not" in text

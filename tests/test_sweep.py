@@ -397,7 +397,7 @@ def test_cells_with_one_name_are_refused_before_anything_runs(tmp_path):
 
 def test_a_sweep_over_val_fraction_shares_one_pretraining_and_records_validation(tmp_path):
     # tiny: 40 labelled images, 4 of each class; a quarter of them (1 each) held out
-    cells = expand_grid(tiny_base(), ["finetune.val_fraction=0,0.25"])
+    cells = expand_grid(tiny_base("finetune.epochs=3"), ["finetune.val_fraction=0,0.25"])
     records = run_sweep(
         cells, tmp_path / "records", tmp_path / "runs", baseline=True, progress=False
     )
@@ -405,12 +405,17 @@ def test_a_sweep_over_val_fraction_shares_one_pretraining_and_records_validation
     plain, held = records
     assert not [k for k in plain if "val_" in k]
     for stage in ("finetune", "supervised"):
-        summary = json.loads((Path(held["run_dirs"][stage]) / "summary.json").read_text())
+        run_dir = Path(held["run_dirs"][stage])
+        summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["val_images"] == 10 and summary["labelled_images"] == 30
-        assert held[f"{stage}_val_accuracy"] == summary["val_accuracy"]
-        assert held[f"{stage}_best_val_epoch"] == 1  # one epoch, one evaluation
-        assert held[f"{stage}_best_val_accuracy"] == summary["best_val_accuracy"]
-        assert held[f"{stage}_test_accuracy_at_best_val"] == held[f"{stage}_test_accuracy"]
+        epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+        assert (
+            held[f"{stage}_val_accuracy"] == summary["val_accuracy"] == epochs[-1]["val_accuracy"]
+        )
+        best = max(epochs, key=lambda r: r["val_accuracy"])  # the first of equals
+        assert held[f"{stage}_best_val_epoch"] == best["epoch"]
+        assert held[f"{stage}_best_val_accuracy"] == best["val_accuracy"]
+        assert held[f"{stage}_test_accuracy_at_best_val"] == best["test_accuracy"]
         assert held[f"{stage}_val_accuracy"] in {10.0 * n for n in range(11)}  # of 10 images
     with open(tmp_path / "records" / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -421,6 +426,12 @@ def test_a_sweep_over_val_fraction_shares_one_pretraining_and_records_validation
         "supervised_val_accuracy",
     ]
     assert rows[0]["finetune_val_accuracy"] == "" != rows[1]["finetune_val_accuracy"]
+    table = (tmp_path / "records" / "results.md").read_text().splitlines()
+    assert (
+        "| finetune_test_accuracy | finetune_val_accuracy | supervised_test_accuracy |"
+        in (table[0])
+    )
+    assert f"| {held['finetune_val_accuracy']:.2f}% |" in table[3]
 
 
 def test_a_records_validation_numbers_come_from_the_stage_summary():

@@ -43,21 +43,33 @@ def labelled_split(data: Data, cfg: Config) -> tuple[Tensor, Tensor]:
             labels = data.train_labels[part].cpu()
             _, keep = stratified_split(labels, f / cfg.data.labelled_fraction, cfg.seed)
             part = part[keep.to(part.device)]
-    _check_every_class_trains(data.train_labels[held], data.train_labels[part], cfg)
+    _check_every_class_trains(data, part, held, cfg)
     return part, held
 
 
-def _check_every_class_trains(held: Tensor, trained: Tensor, cfg: Config) -> None:
-    """A validation part must not take every labelled image of a class (at least one of each
-    class goes to it, so a class with one labelled image would never be trained on)."""
-    missing = sorted(set(held.unique().tolist()) - set(trained.unique().tolist()))
-    if missing:
-        raise ValueError(
-            f"finetune.val_fraction={cfg.finetune.val_fraction} holds out every labelled image "
-            f"of class(es) {missing}, so fine-tuning would never see them; lower "
-            "finetune.val_fraction, raise finetune.label_fraction or data.train_limit, "
-            "or set finetune.val_fraction=0"
-        )
+def _check_every_class_trains(data: Data, part: Tensor, held: Tensor, cfg: Config) -> None:
+    """The validation part must leave every class something to train on: it takes at least
+    one labelled image of each class, all of them where a class has one (a tiny
+    ``data.train_limit``), or where ``val_fraction`` rounds up to every one."""
+    labels = data.train_labels
+    missing = sorted(set(labels[held].unique().tolist()) - set(labels[part].unique().tolist()))
+    if not missing:
+        return
+    counts = torch.bincount(labels[data.labelled].cpu(), minlength=data.num_classes)
+    fewest = min(int(counts[c]) for c in missing)
+    fixes = [
+        "finetune.label_fraction=1 (train on every other training label)",
+        "more data (a larger data.train_limit, or 0 for all)",
+        "finetune.val_fraction=0",
+    ]
+    if fewest > 1:  # one image of a class always goes to validation
+        fixes.insert(0, "a lower finetune.val_fraction")
+    raise ValueError(
+        f"finetune.val_fraction={cfg.finetune.val_fraction} holds out every labelled image of "
+        f"class(es) {missing} (the labelled part has {fewest} of the fewest), so fine-tuning, "
+        f"the supervised baseline and the probe would train without them; use "
+        + ", or ".join(fixes)
+    )
 
 
 def _validation(data: Data, cfg: Config) -> Tensor:

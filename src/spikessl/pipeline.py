@@ -149,7 +149,12 @@ def staged(
     cfg: Config, pre_dir: Path, ft_dir: Path, progress: bool, log: Callable[[str], None]
 ) -> tuple[dict, dict]:
     """Pretraining in ``pre_dir``, then fine-tuning from it in ``ft_dir``: each stage reused
-    when finished and resumed when interrupted (``runs.run_stage``). Their summaries."""
+    when finished and resumed when interrupted (``runs.run_stage``). Their summaries.
+
+    A validation part that leaves a class nothing to fine-tune on fails here, before the
+    pretraining (``labelled_split``), not after it."""
+    if cfg.finetune.val_fraction:
+        labelled_split(load_data(cfg, torch.device("cpu")), cfg)
     pre = run_stage("pretrain", pre_dir, log, lambda r: pretrain(cfg, pre_dir, progress, resume=r))
     fin = run_stage(
         "finetune",

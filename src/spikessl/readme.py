@@ -33,22 +33,25 @@ def _cells(probes: list) -> str:
 
 
 def _subsets(records: list[dict]) -> str:
-    """A warning sentence when some records trained or tested on a class-balanced subset
+    """A warning sentence when records trained or tested on a class-balanced subset
     (``data.train_limit``, ``data.test_limit``): their accuracies are not the whole test set's."""
-    limits = sorted(
-        {
-            f"data.{key}={r['config']['data'][key]}"
-            for r in records
-            for key in ("train_limit", "test_limit")
-            if r.get("config", {}).get("data", {}).get(key)
-        }
-    )
+    used = [
+        {k: data[k] for k in ("train_limit", "test_limit") if data.get(k)}
+        for data in (r.get("config", {}).get("data", {}) for r in records)
+    ]
+    limits = sorted({f"data.{k}={v}" for u in used for k, v in u.items()})
     if not limits:
         return ""
+    where = "in every cell" if all(used) else f"in {sum(map(bool, used))} of {len(used)} cells"
+    sets = " or ".join(
+        name
+        for name, key in (("training", "train_limit"), ("test", "test_limit"))
+        if any(key in u for u in used)
+    )
     return (
-        f" **Subsets:** {', '.join(limits)} in some cells: their accuracies come from a "
-        "class-balanced part of the data, not the whole training or test set, and do not "
-        "compare with the paper's."
+        f" **Subsets:** {', '.join(limits)} {where}: those accuracies come from a "
+        f"class-balanced part of the {sets} set, not the whole, and do not compare with the "
+        "paper's."
     )
 
 

@@ -283,7 +283,7 @@ def _add_supervised(
 
 def _validation(summary: dict, stage: str) -> dict:
     """A stage's validation numbers (``finetune.val_fraction`` > 0), prefixed for a record:
-    the keys of ``labelled.validation_summary`` but its image count (the tests run both)."""
+    every key of ``labelled.validation_summary`` except ``val_images``."""
     keys = ("val_accuracy", "best_val_accuracy", "best_val_epoch", "test_accuracy_at_best_val")
     return {f"{stage}_{k}": summary[k] for k in keys if k in summary}
 
