@@ -537,7 +537,7 @@ def test_pipeline_rerun_reuses_finished_stages_and_resumes_the_interrupted_one(
 
 def test_an_interrupted_pipeline_says_how_to_continue_it(tmp_path, monkeypatch) -> None:
     from spikessl import pipeline
-    from spikessl.train import Interrupted
+    from spikessl.resumable import Interrupted
 
     def stopped(cfg, run_dir, progress, resume=None):
         raise Interrupted(

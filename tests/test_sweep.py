@@ -16,8 +16,8 @@ from spikessl import pipeline
 from spikessl.checkpoints import load_checkpoint
 from spikessl.config_yaml import to_dict
 from spikessl.grid import expand_grid, pretrain_key
+from spikessl.resumable import Interrupted
 from spikessl.sweep import cpu_model, run_sweep, speed_probe
-from spikessl.train import Interrupted
 
 
 @pytest.mark.parametrize(

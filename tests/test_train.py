@@ -1,4 +1,4 @@
-"""Tests for spikessl.train: schedule, atomic checkpoints, rate checks and the training loop.
+"""Tests for spikessl.train: schedule, rate checks and the training loop.
 
 The loop is driven by a tiny deterministic task: a linear classifier on a linearly
 separable 2-D problem, whose loss reports made-up firing rates.
@@ -24,7 +24,6 @@ from spikessl.health import Diverged
 from spikessl.train import (
     LoopSettings,
     Task,
-    atomic_save,
     fit,
     lr_factor,
 )
@@ -65,42 +64,6 @@ def test_lr_factor_warmup() -> None:
 def test_lr_factor_unknown_schedule() -> None:
     with pytest.raises(ValueError, match="unknown schedule 'linear'"):
         lr_factor("linear", 0, 10, 2)
-
-
-# ------------------------------------------------------------------------------------------
-# atomic_save
-# ------------------------------------------------------------------------------------------
-
-
-def test_atomic_save_writes_a_loadable_file(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint.pt"
-    obj = {"weights": torch.arange(6.0).reshape(2, 3), "epoch": 3, "config": {"a": [1, 2]}}
-    atomic_save(obj, path)
-    loaded = torch.load(path, weights_only=True)
-    assert torch.equal(loaded["weights"], obj["weights"])
-    assert loaded["epoch"] == 3 and loaded["config"] == {"a": [1, 2]}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
-    atomic_save({"epoch": 4}, path)  # overwriting works too
-    assert torch.load(path, weights_only=True) == {"epoch": 4}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
-
-
-def test_atomic_save_failure_keeps_the_previous_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "checkpoint.pt"
-    atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
-
-    def failing_save(obj: object, fh: object) -> None:
-        fh.write(b"half a checkpoint")  # type: ignore[attr-defined]
-        raise OSError("disk full")
-
-    monkeypatch.setattr(train.torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_save({"epoch": 2, "w": torch.zeros(3)}, path)
-    monkeypatch.undo()
-    loaded = torch.load(path, weights_only=True)
-    assert loaded["epoch"] == 1 and torch.equal(loaded["w"], torch.ones(3))
 
 
 # ------------------------------------------------------------------------------------------

@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *extra]
     from spikessl import checkpoints, distributed  # after parsing: --help stays instant
-    from spikessl.train import Interrupted
+    from spikessl.resumable import Interrupted
 
     try:
         resume = commands.resume_checkpoint(args, checkpoints)

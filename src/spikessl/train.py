@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from spikessl import _native
-from spikessl.distributed import World, all_mean, any_process, gather_objects, my_slice
+from spikessl.distributed import World, all_mean, any_process, my_slice
 from spikessl.health import (
     check_divergence,
     check_rates,
@@ -35,7 +31,14 @@ from spikessl.health import (
     nonfinite,
     stop_diverged,
 )
-from spikessl.records import replacing
+from spikessl.resumable import (
+    Interrupted,
+    Progress,
+    deferred_signals,
+    fresh_sums,
+    restore_checkpoint,
+    save_checkpoint,
+)
 
 
 @dataclass
@@ -86,55 +89,6 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` through ``records.replacing``: a crash never leaves half a file."""
-    with replacing(path) as fh:
-        torch.save(obj, fh)
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived: the step finished, a checkpoint was written, training stops."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-@contextmanager
-def _deferred_signals():
-    """SIGINT/SIGTERM only set a flag, so a step is never cut in half (main thread only)."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, lambda signum, _frame: received.append(signum))
-    try:
-        yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    np_state = np.random.get_state()
-    state["numpy"] = (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _grads_finite(params: list[Tensor]) -> bool:
     grads = [p.grad for p in params if p.grad is not None]
     return not grads or bool(torch.stack([g.float().norm() for g in grads]).isfinite().all())
@@ -183,6 +137,46 @@ def _backward_and_step(
     return None
 
 
+def _epoch_record(
+    task: Task,
+    at: Progress,
+    epoch: int,
+    last_epoch: int,
+    lr: float,
+    steps_per_epoch: int,
+    seen: int,
+    world: World,
+    run_dir: Path,
+) -> dict:
+    """The finished epoch's metrics line: mean loss, firing rates, speed, the task's
+    evaluation when due (main process only) and a divergence flag."""
+    seconds = at.sums["seconds"]
+    rates = (at.sums["rates"] / steps_per_epoch).tolist()
+    record = {
+        "epoch": epoch,
+        "step": at.step,
+        "loss": _mean_loss(at.sums, world),
+        "lr": lr,
+        "firing_rates": [round(r, 5) for r in rates],
+        "seconds": round(seconds, 2),
+        "images_per_s": round(seen / seconds, 1),
+    }
+    if at.sums["skipped"]:
+        record["skipped_steps"] = at.sums["skipped"]
+    every = task.evaluate_every
+    due = epoch == last_epoch or (every and epoch % every == 0)
+    if world.is_main and task.evaluate is not None and due:  # evaluation: main process only
+        t_eval = time.perf_counter()
+        record.update(task.evaluate())
+        # wall time beside "seconds" (training only): a resumed run's total adds both
+        record["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
+    where = f"{task.name} epoch {epoch}"
+    if world.is_main and (msg := check_divergence(at.history, record["loss"], where)):
+        record["diverging"] = True
+        keep_before_divergence(run_dir, msg)
+    return record
+
+
 def fit(
     task: Task,
     images: Tensor,
@@ -211,80 +205,41 @@ def fit(
     n, batch = images.shape[0], settings.batch_size * world.size  # global batch
     steps_per_epoch, total, seen = epoch_sizes(task.name, n, batch, settings, world.size)
     shuffle = torch.Generator().manual_seed(settings.seed)
-    history: list[dict] = []
-    done_epochs, epoch_step, step = 0, 0, 0
-    sums: dict = {"loss": 0.0, "images": 0, "rates": None, "seconds": 0.0, "skipped": 0}
+    at = Progress()
     if resume is not None:
-        task.model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        loop = resume["loop"]
-        if loop.get("processes", 1) != world.size:  # steps, schedule and RNG streams change
-            raise ValueError(
-                f"{run_dir} was trained by {loop.get('processes', 1)} process(es): resume it "
-                f"with as many (torchrun --nproc_per_node {loop.get('processes', 1)}), not "
-                f"{world.size}"
-            )
-        # copies: the caller's checkpoint dict stays as it was loaded
-        history, sums = list(loop["history"]), dict(loop["sums"])
-        if torch.is_tensor(sums["rates"]):  # saved from the training device, loaded on the CPU
-            sums["rates"] = sums["rates"].to(images.device)
-        done_epochs, epoch_step, step = loop["epoch"], loop["epoch_step"], loop["step"]
-        shuffle.set_state(loop["shuffle_state"])
-        set_rng_state(loop["rngs"][world.rank] if "rngs" in loop else loop["rng"])
+        device = images.device
+        at = restore_checkpoint(resume, task.model, optimizer, shuffle, world, run_dir, device)
     if main:  # metrics.jsonl always holds exactly the finished epochs of this run
-        lines = "".join(json.dumps(r) + "\n" for r in history)
+        lines = "".join(json.dumps(r) + "\n" for r in at.history)
         (run_dir / "metrics.jsonl").write_text(lines)
-    diverged = next((h for h in history if h.get("diverging")), None)
+    diverged = next((h for h in at.history if h.get("diverging")), None)
     if diverged and settings.on_divergence == "stop":  # a run stopped for it stays stopped
-        raise stop_diverged(task.name, run_dir, diverged, done_epochs)
+        raise stop_diverged(task.name, run_dir, diverged, at.epoch)
 
     def save(epoch_start_shuffle: Tensor) -> None:
-        rngs = gather_objects(rng_state(), world)  # every process draws its own augmentations
-        if not main:
-            return
-        loop = {
-            "epoch": done_epochs,
-            "epoch_step": epoch_step,
-            "step": step,
-            "shuffle_state": epoch_start_shuffle,
-            "rng": rngs[0],
-            "sums": sums,
-            "history": history,
-            "processes": world.size,
-        }
-        if world.size > 1:
-            loop["rngs"] = rngs
-        state = {
-            "model": task.model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": done_epochs,
-            "step": step,
-            "loop": loop,
-            **(extra_state or {}),
-        }
-        atomic_save(state, run_dir / "checkpoint.pt")
+        save_checkpoint(at, epoch_start_shuffle, task.model, optimizer, world, run_dir, extra_state)
 
     warned = False
-    with _deferred_signals() as received:
-        for epoch in range(done_epochs + 1, settings.epochs + 1):
+    with deferred_signals() as received:
+        for epoch in range(at.epoch + 1, settings.epochs + 1):
             task.model.train()
             epoch_start = shuffle.get_state()
             order = torch.randperm(n, generator=shuffle).to(images.device)
             bar = tqdm(
                 total=seen,
-                initial=min(epoch_step * batch, seen),
+                initial=min(at.epoch_step * batch, seen),
                 unit="img",
                 leave=False,
                 desc=f"{task.name} {epoch}/{settings.epochs}",
                 disable=not (settings.progress and main),
             )
             t0 = time.perf_counter()
-            for b in range(epoch_step, steps_per_epoch):
+            for b in range(at.epoch_step, steps_per_epoch):
                 rows = order[b * batch : (b + 1) * batch]
                 idx = my_slice(rows, world)
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(
-                        settings.schedule, step, total, settings.warmup_steps
+                        settings.schedule, at.step, total, settings.warmup_steps
                     )
                 loss, rates = task.loss(images[idx], labels[idx])
                 # DDP averages the processes' gradients: a process's mean counts by its share
@@ -293,23 +248,27 @@ def fit(
                 bad = _backward_and_step(loss * share, optimizer, params, settings.grad_clip, world)
                 if bad is not None:  # stops the run, or warns and counts the skipped step
                     last = run_dir / "checkpoint.pt" if main else None
-                    nonfinite(task.name, bad, epoch, step, settings.on_nonfinite, last)
-                    sums["skipped"] += 1
-                step += 1
-                epoch_step = b + 1
+                    nonfinite(task.name, bad, epoch, at.step, settings.on_nonfinite, last)
+                    at.sums["skipped"] += 1
+                at.step += 1
+                at.epoch_step = b + 1
                 if bad is None:
-                    sums["loss"] += loss.item() * len(idx)
-                    sums["images"] += len(idx)
-                sums["rates"] = rates if sums["rates"] is None else sums["rates"] + rates
+                    at.sums["loss"] += loss.item() * len(idx)
+                    at.sums["images"] += len(idx)
+                at.sums["rates"] = rates if at.sums["rates"] is None else at.sums["rates"] + rates
                 bar.update(len(idx) * world.size)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-                if main and not warned and (msg := check_rates(rates, f"{task.name} step {step}")):
+                if (
+                    main
+                    and not warned
+                    and (msg := check_rates(rates, f"{task.name} step {at.step}"))
+                ):
                     warnings.warn(msg, RuntimeWarning, stacklevel=2)
                     warned = True  # once per run: the per-epoch rates are in the metrics
                 stop = any_process(bool(received), world)
                 every = settings.checkpoint_every
-                if stop or (every and step % every == 0 and epoch_step < steps_per_epoch):
-                    sums["seconds"] += time.perf_counter() - t0
+                if stop or (every and at.step % every == 0 and at.epoch_step < steps_per_epoch):
+                    at.sums["seconds"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     save(epoch_start)
                 if stop:
@@ -318,45 +277,25 @@ def fit(
                     raise Interrupted(
                         signum,
                         f"{task.name}: stopped by signal {signum} at epoch "
-                        f"{epoch}, step {step}; checkpoint saved in {run_dir}",
+                        f"{epoch}, step {at.step}; checkpoint saved in {run_dir}",
                     )
             bar.close()
-            seconds = sums["seconds"] + time.perf_counter() - t0
-            rates_epoch = (sums["rates"] / steps_per_epoch).tolist()
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "loss": _mean_loss(sums, world),
-                "lr": optimizer.param_groups[0]["lr"],
-                "firing_rates": [round(r, 5) for r in rates_epoch],
-                "seconds": round(seconds, 2),
-                "images_per_s": round(seen / seconds, 1),
-            }
-            if sums["skipped"]:
-                record["skipped_steps"] = sums["skipped"]
-            every = task.evaluate_every
-            due = epoch == settings.epochs or (every and epoch % every == 0)
-            if main and task.evaluate is not None and due:  # evaluation: main process only
-                t_eval = time.perf_counter()
-                record.update(task.evaluate())
-                # wall time beside "seconds" (training only): a resumed run's total adds both
-                record["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
-            where = f"{task.name} epoch {epoch}"
-            if main and (msg := check_divergence(history, record["loss"], where)):
-                record["diverging"] = True
-                keep_before_divergence(run_dir, msg)
-            history.append(record)
-            done_epochs, epoch_step = epoch, 0
-            sums = {"loss": 0.0, "images": 0, "rates": None, "seconds": 0.0, "skipped": 0}
+            at.sums["seconds"] += time.perf_counter() - t0
+            lr = optimizer.param_groups[0]["lr"]
+            record = _epoch_record(
+                task, at, epoch, settings.epochs, lr, steps_per_epoch, seen, world, run_dir
+            )
+            at.history.append(record)
+            at.epoch, at.epoch_step, at.sums = epoch, 0, fresh_sums()
             if main:
                 with open(run_dir / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")
             save(shuffle.get_state())
             if main:
-                _print_epoch(task.name, record, rates_epoch)
+                _print_epoch(task.name, record)
             if settings.on_divergence == "stop" and any_process("diverging" in record, world):
                 raise stop_diverged(task.name, run_dir, record, epoch)
-    return history
+    return at.history
 
 
 def _mean_loss(sums: dict, world: World) -> float:
@@ -366,10 +305,10 @@ def _mean_loss(sums: dict, world: World) -> float:
     return all_mean(sums["loss"], world) / images if images else float("nan")
 
 
-def _print_epoch(name: str, record: dict, rates: list[float]) -> None:
+def _print_epoch(name: str, record: dict) -> None:
     hidden = ("step", "lr", "firing_rates", "eval_seconds")
     shown = {k: v for k, v in record.items() if k not in hidden}
-    rates_txt = " ".join(f"{r:.3f}" for r in rates)
+    rates_txt = " ".join(f"{r:.3f}" for r in record["firing_rates"])
     line = "  ".join(_fmt(k, v) for k, v in shown.items())
     print(f"[{name}] {line}  rates {rates_txt}", file=sys.stderr, flush=True)
 
