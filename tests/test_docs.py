@@ -14,8 +14,9 @@ from spikessl.checkpoints import load_checkpoint
 from spikessl.config import Config
 from spikessl.config_yaml import from_dict, to_dict
 from spikessl.grid import pretrain_key, pretrained_with
-from spikessl.records import csv_text, load_records, write_seed_tables, write_tables
+from spikessl.records import csv_text, load_records, write_tables
 from spikessl.reproduce import base_config, cell_states, parse_seeds, plan, report_contents
+from spikessl.seeds import write_seed_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"

@@ -19,17 +19,13 @@ from spikessl.readme import GENERATED_BY_REPRODUCE, readme, write_generated
 from spikessl.records import (
     DIVERGED,
     accuracy_curve,
-    compare_paired,
     csv_text,
-    describe,
-    diverged_note,
-    diverged_seeds,
     load_records,
-    mean_range,
     pretrain_diverged_epoch,
     write_atomic,
     write_tables,
 )
+from spikessl.seeds import compare_paired, describe, diverged_note, diverged_seeds, mean_range
 
 DASH = "—"
 TABLE_COLUMNS = [

@@ -47,14 +47,9 @@ from spikessl.grid import (
     stage_dir,
     supervised_unused,
 )
-from spikessl.records import (
-    load_records,
-    read_record,
-    write_atomic,
-    write_seed_tables,
-    write_tables,
-)
+from spikessl.records import load_records, read_record, write_atomic, write_tables
 from spikessl.runs import claim_run_dir, finished
+from spikessl.seeds import write_seed_tables
 
 
 def log_to_stderr(message: str) -> None:
