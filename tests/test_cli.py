@@ -569,12 +569,12 @@ def test_neighbors_writes_the_figure(runs: dict) -> None:
 
 
 def test_neighbors_checks_the_output_name_before_encoding(runs: dict, monkeypatch) -> None:
-    from spikessl import figures
+    from spikessl import neighbours
 
     def encode(*args, **kwargs):
         raise AssertionError("the test set was encoded before the name was checked")
 
-    monkeypatch.setattr(figures, "neighbours_figure", encode)
+    monkeypatch.setattr(neighbours, "neighbours_figure", encode)
     pre = str(runs["root"] / "pre")
     assert_error(["neighbors", "--pretrained", pre, "--out", "nb.pdf"], "name the output *.png")
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from spikessl import data, dataset_downloads
+from spikessl.dataset_catalog import class_names
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -657,3 +658,10 @@ def test_a_limit_beyond_the_smallest_class_says_which_limit_fits(tmp_path, key):
     with pytest.raises(ValueError, match=fix):
         load(fits + 10)
     assert len(getattr(load(fits), f"{split}_labels")) == fits
+
+
+def test_class_names_known_and_fallback():
+    assert class_names("cifar10", 10)[3] == "cat"
+    assert class_names("MNIST", 10)[7] == "7"
+    assert class_names("fashion-mnist", 10)[9] == "ankle boot"
+    assert class_names("cifar100", 100)[42] == "42"

@@ -16,6 +16,7 @@ from spikessl.evaluate import (
     class_prototypes,
     fit_logistic,
     knn_predict,
+    label_agreement,
     linear_probe,
 )
 
@@ -409,3 +410,11 @@ def test_linear_probe_bad_inputs() -> None:
         linear_probe(latents, labels, latents, classes, ())
     with pytest.raises(ValueError, match="at least 2"):
         linear_probe(latents[:1], labels[:1], latents, classes)
+
+
+def test_label_agreement_counts_matching_neighbours():
+    queries = torch.tensor([0, 1])
+    neighbours = torch.tensor([[0, 0, 2], [1, 3, 3]])
+    assert label_agreement(queries, neighbours) == pytest.approx(100 * 3 / 6)
+    with pytest.raises(ValueError, match=r"\[Q, k\]"):
+        label_agreement(queries, torch.tensor([0, 1]))

@@ -263,13 +263,13 @@ def _sweep_readme(args: argparse.Namespace, axes: list[str], cells: int, records
 def neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
     from pathlib import Path
 
-    from spikessl import checkpoints, figures
+    from spikessl import checkpoints, figures, neighbours
 
     pretrained = Path(args.pretrained)
     out = args.out or (pretrained if pretrained.is_dir() else pretrained.parent) / "neighbors.png"
     figures.png_path(out)  # a wrong name fails now, not after encoding the test set
     source = checkpoints.checkpoint_source(pretrained)  # kept in the PNG
-    path, agreement = figures.neighbours_figure(
+    path, agreement = neighbours.neighbours_figure(
         checkpoint, cfg, out, n_queries=args.queries, k=args.k, seed=cfg.seed, source=source
     )
     return {"command": "neighbors", "png": str(path), "top1_label_agreement": agreement}

@@ -131,3 +131,40 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
         ),
     }
 )
+
+
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion-mnist": (
+        "T-shirt/top",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "ankle boot",
+    ),
+    "cifar10": (
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ),
+}
+
+
+def class_names(dataset: str, num_classes: int) -> tuple[str, ...]:
+    """Human-readable class names of ``dataset``; ``"0"``, ``"1"``, ... when none are known."""
+    names = CLASS_NAMES.get(dataset.strip().lower())
+    if names is None or len(names) != num_classes:
+        return tuple(str(i) for i in range(num_classes))
+    return names

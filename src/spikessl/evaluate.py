@@ -248,3 +248,16 @@ class Pixels(nn.Module):
 
     def forward(self, images: Tensor, _T: int) -> Tensor:
         return images.flatten(1)
+
+
+def label_agreement(query_labels: Tensor, neighbour_labels: Tensor) -> float:
+    """Percentage of neighbours ``[Q, k]`` whose label equals their query's ``[Q]``."""
+    if neighbour_labels.ndim != 2 or neighbour_labels.shape[0] != query_labels.shape[0]:
+        raise ValueError(
+            f"expected neighbour labels [Q, k] for {query_labels.shape[0]} queries, got "
+            f"{tuple(neighbour_labels.shape)}"
+        )
+    if neighbour_labels.numel() == 0:
+        raise ValueError("no neighbours to compare: pass at least one query and k >= 1")
+    same = neighbour_labels.cpu() == query_labels.cpu()[:, None]  # (Q, k)
+    return 100.0 * same.double().mean().item()

@@ -232,7 +232,7 @@ def neighbours_png(record: dict, cell: grid.Cell, out: Path, log: Callable[[str]
         else:
             log(f"reproduce: {out.name} needs the best cell's pretraining run {run_dir}: not here")
         return out.exists()
-    from spikessl import checkpoints, figures
+    from spikessl import checkpoints, figures, neighbours
 
     # the figure names its checkpoint: one drawn from another machine's run is redrawn
     source = checkpoints.checkpoint_source(checkpoint)
@@ -240,7 +240,7 @@ def neighbours_png(record: dict, cell: grid.Cell, out: Path, log: Callable[[str]
         return True  # drawn from this very checkpoint: encoding the data again changes nothing
     try:
         checkpoint = checkpoints.load_checkpoint(run_dir)
-        figures.neighbours_figure(
+        neighbours.neighbours_figure(
             checkpoint, cell.config, out, seed=cell.config.seed, source=source
         )
     except ValueError as err:  # e.g. fewer test images than rows: the tables still stand
