@@ -102,11 +102,35 @@ def test_export_safetensors_round_trip(pretrained, capsys):
     )
     # --out below a file: the OS error, with what to check, and exit status 2
     assert (
-        main(["export", str(tmp / "pretrain"), "--out", str(folder / "model.safetensors" / "m")])
+        main(
+            [
+                "export",
+                str(tmp / "pretrain"),
+                "--out",
+                str(folder / "model.safetensors" / "m.safetensors"),
+            ]
+        )
         == 2
     )
     err = capsys.readouterr().err
     assert "(a file where a folder belongs?)" in err and "choose another --out" in err
+
+
+def test_export_never_replaces_a_file(pretrained, capsys):
+    from spikessl.cli import main
+
+    _, tmp = pretrained
+    run = tmp / "pretrain"
+    saved = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "summary.json")}
+    for name in saved:  # a run's own files: not a .safetensors name
+        assert main(["export", str(run), "--out", str(run / name)]) == 2
+        assert "name the export *.safetensors" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in saved} == saved
+    keep = tmp / "keep.safetensors"
+    keep.write_text("precious")
+    assert main(["export", str(run), "--out", str(keep)]) == 2
+    assert "exists and export never replaces a file" in capsys.readouterr().err
+    assert keep.read_text() == "precious"
 
 
 def test_encoder_settings_that_differ_from_the_checkpoint_say_how_to_match(pretrained):

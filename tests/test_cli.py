@@ -695,6 +695,30 @@ def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:
     assert f"--records {records} --keep-pretrained\n" in (records / "README.md").read_text()
 
 
+def test_sweep_records_default_beside_the_runs_in_out_dir(tmp_path, monkeypatch) -> None:
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # not where the records go
+    argv = ["sweep", *TINY, "time_steps=2", f"out_dir={tmp_path / 'out'}", "--data-dir", str(DATA)]
+    code, out, err = run_main([*argv, "--no-progress"])
+    assert code == 0, err
+    records = tmp_path / "out" / "sweep" / "records"
+    assert json.loads(out)["records"] == str(records)
+    assert (records / "base.json").is_file() and list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_ctrl_c_outside_a_training_step_says_what_is_kept(monkeypatch) -> None:
+    from spikessl import pipeline
+
+    def knn_at_init(*args, **kwargs):
+        raise KeyboardInterrupt  # e.g. while the kNN before the first step encodes the images
+
+    monkeypatch.setattr(pipeline, "pretrain", knn_at_init)
+    code, out, err = run_main(["pretrain", *TINY, "--no-progress"])
+    assert code == 130 and out == "" and "Traceback" not in err
+    assert "interrupted (Ctrl-C) while loading data or evaluating" in err
+    assert "Continue with the same command" in err
+
+
 def test_sweep_with_a_stopped_cell_exits_2_and_still_writes_its_readme(
     tmp_path, monkeypatch
 ) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import signal
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -502,3 +504,28 @@ def test_fit_rerun_in_the_same_directory_starts_fresh_metrics(tmp_path: Path) ->
     fit(make_task(), x, y, settings(epochs=2), tmp_path)
     fit(make_task(), x, y, settings(epochs=3), tmp_path)
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("epoch", [2, 3])  # one before the last, and the last (no step follows)
+def test_a_signal_during_an_epochs_evaluation_stops_after_it(tmp_path: Path, epoch: int) -> None:
+    x, y = separable_data()
+    reference = fit(make_task(evaluate=lambda: {"acc": 1.0}), x, y, settings(), tmp_path / "ref")
+
+    def evaluate() -> dict:  # e.g. Ctrl-C during the final kNN of a pretraining
+        if len(read_metrics(tmp_path / "run")) == epoch - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"acc": 1.0}
+
+    with pytest.raises(train.Interrupted, match=f"after epoch {epoch};.*checkpoint saved") as stop:
+        fit(make_task(evaluate=evaluate), x, y, settings(), tmp_path / "run")
+    assert stop.value.signum == signal.SIGTERM
+    assert len(read_metrics(tmp_path / "run")) == epoch  # the evaluated epoch is kept
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == epoch
+    task = make_task(evaluate=lambda: {"acc": 1.0})
+    resumed = fit(task, x, y, settings(), tmp_path / "run", resume=checkpoint)
+    untimed = [
+        [{k: v for k, v in h.items() if k not in ("seconds", "eval_seconds", "images_per_s")}]
+        for h in (*resumed, *reference)
+    ]
+    assert untimed[:3] == untimed[3:]  # and the resumed run is the uninterrupted one

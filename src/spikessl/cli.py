@@ -118,10 +118,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "sweep":
             p.add_argument(
                 "--records",
-                default="runs/sweep/records",
+                default=None,
                 help="one JSON record per finished cell, plus results.csv, results.md and a "
                 "README.md; cells recorded here are skipped (commit it to resume on another "
-                "machine)",
+                "machine); default <run-dir>/records, i.e. <out_dir>/sweep/records",
             )
         if name == "sweep":
             _keep_pretrained_option(p)
@@ -313,6 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         if together and not main_process:
             return 2  # the main process says why
         return _error(args.command, err)
+    except KeyboardInterrupt:  # Ctrl-C outside fit's steps: loading data, kNN, evaluation
+        distributed.shutdown()
+        print(
+            f"spikessl {args.command}: interrupted (Ctrl-C) while loading data or evaluating, "
+            "between training steps. Finished runs and their checkpoints are kept. Continue "
+            "with the same command (a run with a checkpoint: --resume RUN_DIR)",
+            file=sys.stderr,
+        )
+        return 130
     except Interrupted as stop:
         distributed.shutdown()
         where = str(stop).rsplit("checkpoint saved in ", 1)[-1]

@@ -77,9 +77,20 @@ def export(args: argparse.Namespace) -> dict:
     out = Path(args.out or (run if run.is_dir() else run.parent))
     if args.out and args.out.endswith(("/", os.sep)):  # a folder, made if need be
         out.mkdir(parents=True, exist_ok=True)
+    target = out / "model.safetensors" if out.is_dir() else out
+    if target.suffix != ".safetensors":  # never over a run's checkpoint.pt or summary.json
+        raise ValueError(
+            f"--out {target}: name the export *.safetensors (or pass a folder): the commands "
+            "that load it (--pretrained) tell an export from a checkpoint by that suffix"
+        )
+    if target.exists():
+        raise ValueError(
+            f"{target} exists and export never replaces a file: remove it first, or pass "
+            "another --out"
+        )
     path = checkpoints.export_safetensors(
         checkpoint,
-        out / "model.safetensors" if out.is_dir() else out,
+        target,
         run if run.is_dir() else None,  # a finished run's summary and metrics go along
     )
     return {"command": "export", "safetensors": str(path)}
@@ -192,6 +203,8 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     axes, _ = sweep_axes(args.overrides)  # the fixed settings are in cfg already
     cells = grid.expand_grid(to_dict(cfg), axes)
     runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
+    if args.records is None:  # beside the runs, wherever out_dir or --run-dir puts them
+        args.records = os.path.join(runs_root, "records")
     if args.dry_run:
         states = plan_cells(cells, args.records, runs_root, args.baseline)
         for i, (name, state) in enumerate(states.items(), 1):

@@ -273,11 +273,8 @@ def fit(
                     save(epoch_start)
                 if stop:
                     bar.close()
-                    signum = received[0] if received else signal.SIGTERM
-                    raise Interrupted(
-                        signum,
-                        f"{task.name}: stopped by signal {signum} at epoch "
-                        f"{epoch}, step {at.step}; checkpoint saved in {run_dir}",
+                    raise _stopped(
+                        task.name, received, f"at epoch {epoch}, step {at.step}", run_dir
                     )
             bar.close()
             at.sums["seconds"] += time.perf_counter() - t0
@@ -295,7 +292,18 @@ def fit(
                 _print_epoch(task.name, record)
             if settings.on_divergence == "stop" and any_process("diverging" in record, world):
                 raise stop_diverged(task.name, run_dir, record, epoch)
+            if any_process(bool(received), world):  # it came during the epoch's evaluation
+                raise _stopped(task.name, received, f"after epoch {epoch}", run_dir)
     return at.history
+
+
+def _stopped(name: str, received: list[int], where: str, run_dir: Path) -> Interrupted:
+    """What ``fit`` raises once a deferred SIGINT/SIGTERM is seen and the checkpoint saved
+    (``signum`` is SIGTERM for a process that learned of another's signal)."""
+    signum = received[0] if received else signal.SIGTERM
+    return Interrupted(
+        signum, f"{name}: stopped by signal {signum} {where}; checkpoint saved in {run_dir}"
+    )
 
 
 def _mean_loss(sums: dict, world: World) -> float:
