@@ -390,6 +390,13 @@ def test_finetune_and_supervised_runs(runs: dict, command: str) -> None:
         assert cfg.encoder == pre.encoder and cfg.data == pre.data
 
 
+def test_knn_reports_the_k_it_voted_with() -> None:
+    code, out, err = run_main(["knn", *TINY, "knn.k=1000", "--no-progress"])
+    assert code == 0, err
+    result = result_json(out)  # 400 training images, 20% labelled: a bank of 80
+    assert (result["k"], result["bank"], result["bank_size"]) == (80, "labelled", 80)
+
+
 def test_knn_on_pretrained(runs: dict) -> None:
     code, out, err = runs["knn"]
     assert code == 0, err
@@ -416,6 +423,13 @@ def test_finetune_refuses_what_is_not_a_finished_pretraining(runs: dict, tmp_pat
     # a checkpoint file named on purpose is taken as given; knn reads any encoder
     check_pretrained(["finetune", "--pretrained", str(unfinished / "checkpoint.pt")])
     check_pretrained(["knn", "--pretrained", str(sup)])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):  # ... and says so when the run is unfinished
+        check_pretrained(["knn", "--pretrained", str(unfinished)])
+    assert err.getvalue() == (
+        f"knn: {unfinished} is an unfinished run (epoch 1 saved): this reads its last saved "
+        "weights\n"
+    )
 
 
 def check_pretrained(argv: list[str]) -> None:
@@ -533,6 +547,15 @@ def test_pipeline_rerun_reuses_finished_stages_and_resumes_the_interrupted_one(
         assert again[key] == first[key], key
     code, _, err = run_main([*argv, "finetune.lr=0.5"])  # not what the runs were made with
     assert code == 2 and "other settings" in err
+    assert f"{tmp_path / 'all' / 'finetune'} holds a run" in err  # the stage that differs
+    assert f"{tmp_path / 'all' / 'pretrain'} holds" not in err  # pretraining reads no finetune.*
+    code, _, err = run_main([*argv, "pretrain.lr=0.5"])
+    assert code == 2 and f"{tmp_path / 'all' / 'pretrain'} holds a run with other settings" in err
+    config_yaml = tmp_path / "all" / "pretrain" / "config.yaml"
+    for damage in (b"time_steps: [4", b"\xff\xfe\x00"):
+        config_yaml.write_bytes(damage)
+        code, _, err = run_main(argv)
+        assert code == 2 and f"{config_yaml} is damaged (" in err, err
 
 
 def test_an_interrupted_pipeline_says_how_to_continue_it(tmp_path, monkeypatch) -> None:
@@ -677,6 +700,7 @@ def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:
     assert table in readme and "device cpu" in readme and "speed probe" in readme
     code, out, err = run_main([*argv, "--dry-run"])
     assert code == 0 and err.count(": recorded\n") == 2 and json.loads(out)["to_run"] == []
+    assert "sweep: time_steps=2 is replaced by the grid axis of that key" in err  # TINY's
     code, out, err = run_main(argv)  # everything recorded: nothing trains again
     assert code == 0 and err.count("recorded, skipping") == 2, err
     assert json.loads(out)["results"] == result["results"]
@@ -755,7 +779,7 @@ def test_sweep_dry_run_lists_the_cells_and_trains_nothing(tmp_path, monkeypatch)
         "cells": 4,
         "to_run": [f"time_steps={t}__finetune.lr={lr}" for t in (2, 3) for lr in ("1e-3", "1e-2")],
     }
-    lines = err.splitlines()
+    lines = [line for line in err.splitlines() if "replaced by the grid axis" not in line]
     assert lines[0] == (
         "sweep [1/4] time_steps=2__finetune.lr=1e-3: pretraining to run, fine-tuning to run, "
         "supervised baseline to run"
@@ -770,7 +794,7 @@ def test_sweep_dry_run_lists_the_cells_and_trains_nothing(tmp_path, monkeypatch)
         [*argv, "--records", str(records), "--run-dir", str(runs), "--keep-pretrained"]
     )
     assert code == 0, err
-    exports = err.splitlines()[4:]
+    exports = [line for line in err.splitlines() if "by the grid axis" not in line][4:]
     assert len(exports) == 2 and len(set(exports)) == 2
     assert all(
         e.startswith(f"sweep: --keep-pretrained would write {records}/pretrain-")

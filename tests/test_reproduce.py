@@ -253,6 +253,7 @@ def test_report_only_tabulates_what_is_recorded_and_trains_nothing(tmp_path, mon
     )
     assert code == 0, err
     assert json.loads(out)["recorded"] == 0
+    assert f"{records} holds no record of this grid's cells: the report shows the paper" in err
     tables = (records / "tables.md").read_text()
     assert "| 10 | 78.21% | — | — | — |" in tables  # the paper's number, none of ours yet
     readme = (records / "README.md").read_text()

@@ -106,14 +106,16 @@ def test_sigterm_checkpoints_and_resume_matches(tmp_path, reference, capsys, mon
     assert numbers(resume["loop"]) == before and len(json.loads(before)[0]) < 3
 
 
-def test_sigkill_resumes_from_last_checkpoint(tmp_path, reference):
+def test_sigkill_resumes_from_last_checkpoint(tmp_path, reference, capsys):
     run_dir = tmp_path / "run"
     proc = start(run_dir)
     wait_for_checkpoint(proc, run_dir, 8)
     proc.kill()
     proc.communicate(timeout=60)
-    assert checkpoint_step(run_dir) >= 8
+    step = checkpoint_step(run_dir)
+    assert step >= 8
     assert main(["pretrain", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert f"pretrain: resuming {run_dir} after step {step} (epoch " in capsys.readouterr().err
     assert_same_run(run_dir, reference)
 
 

@@ -47,7 +47,9 @@ def load_checkpoint(path: str | Path) -> dict:
             )
         path = path / "checkpoint.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: pass a run directory or a .pt file")
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: pass a run directory, a .pt file or a .safetensors export"
+        )
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive, its index at the end
         raise ValueError(
             f"cannot read checkpoint {path}: not a PyTorch checkpoint (no complete zip archive: "

@@ -200,7 +200,11 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
     from spikessl.dryrun import plan_cells, planned_exports, refusal, refused
     from spikessl.sweep import CellsFailed, run_sweep
 
-    axes, _ = sweep_axes(args.overrides)  # the fixed settings are in cfg already
+    axes, fixed = sweep_axes(args.overrides)  # the fixed settings are in cfg already
+    axis_keys = {o.partition("=")[0].strip() for o in axes}
+    for item in fixed:
+        if item.partition("=")[0].strip() in axis_keys:
+            print(f"sweep: {item} is replaced by the grid axis of that key", file=sys.stderr)
     cells = grid.expand_grid(to_dict(cfg), axes)
     runs_root = args.run_dir or os.path.join(cfg.out_dir, "sweep")
     if args.records is None:  # beside the runs, wherever out_dir or --run-dir puts them
@@ -291,11 +295,18 @@ def neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
 def check_pretrained(args: argparse.Namespace, checkpoint: dict) -> None:
     """Fine-tuning starts from a finished pretraining run, or from a checkpoint file named
     on purpose (e.g. ``checkpoint-before-divergence.pt``): its result is reported as SSL."""
-    if args.command != "finetune":  # knn, probe, neighbors may read any encoder
-        return
     from spikessl.runs import finished
 
     run = Path(args.pretrained)
+    if args.command != "finetune":  # knn, probe, neighbors may read any encoder, but say so
+        unfinished = checkpoint.get("finished") is False or (run.is_dir() and not finished(run))
+        if unfinished:
+            print(
+                f"{args.command}: {run} is an unfinished run (epoch "
+                f"{checkpoint.get('epoch', '?')} saved): this reads its last saved weights",
+                file=sys.stderr,
+            )
+        return
     command = checkpoint.get("command", "pretrain")
     if command != "pretrain":
         raise ValueError(
@@ -361,6 +372,11 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             f"{run} is a finished run (its result is in {run / 'summary.json'}): nothing to "
             "resume; to train again, choose a new --run-dir"
         )
+    loop = checkpoint["loop"]
+    print(
+        f"{command}: resuming {run} after step {loop['step']} (epoch {loop['epoch']} done)",
+        file=sys.stderr,
+    )
     return checkpoint
 
 
@@ -382,8 +398,15 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
     t0 = time.perf_counter()
     root = Path(run_dir) if run_dir else default_run_dir(cfg, "pipeline")
     pre_dir, ft_dir, sup_dir = root / "pretrain", root / "finetune", root / "supervised"
-    for stage in (pre_dir, ft_dir, sup_dir):
-        _check_same_settings(stage, cfg)
+    from spikessl.grid import PRETRAIN_UNUSED, supervised_unused
+
+    # each stage against the settings it reads: a new fine-tuning setting reuses the pretraining
+    for stage, unused in (
+        (pre_dir, PRETRAIN_UNUSED),
+        (ft_dir, ()),
+        (sup_dir, supervised_unused(cfg)),
+    ):
+        _check_same_settings(stage, cfg, unused)
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log_to_stderr)
     result = {
         "dataset": cfg.data.name,
@@ -400,13 +423,25 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
     return result
 
 
-def _check_same_settings(run_dir: Path, cfg: Config) -> None:
+def _check_same_settings(run_dir: Path, cfg: Config, unused: tuple[str, ...]) -> None:
     """A stage of an earlier ``pipeline`` in ``run_dir`` is reused or resumed only when it
-    was run with ``cfg``'s settings (device, out_dir and the like aside)."""
-    from spikessl.config_yaml import to_dict
-    from spikessl.grid import made_with
+    was run with ``cfg``'s settings, those in ``unused`` (and device, out_dir and the like)
+    aside."""
+    import yaml
 
-    if (run_dir / "config.yaml").exists() and not made_with(run_dir, to_dict(cfg)):
+    from spikessl.grid import made_with, relevant_settings
+
+    config_yaml = run_dir / "config.yaml"
+    if not config_yaml.exists():
+        return
+    try:
+        yaml.safe_load(config_yaml.read_text())
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = str(err).splitlines()[0]
+        raise ValueError(
+            f"{config_yaml} is damaged ({reason}): restore it, or choose another --run-dir"
+        ) from None
+    if not made_with(run_dir, relevant_settings(cfg, unused), unused):
         raise ValueError(
             f"{run_dir} holds a run with other settings (its config.yaml): rerun with the "
             "settings it was started with to continue it, or choose another --run-dir"

@@ -121,7 +121,7 @@ def cell_name(overrides: tuple[tuple[str, str], ...]) -> str:
     return name
 
 
-def _relevant(cfg: Config, drop: tuple[str, ...] = ()) -> dict:
+def relevant_settings(cfg: Config, drop: tuple[str, ...] = ()) -> dict:
     """``to_dict(cfg)`` without ``IGNORED`` and ``drop`` (dotted keys or whole sections)."""
     return _prune(to_dict(cfg), drop)
 
@@ -156,17 +156,17 @@ def supervised_unused(cfg: Config) -> tuple[str, ...]:
 
 def cell_key(cfg: Config) -> str:
     """12 hex digits identifying every setting that changes a cell's results."""
-    return _digest(_relevant(cfg))
+    return _digest(relevant_settings(cfg))
 
 
 def pretrain_key(cfg: Config) -> str:
     """Like ``cell_key`` without the fine-tuning settings: pretraining never reads them."""
-    return _digest(_relevant(cfg, PRETRAIN_UNUSED))
+    return _digest(relevant_settings(cfg, PRETRAIN_UNUSED))
 
 
 def supervised_key(cfg: Config) -> str:
     """Like ``cell_key`` without the pretraining-only settings the baseline never reads."""
-    return _digest(_relevant(cfg, supervised_unused(cfg)))
+    return _digest(relevant_settings(cfg, supervised_unused(cfg)))
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -197,7 +197,8 @@ def pretrained_with(config: dict, cfg: Config) -> bool:
     """Whether a pretraining run's config tree ``config`` pretrains as ``cfg`` does: its
     settings other than ``PRETRAIN_UNUSED`` are the ``same_settings``."""
     return same_settings(
-        _prune(json.loads(json.dumps(config)), PRETRAIN_UNUSED), _relevant(cfg, PRETRAIN_UNUSED)
+        _prune(json.loads(json.dumps(config)), PRETRAIN_UNUSED),
+        relevant_settings(cfg, PRETRAIN_UNUSED),
     )
 
 
@@ -206,14 +207,14 @@ def record_matches(record: dict, cell: Cell) -> bool:
     if record["key"] == cell.key:
         return True
     config = record.get("config")
-    return isinstance(config, dict) and same_settings(config, _relevant(cell.config))
+    return isinstance(config, dict) and same_settings(config, relevant_settings(cell.config))
 
 
 def stage_dir(runs_root: Path, template: str, cfg: Config, drop: tuple[str, ...] = ()) -> Path:
     """``runs_root / template.format(key)``, the key hashing ``cfg`` without ``drop``; or when
     that does not exist, a run directory of the same template made by an earlier spikessl for
     the same settings (its key also hashed config fields added since, left here at defaults)."""
-    settings = _relevant(cfg, drop)
+    settings = relevant_settings(cfg, drop)
     path = runs_root / template.format(_digest(settings))
     if path.exists():
         return path

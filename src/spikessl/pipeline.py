@@ -371,11 +371,13 @@ def knn(cfg: Config, checkpoint: dict | None) -> dict:
     the input pixels with the same bank, queries and k: what a latent has to beat."""
     device, _, data = _start(cfg)
     encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
+    bank_size = len(data.labelled) if cfg.knn.bank == "labelled" else data.train_images.shape[0]
     return {
         "command": "knn",
         "knn_accuracy": knn_accuracy(encoder.to(device), data, cfg),
         "pixel_knn_accuracy": knn_accuracy(Pixels(), data, cfg),
-        "k": cfg.knn.k,
+        "k": min(cfg.knn.k, bank_size),  # knn_predict votes with at most the whole bank
         "bank": cfg.knn.bank,
+        "bank_size": bank_size,
         "pretrained": checkpoint is not None,
     }

@@ -350,6 +350,11 @@ def reproduce(
             f"{records_dir} holds records of {', '.join(conflicts)} made with other settings: "
             "use another --records directory, or delete those records to rerun them"
         )
+    if report_only and "recorded" not in states.values():  # e.g. a mistyped --records
+        log(
+            f"reproduce: {records_dir} holds no record of this grid's cells: the report shows "
+            "the paper's numbers only (check --records, default docs/results/<dataset>-<budget>)"
+        )
     failed: list[str] = []  # cells stopped on their own numbers: the others still run
     for step in [] if report_only else steps:
         cells = [c for c in step.cells if c.name in chosen]
