@@ -133,6 +133,24 @@ def test_export_never_replaces_a_file(pretrained, capsys):
     assert keep.read_text() == "precious"
 
 
+def test_export_refuses_a_run_whose_summary_is_damaged(pretrained, tmp_path, capsys):
+    import shutil
+
+    from spikessl.cli import main
+
+    _, tmp = pretrained
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "pretrain", run)
+    text = (run / "summary.json").read_text()
+    (run / "summary.json").write_text(text[: len(text) // 2])  # truncated
+    out = tmp_path / "e.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'summary.json'} is damaged" in err and "checkpoint.pt" in err
+    assert not out.exists()
+    assert main(["export", str(run / "checkpoint.pt"), "--out", str(out)]) == 0  # the fix
+
+
 def test_encoder_settings_that_differ_from_the_checkpoint_say_how_to_match(pretrained):
     cfg, tmp = pretrained
     checkpoint = load_checkpoint(tmp / "pretrain")

@@ -42,6 +42,12 @@ def test_split_values_rejects_empty_and_unbalanced(text):
         split_values(text)
 
 
+def test_a_dataset_the_encoder_does_not_fit_fails_when_the_grid_expands():
+    # the mnist preset's 1x28px encoder: the cifar10 cell would fail only after mnist trained
+    with pytest.raises(ValueError, match=r"grid cell data.name=cifar10: encoder expects 1x28px"):
+        expand_grid(tiny_base(), ["data.name=mnist,cifar10"])
+
+
 def test_expand_grid_is_the_cartesian_product_first_key_slowest():
     cells = expand_grid(tiny_base(), ["time_steps=2,3", "finetune.lr=1e-3,1e-2,0.1"])
     assert [c.overrides for c in cells] == [

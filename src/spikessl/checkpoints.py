@@ -118,12 +118,28 @@ def export_safetensors(checkpoint: dict, path: str | Path, run_dir: Path | None 
         summary, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
         meta["finished"] = "true" if summary.exists() else "false"
         if summary.exists() and metrics.exists():  # what rebuilds the run elsewhere
-            meta["summary"], meta["metrics"] = summary.read_text(), metrics.read_text()
+            meta["summary"], meta["metrics"] = _run_text(summary), _run_text(metrics)
     path.parent.mkdir(parents=True, exist_ok=True)
     # bytes, written as any other file (umask, never half a file); save_file makes it 0600
     with replacing(path) as fh:
         fh.write(save(tensors, metadata=meta))
     return path
+
+
+def _run_text(path: Path) -> str:
+    """A run's summary.json or metrics.jsonl, refused when damaged: an export that carries it
+    would be refused by every command that reads it back."""
+    try:
+        text = path.read_text()
+        for line in text.splitlines() if path.suffix == ".jsonl" else [text]:
+            if line.strip():
+                json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{path} is damaged ({err}): an export would carry it; restore the run's file, or "
+            f"export its checkpoint alone ({path.parent / 'checkpoint.pt'})"
+        ) from None
+    return text
 
 
 def load_export(path: Path) -> dict:

@@ -68,13 +68,13 @@ class PretrainConfig:
     center: bool = False
 
     def __post_init__(self) -> None:
-        _check_optim(self, "pretrain")
-        _check(
+        _check(  # before _check_optim's >= 1: one message for 0 and 1
             self.batch_size >= 2,
             "pretrain.batch_size",
             self.batch_size,
             ">= 2: NT-Xent needs other images in the batch as negatives",
         )
+        _check_optim(self, "pretrain")
         _check(self.temperature > 0, "pretrain.temperature", self.temperature, "> 0, e.g. 0.5")
         _check(self.projection_dim >= 0, "pretrain.projection_dim", self.projection_dim, ">= 0")
         _check(

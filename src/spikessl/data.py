@@ -194,7 +194,8 @@ class Data:
         return self.normalize(images.float() / 255.0)
 
 
-def load_data(cfg: Config, device: torch.device) -> Data:
+def check_encoder_fits(cfg: Config) -> None:
+    """A ``ValueError`` when the encoder's input shape is not the dataset's (before loading)."""
     info = get_info(cfg.data.name)
     if (cfg.encoder.in_channels, cfg.encoder.image_size) != (info.channels, info.image_size):
         raise ValueError(
@@ -202,6 +203,11 @@ def load_data(cfg: Config, device: torch.device) -> Data:
             f"{cfg.data.name} has {info.channels}x{info.image_size}: set encoder.in_channels="
             f"{info.channels} encoder.image_size={info.image_size} or use its preset"
         )
+
+
+def load_data(cfg: Config, device: torch.device) -> Data:
+    check_encoder_fits(cfg)
+    info = get_info(cfg.data.name)
     x_tr, y_tr = load_dataset(cfg.data.name, cfg.data.root, train=True)
     x_te, y_te = load_dataset(cfg.data.name, cfg.data.root, train=False)
     if cfg.data.train_limit:
