@@ -705,6 +705,12 @@ def test_sweep_runs_a_grid_and_skips_recorded_cells(tmp_path) -> None:
     assert code == 0 and err.count("recorded, skipping") == 2, err
     assert json.loads(out)["results"] == result["results"]
     assert (records / "README.md").read_text() == readme  # rewritten, the same
+    assert "cells not in this grid" not in err
+    one = [a if a != "time_steps=2,3" else "time_steps=3" for a in argv]  # a one-cell grid
+    code, out, err = run_main(one)  # its runs are there: it records base.json from them
+    assert code == 0 and "also holds 2 record(s) of cells not in this grid" in err, err
+    assert "(time_steps=2.json, time_steps=3.json)" in err and "its own --records" in err
+    (records / "base.json").unlink()
     (records / "README.md").write_text("# my notes\n")
     code, out, err = run_main(argv)
     assert code == 0 and "kept" in err and "written by hand" in err, err

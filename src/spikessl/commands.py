@@ -238,6 +238,14 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
         _sweep_readme(args, axes, len(cells), err.records)
         raise
     _sweep_readme(args, axes, len(cells), records)
+    names = {f"{c.name}.json" for c in cells}
+    if others := sorted(p.name for p in Path(args.records).glob("*.json") if p.name not in names):
+        print(
+            f"sweep: {args.records} also holds {len(others)} record(s) of cells not in this grid "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): its tables and "
+            "README now show this grid's cells only; give each grid its own --records folder",
+            file=sys.stderr,
+        )
     return {
         "command": "sweep",
         "cells": len(cells),

@@ -34,7 +34,8 @@ def check_rates(rates: Tensor, where: str) -> str | None:
         return None
     return (
         f"{where}: {', '.join(bad)}. A layer that never (or always) fires passes no "
-        "gradient; try encoder.norm=batch, a lower encoder.threshold or a smaller slope."
+        "gradient; try encoder.norm=batch (where it is off), a lower (silent) or higher "
+        "(saturated) encoder.threshold, or a smaller encoder.slope."
     )
 
 
