@@ -146,8 +146,14 @@ def test_export_refuses_a_run_whose_summary_is_damaged(pretrained, tmp_path, cap
     out = tmp_path / "e.safetensors"
     assert main(["export", str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"{run / 'summary.json'} is damaged" in err and "checkpoint.pt" in err
-    assert not out.exists()
+    assert f"{run / 'summary.json'} or {run / 'metrics.jsonl'} is damaged" in err
+    assert "checkpoint.pt" in err and not out.exists()
+    for summary, metrics in (("[]", None), (text, "")):  # JSON, but not what a run writes
+        (run / "summary.json").write_text(summary)
+        if metrics is not None:
+            (run / "metrics.jsonl").write_text(metrics)
+        assert main(["export", str(run), "--out", str(out)]) == 2
+        assert "is damaged" in capsys.readouterr().err and not out.exists()
     assert main(["export", str(run / "checkpoint.pt"), "--out", str(out)]) == 0  # the fix
 
 

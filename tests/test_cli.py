@@ -427,8 +427,8 @@ def test_finetune_refuses_what_is_not_a_finished_pretraining(runs: dict, tmp_pat
     with contextlib.redirect_stderr(err):  # ... and says so when the run is unfinished
         check_pretrained(["knn", "--pretrained", str(unfinished)])
     assert err.getvalue() == (
-        f"knn: {unfinished} is an unfinished run (epoch 1 saved): this reads its last saved "
-        "weights\n"
+        f"knn: {unfinished} is an unfinished run (saved after step 10): this reads its last "
+        "saved weights\n"
     )
 
 
@@ -552,7 +552,7 @@ def test_pipeline_rerun_reuses_finished_stages_and_resumes_the_interrupted_one(
     code, _, err = run_main([*argv, "pretrain.lr=0.5"])
     assert code == 2 and f"{tmp_path / 'all' / 'pretrain'} holds a run with other settings" in err
     config_yaml = tmp_path / "all" / "pretrain" / "config.yaml"
-    for damage in (b"time_steps: [4", b"\xff\xfe\x00"):
+    for damage in (b"time_steps: [4", b"\xff\xfe\x00", b""):
         config_yaml.write_bytes(damage)
         code, _, err = run_main(argv)
         assert code == 2 and f"{config_yaml} is damaged (" in err, err
@@ -736,17 +736,22 @@ def test_sweep_records_default_beside_the_runs_in_out_dir(tmp_path, monkeypatch)
     assert (records / "base.json").is_file() and list((tmp_path / "cwd").iterdir()) == []
 
 
-def test_ctrl_c_outside_a_training_step_says_what_is_kept(monkeypatch) -> None:
+def test_ctrl_c_outside_a_training_step_says_what_is_kept(monkeypatch, tmp_path) -> None:
     from spikessl import pipeline
 
     def knn_at_init(*args, **kwargs):
         raise KeyboardInterrupt  # e.g. while the kNN before the first step encodes the images
 
     monkeypatch.setattr(pipeline, "pretrain", knn_at_init)
+    monkeypatch.setattr(pipeline, "knn", knn_at_init)
     code, out, err = run_main(["pretrain", *TINY, "--no-progress"])
     assert code == 130 and out == "" and "Traceback" not in err
-    assert "interrupted (Ctrl-C) while loading data or evaluating" in err
-    assert "Continue with the same command" in err
+    assert "spikessl pretrain: interrupted (Ctrl-C) outside a training step" in err
+    assert "Continue with the same command, or --resume RUN_DIR" in err
+    code, out, err = run_main(["pipeline", *TINY, "--no-progress", "--run-dir", str(tmp_path)])
+    assert code == 130 and f"and --run-dir {tmp_path}: finished stages are reused" in err
+    code, out, err = run_main(["knn", *TINY])
+    assert code == 130 and "nothing was written. Run it again" in err and "--resume" not in err
 
 
 def test_sweep_with_a_stopped_cell_exits_2_and_still_writes_its_readme(

@@ -118,7 +118,7 @@ def export_safetensors(checkpoint: dict, path: str | Path, run_dir: Path | None 
         summary, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
         meta["finished"] = "true" if summary.exists() else "false"
         if summary.exists() and metrics.exists():  # what rebuilds the run elsewhere
-            meta["summary"], meta["metrics"] = _run_text(summary), _run_text(metrics)
+            meta["summary"], meta["metrics"] = _run_texts(summary, metrics)
     path.parent.mkdir(parents=True, exist_ok=True)
     # bytes, written as any other file (umask, never half a file); save_file makes it 0600
     with replacing(path) as fh:
@@ -126,20 +126,33 @@ def export_safetensors(checkpoint: dict, path: str | Path, run_dir: Path | None 
     return path
 
 
-def _run_text(path: Path) -> str:
-    """A run's summary.json or metrics.jsonl, refused when damaged: an export that carries it
-    would be refused by every command that reads it back."""
+def _run_files(summary: str, metrics: str) -> tuple[dict, list[dict]] | None:
+    """A run's ``summary.json`` and ``metrics.jsonl`` texts as (summary, rows); None when
+    either is damaged (not JSON, not an object, no rows): what an export carries and reads."""
     try:
-        text = path.read_text()
-        for line in text.splitlines() if path.suffix == ".jsonl" else [text]:
-            if line.strip():
-                json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(summary)
+        rows = [json.loads(row) for row in metrics.splitlines() if row.strip()]
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not rows or not all(isinstance(r, dict) for r in rows):
+        return None
+    return data, rows
+
+
+def _run_texts(summary: Path, metrics: Path) -> tuple[str, str]:
+    """The run's two files, refused when damaged: an export carrying them would be refused
+    by every command that reads it back."""
+    try:
+        texts = summary.read_text(), metrics.read_text()
+    except UnicodeDecodeError:
+        texts = None
+    if texts is None or _run_files(*texts) is None:
         raise ValueError(
-            f"{path} is damaged ({err}): an export would carry it; restore the run's file, or "
-            f"export its checkpoint alone ({path.parent / 'checkpoint.pt'})"
-        ) from None
-    return text
+            f"{summary} or {metrics} is damaged (not the JSON a finished run writes): an "
+            "export would carry it; restore the run's files, or export its checkpoint alone "
+            f"({summary.parent / 'checkpoint.pt'})"
+        )
+    return texts
 
 
 def load_export(path: Path) -> dict:
@@ -178,17 +191,13 @@ def load_export(path: Path) -> dict:
     if "finished" in meta:  # exported from a run's folder: was the run finished?
         checkpoint["finished"] = meta["finished"] == "true"
     if "summary" in meta:  # exported from a finished run's folder
-        try:
-            summary = json.loads(meta["summary"])
-            rows = [json.loads(row) for row in meta.get("metrics", "").splitlines() if row.strip()]
-        except json.JSONDecodeError:
-            summary, rows = None, None
-        if not isinstance(summary, dict) or not rows or not all(isinstance(r, dict) for r in rows):
+        run = _run_files(meta["summary"], meta.get("metrics", ""))
+        if run is None:
             raise ValueError(
                 f"cannot read {path}: the run summary or metrics in its metadata are "
                 "damaged; export the run again with `spikessl export RUN_DIR --out FILE`"
             )
-        checkpoint["summary"], checkpoint["metrics"] = summary, rows
+        checkpoint["summary"], checkpoint["metrics"] = run
     return checkpoint
 
 

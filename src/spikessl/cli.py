@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
                 default=None,
                 help="one JSON record per finished cell, plus results.csv, results.md and a "
                 "README.md; cells recorded here are skipped (commit it to resume on another "
-                "machine); default <run-dir>/records, i.e. <out_dir>/sweep/records",
+                "machine); default <run-dir>/records (<out_dir>/sweep/records without --run-dir)",
             )
         if name == "sweep":
             _keep_pretrained_option(p)
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     from spikessl import checkpoints, distributed  # after parsing: --help stays instant
     from spikessl.resumable import Interrupted
 
+    run_dir = getattr(args, "run_dir", None) or getattr(args, "resume", None)
     try:
         resume = commands.resume_checkpoint(args, checkpoints)
         pretrained = getattr(args, "pretrained", None)
@@ -303,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
             commands.check_pretrained(args, checkpoint)
         cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
-        run_dir = getattr(args, "run_dir", None) or getattr(args, "resume", None)
         with _claimed(args.command, run_dir):
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
     except USER_ERRORS as err:
@@ -314,13 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2  # the main process says why
         return _error(args.command, err)
     except KeyboardInterrupt:  # Ctrl-C outside fit's steps: loading data, kNN, evaluation
-        distributed.shutdown()
-        print(
-            f"spikessl {args.command}: interrupted (Ctrl-C) while loading data or evaluating, "
-            "between training steps. Finished runs and their checkpoints are kept. Continue "
-            "with the same command (a run with a checkpoint: --resume RUN_DIR)",
-            file=sys.stderr,
-        )
+        distributed.shutdown(barrier=False)  # the other processes may be anywhere
+        print(f"spikessl {args.command}: {_interrupted(args.command, run_dir)}", file=sys.stderr)
         return 130
     except Interrupted as stop:
         distributed.shutdown()
@@ -350,6 +345,21 @@ def main(argv: list[str] | None = None) -> int:
             line += f", supervised-only {result['supervised_test_accuracy']:.2f}%"
         print(line, file=sys.stderr)
     return 0
+
+
+def _interrupted(command: str, run_dir: str | None) -> str:
+    """What a Ctrl-C outside a training step (loading data, a kNN or test pass) leaves."""
+    if command in ("knn", "probe", "neighbors", "export", "compare"):
+        return "interrupted (Ctrl-C); nothing was written. Run it again"
+    what = "interrupted (Ctrl-C) outside a training step (loading data or evaluating)"
+    if command in ("sweep", "reproduce"):
+        again = "the same arguments: recorded cells are skipped, an interrupted run resumes"
+    elif command == "pipeline":
+        root = run_dir or "the folder that holds the stage folders printed above"
+        again = f"the same arguments and --run-dir {root}: finished stages are reused"
+    else:  # pretrain, finetune, supervised: stopped before fit's first step or after its last
+        again = "the same command, or --resume RUN_DIR if its run folder holds a checkpoint.pt"
+    return f"{what}; finished runs are kept. Continue with {again}"
 
 
 if __name__ == "__main__":

@@ -80,8 +80,9 @@ def export(args: argparse.Namespace) -> dict:
     target = out / "model.safetensors" if out.is_dir() else out
     if target.suffix != ".safetensors":  # never over a run's checkpoint.pt or summary.json
         raise ValueError(
-            f"--out {target}: name the export *.safetensors (or pass a folder): the commands "
-            "that load it (--pretrained) tell an export from a checkpoint by that suffix"
+            f"--out {target}: name the export *.safetensors, or pass a folder (a new one "
+            "ending in /): the commands that load it (--pretrained) tell an export from a "
+            "checkpoint by that suffix"
         )
     if target.exists():
         raise ValueError(
@@ -310,8 +311,8 @@ def check_pretrained(args: argparse.Namespace, checkpoint: dict) -> None:
         unfinished = checkpoint.get("finished") is False or (run.is_dir() and not finished(run))
         if unfinished:
             print(
-                f"{args.command}: {run} is an unfinished run (epoch "
-                f"{checkpoint.get('epoch', '?')} saved): this reads its last saved weights",
+                f"{args.command}: {run} is an unfinished run (saved after step "
+                f"{checkpoint.get('step', '?')}): this reads its last saved weights",
                 file=sys.stderr,
             )
         return
@@ -443,12 +444,14 @@ def _check_same_settings(run_dir: Path, cfg: Config, unused: tuple[str, ...]) ->
     if not config_yaml.exists():
         return
     try:
-        yaml.safe_load(config_yaml.read_text())
+        tree = yaml.safe_load(config_yaml.read_text())
+        reason = None if isinstance(tree, dict) else "not a config: no settings in it"
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         reason = str(err).splitlines()[0]
+    if reason is not None:
         raise ValueError(
             f"{config_yaml} is damaged ({reason}): restore it, or choose another --run-dir"
-        ) from None
+        )
     if not made_with(run_dir, relevant_settings(cfg, unused), unused):
         raise ValueError(
             f"{run_dir} holds a run with other settings (its config.yaml): rerun with the "

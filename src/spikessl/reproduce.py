@@ -350,7 +350,7 @@ def reproduce(
             f"{records_dir} holds records of {', '.join(conflicts)} made with other settings: "
             "use another --records directory, or delete those records to rerun them"
         )
-    if report_only and "recorded" not in states.values():  # e.g. a mistyped --records
+    if report_only and set(states.values()) == {"to run"}:  # e.g. a mistyped --records
         log(
             f"reproduce: {records_dir} holds no record of this grid's cells: the report shows "
             "the paper's numbers only (check --records, default docs/results/<dataset>-<budget>)"

@@ -63,7 +63,7 @@ def new_run_dir(
     check_run_dir(run_dir, resuming)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        write_atomic(run_dir / "config.yaml", dump_yaml(cfg))  # never half a file
     return run_dir
 
 
