@@ -7,7 +7,6 @@ pipeline, figures, sweep, reproduce) are imported inside the handlers, only when
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -97,62 +96,10 @@ def export(args: argparse.Namespace) -> dict:
     return {"command": "export", "safetensors": str(path)}
 
 
-RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "checkpoint.pt")
-RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervised only"}
-
-
-def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
-    """A run's command and its test accuracy by epoch (kNN accuracy for pretraining)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except OSError:
-        raise FileNotFoundError(
-            f"no {path}: pass a spikessl run directory or a sweep record (a .json file)"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is corrupt ({err}); rerun or resume that run") from None
-    try:
-        command = json.loads((Path(run_dir) / "summary.json").read_text())["command"]
-    except (OSError, ValueError, KeyError):
-        command = Path(run_dir).name
-    metric = "knn_accuracy" if command == "pretrain" else "test_accuracy"
-    values = {r["epoch"]: r[metric] for r in rows if metric in r}
-    if not values:
-        raise ValueError(f"{path} has no per-epoch {metric}: is the run finished?")
-    return command, values
-
-
-def record_curves(path: str) -> dict[str, dict[int, float]]:
-    """A sweep record's curves (``docs/results/*/*.json``): SSL + fine-tune, and supervised
-    only where the record holds a baseline, so a committed record redraws Figs. 6-7."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except UnicodeDecodeError:
-        raise ValueError(
-            f"{path} is not a sweep record (a JSON text file): pass a record written by "
-            "`spikessl sweep` or `spikessl reproduce`, or a run directory"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is corrupt ({err}); rerun the sweep that wrote it") from None
-    from spikessl.records import accuracy_curve
-
-    curves = {}
-    for method, label in RUN_LABELS.items() if isinstance(record, dict) else ():
-        if (curve := accuracy_curve(record, method)) is not None:  # at the epochs measured
-            curves[label] = curve
-    if not curves:
-        raise ValueError(
-            f"{path} holds no {' or '.join(f'{m}_accuracy_by_epoch' for m in RUN_LABELS)}: pass "
-            "a record written by "
-            "`spikessl sweep` or `spikessl reproduce`, or a run directory"
-        )
-    return curves
-
-
 def compare(args: argparse.Namespace) -> dict:
     """One PNG of per-epoch test accuracy from run directories and sweep records."""
     from spikessl import figures
+    from spikessl.curves import RUN_FILES, RUN_LABELS, record_curves, run_curve
 
     curves: list[tuple[str, str, dict[int, float]]] = []  # (label, source, values)
     for run in args.runs:
@@ -363,6 +310,8 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             "(it would write the resumed run over another one)"
         )
     if run.is_file():
+        from spikessl.curves import RUN_FILES
+
         fix = f": spikessl {args.command} --resume {run.parent}" if run.name in RUN_FILES else ""
         raise ValueError(f"--resume takes a run's folder, not a file{fix}")
     if not (run / "checkpoint.pt").exists():
