@@ -99,7 +99,8 @@ def export(args: argparse.Namespace) -> dict:
 def compare(args: argparse.Namespace) -> dict:
     """One PNG of per-epoch test accuracy from run directories and sweep records."""
     from spikessl import figures
-    from spikessl.curves import RUN_FILES, RUN_LABELS, record_curves, run_curve
+    from spikessl.curves import RUN_LABELS, record_curves, run_curve
+    from spikessl.runs import RUN_FILES
 
     curves: list[tuple[str, str, dict[int, float]]] = []  # (label, source, values)
     for run in args.runs:
@@ -310,7 +311,7 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             "(it would write the resumed run over another one)"
         )
     if run.is_file():
-        from spikessl.curves import RUN_FILES
+        from spikessl.runs import RUN_FILES
 
         fix = f": spikessl {args.command} --resume {run.parent}" if run.name in RUN_FILES else ""
         raise ValueError(f"--resume takes a run's folder, not a file{fix}")
@@ -331,10 +332,11 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             "resume; to train again, choose a new --run-dir"
         )
     loop = checkpoint["loop"]
-    print(
-        f"{command}: resuming {run} after step {loop['step']} (epoch {loop['epoch']} done)",
-        file=sys.stderr,
-    )
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun (before its process group)
+        print(
+            f"{command}: resuming {run} after step {loop['step']} (epoch {loop['epoch']} done)",
+            file=sys.stderr,
+        )
     return checkpoint
 
 

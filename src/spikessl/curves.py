@@ -10,7 +10,6 @@ from pathlib import Path
 
 from spikessl.records import accuracy_curve
 
-RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "checkpoint.pt")
 RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervised only"}
 
 

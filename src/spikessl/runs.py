@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # torch only where something trains
     from spikessl.distributed import World
 
 
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "checkpoint.pt")  # in every run
+
+
 def default_run_dir(cfg: Config, command: str) -> Path:
     """``<out_dir>/<command>-<dataset>-<date-time>``, made unique and created here: two
     processes started in the same second never share one (``mkdir`` claims the name)."""
