@@ -389,13 +389,14 @@ def _check_same_settings(run_dir: Path, cfg: Config, unused: tuple[str, ...]) ->
     aside."""
     import yaml
 
-    from spikessl.grid import made_with, relevant_settings
+    from spikessl.config_yaml import load_yaml
+    from spikessl.grid import config_matches, relevant_settings
 
     config_yaml = run_dir / "config.yaml"
     if not config_yaml.exists():
         return
-    try:
-        tree = yaml.safe_load(config_yaml.read_text())
+    try:  # read once, with the loader every run's config goes through
+        tree = load_yaml(config_yaml.read_text())
         reason = None if isinstance(tree, dict) else "not a config: no settings in it"
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         reason = str(err).splitlines()[0]
@@ -403,7 +404,7 @@ def _check_same_settings(run_dir: Path, cfg: Config, unused: tuple[str, ...]) ->
         raise ValueError(
             f"{config_yaml} is damaged ({reason}): restore it, or choose another --run-dir"
         )
-    if not made_with(run_dir, relevant_settings(cfg, unused), unused):
+    if not config_matches(tree, relevant_settings(cfg, unused), unused):
         raise ValueError(
             f"{run_dir} holds a run with other settings (its config.yaml): rerun with the "
             "settings it was started with to continue it, or choose another --run-dir"

@@ -200,10 +200,15 @@ def train_and_test_outputs(
     return train, test
 
 
+def knn_voters(data: Data, cfg: Config) -> Tensor | slice:
+    """The training images whose latents vote in the kNN: the labelled part
+    (``knn.bank=labelled``) or every one (``knn.bank=train``)."""
+    return data.labelled if cfg.knn.bank == "labelled" else slice(None)
+
+
 def knn_accuracy(encoder: SpikingEncoder, data: Data, cfg: Config) -> float:
-    """Weighted kNN: test latents as queries; the bank is the labelled part's latents
-    (``knn.bank=labelled``) or every training image's (``knn.bank=train``)."""
-    voters = data.labelled if cfg.knn.bank == "labelled" else slice(None)
+    """Weighted kNN: test latents as queries, the ``knn_voters``' latents the bank."""
+    voters = knn_voters(data, cfg)
     bank, queries = train_and_test_outputs(encoder, data, cfg, voters)
     preds = knn_predict(
         bank,

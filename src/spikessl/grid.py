@@ -232,6 +232,12 @@ def made_with(run_dir: Path, settings: dict, drop: tuple[str, ...] = ()) -> bool
     (not a run of ours: never reused)."""
     try:
         old = load_yaml((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
+    return config_matches(old, settings, drop)
+
+
+def config_matches(old: object, settings: dict, drop: tuple[str, ...] = ()) -> bool:
+    """Whether ``old``, a run's config tree as read from its ``config.yaml``, holds the
+    ``same_settings`` as ``settings`` once ``drop`` is left out (modifies ``old``)."""
     return isinstance(old, dict) and same_settings(_prune(old, drop), settings)

@@ -29,6 +29,7 @@ from spikessl.evaluate import (
     class_prototypes,
     images_accuracy,
     knn_accuracy,
+    knn_voters,
     precision,
     probe_accuracy,
     test_accuracy,
@@ -371,7 +372,7 @@ def knn(cfg: Config, checkpoint: dict | None) -> dict:
     the input pixels with the same bank, queries and k: what a latent has to beat."""
     device, _, data = _start(cfg)
     encoder = pretrained_encoder(checkpoint, cfg) if checkpoint else SpikingEncoder(cfg.encoder)
-    bank_size = len(data.labelled) if cfg.knn.bank == "labelled" else data.train_images.shape[0]
+    bank_size = len(data.train_labels[knn_voters(data, cfg)])
     return {
         "command": "knn",
         "knn_accuracy": knn_accuracy(encoder.to(device), data, cfg),
