@@ -1,6 +1,6 @@
 """The committed documentation and results: links resolve, every results folder is listed,
 every folder's command makes its records' cells, its tables are what those records give,
-and every kept pretraining is the one its folder's sweep would look for."""
+and every kept or parked pretraining is the one its folder's sweep would look for."""
 
 import argparse
 import re
@@ -23,6 +23,7 @@ RESULTS = ROOT / "docs" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 TABLED = sorted(p.parent for p in RESULTS.glob("*/results.csv"))
 KEPT = sorted(RESULTS.glob("*/pretrain-*.safetensors"))
+PARKED = sorted(RESULTS.glob("*/pretrain-*.partial.pt"))
 REPRODUCED = sorted(p.parent for p in RESULTS.glob("*/tables.md"))
 SWEPT = [p for p in TABLED if p not in REPRODUCED]
 SWEEP_COMMAND = re.compile(r"^    ((?:OMP_NUM_THREADS=\d+ )?spikessl sweep (?:.*\\\n)*.*)$", re.M)
@@ -186,3 +187,17 @@ def test_kept_pretraining_is_found_for_a_recorded_cell(export):
     matching = [cfg for cfg in cells if pretrain_key(cfg) == key]
     assert matching, f"no record in {export.parent.name} pretrains with key {key}"
     assert all(pretrained_with(config, cfg) for cfg in matching)
+
+
+@pytest.mark.parametrize("parked", PARKED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_parked_pretraining_belongs_to_a_cell_of_its_folders_sweep(parked):
+    """``sweep`` resumes ``pretrain-<key>.partial.pt`` for the cells of that key: a cell of
+    the folder's command (its pretraining unfinished, it may have no record yet) must
+    pretrain with that key and the file's settings."""
+    saved = load_checkpoint(parked)
+    key = parked.name.removeprefix("pretrain-").removesuffix(".partial.pt")
+    cells, _ = folder_sweep(parked.parent)
+    matching = [c.config for c in cells.values() if pretrain_key(c.config) == key]
+    assert matching, f"no cell of {parked.parent.name}'s command pretrains with key {key}"
+    assert all(pretrained_with(saved["config"], cfg) for cfg in matching)
+    assert saved["command"] == "pretrain" and "loop" in saved, "no training state to resume"

@@ -2,15 +2,18 @@
 
 import json
 import shutil
+import signal
 
 import pytest
+import torch
 from tiny import forbidden, tiny_base
 
 from spikessl import pipeline
 from spikessl.checkpoints import load_checkpoint
-from spikessl.dryrun import planned_exports
+from spikessl.dryrun import plan_cells, planned_exports
 from spikessl.grid import expand_grid, pretrain_key
-from spikessl.kept import export_path
+from spikessl.kept import export_path, parked_path
+from spikessl.resumable import Interrupted
 from spikessl.sweep import run_sweep
 
 
@@ -93,3 +96,69 @@ def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_pa
     with pytest.raises(ValueError, match="not its run's summary.*spikessl export RUN_DIR"):
         restore_run(load_checkpoint(bare), bare, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stopped_pretraining_is_parked_and_resumed_elsewhere(swept, tmp_path, monkeypatch):
+    cells = expand_grid(tiny_base(), ["finetune.lr=1e-3"])  # the fixture's first cell
+    assert cells[0].key == swept["cells"][0].key
+    real_nt_xent, steps, logs = pipeline.nt_xent, [], []
+
+    def stop_at_step_3(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:  # what `kill` does: the loop checkpoints after this step
+            signal.raise_signal(signal.SIGTERM)
+        return real_nt_xent(*args, **kwargs)
+
+    def sweep(where, **kwargs):
+        return run_sweep(
+            cells, where / "records", where / "runs", progress=False, log=logs.append, **kwargs
+        )
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    monkeypatch.setattr(pipeline, "nt_xent", stop_at_step_3)
+    with pytest.raises(Interrupted):
+        sweep(here, keep_pretrained=True)
+    monkeypatch.undo()
+    parked = parked_path(here / "records", cells[0])
+    assert parked.name == f"pretrain-{pretrain_key(cells[0].config)}.partial.pt"
+    assert load_checkpoint(parked)["step"] == 3
+    assert any(f"parked at step 3 as {parked}" in line for line in logs)
+    # another machine: no run directories, the records folder holds only the parked file
+    (there / "records").mkdir(parents=True)
+    shutil.copy(parked, there / "records")
+    (state,) = plan_cells(cells, there / "records", there / "runs").values()
+    assert state.startswith(f"pretraining resumes from {parked.name} (step 3), ")
+    resumed, real_pretrain = [], pipeline.pretrain
+
+    def spy(cfg, run_dir, progress, resume=None):
+        resumed.append(None if resume is None else resume["step"])
+        return real_pretrain(cfg, run_dir, progress, resume=resume)
+
+    monkeypatch.setattr(pipeline, "pretrain", spy)
+    logs.clear()
+    (record,) = sweep(there, keep_pretrained=True)
+    assert resumed == [3] and any("rebuilt" in line for line in logs)
+    pre_dir = there / "runs" / f"pretrain-{pretrain_key(cells[0].config)}"
+    reference = swept["tmp"] / "runs" / pre_dir.name  # the fixture's uninterrupted run
+    a, b = load_checkpoint(pre_dir), load_checkpoint(reference)
+    for key in b["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for field in ("knn_accuracy", "pretrain_loss_by_epoch", "finetune_test_accuracy"):
+        assert record[field] == swept["second"][0][field], field
+    # finished: the export supersedes the parked checkpoint
+    assert export_path(there / "records", cells[0]).exists()
+    assert not parked_path(there / "records", cells[0]).exists()
+
+
+def test_a_parked_checkpoint_of_another_pretraining_is_refused(swept, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    source = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(swept['cells'][0].config)}"
+    other = expand_grid(tiny_base("pretrain.lr=5e-4"), [])
+    wrong = parked_path(tmp_path / "records", other[0])  # named for the other cell
+    wrong.parent.mkdir()
+    shutil.copy(source / "checkpoint.pt", wrong)
+    (state,) = plan_cells(other, tmp_path / "records", tmp_path / "runs").values()
+    assert state.startswith("refused: ") and "with other settings" in state
+    with pytest.raises(ValueError, match="with other settings than cell .* move it out"):
+        run_sweep(other, tmp_path / "records", tmp_path / "runs", progress=False)
+    assert not list((tmp_path / "runs").glob("pretrain-*"))

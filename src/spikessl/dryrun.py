@@ -22,7 +22,8 @@ def plan_cells(
 
     "recorded" (skipped), "refused: <why>" (a record or kept export ``run_sweep`` would
     refuse, stopping the grid), or, for a cell to run, each stage's plan: done (reused),
-    resumes from its checkpoint, restored from a kept export, shared with an earlier cell
+    resumes from its checkpoint, restored from a kept export, resumes from a parked
+    checkpoint (``kept.park``), shared with an earlier cell
     (the pretraining, or the baseline, that cells differing only in other settings share),
     or to run. ``claimed`` (stage run directory -> the first cell to need it) carries those
     over from an earlier sweep of the same runs, and is updated. Judged from the files
@@ -46,12 +47,20 @@ def plan_cells(
                 ft_dir = stage_dir(runs_root, "{}/finetune", cfg)
                 check_pretrained(pre_dir, ft_dir)
                 export = kept.export_path(records_dir, cell)
+                parked = kept.parked_path(records_dir, cell)
                 if pre_dir not in claimed and kept.restores(pre_dir, export):
                     from spikessl.checkpoints import load_export
 
                     kept.check(load_export(export), export, cell)
                     claimed[pre_dir] = cell.name
                     parts.append(f"pretraining restored from {export.name}")
+                elif pre_dir not in claimed and kept.resumes_parked(pre_dir, parked):
+                    from spikessl.checkpoints import load_checkpoint
+
+                    saved = load_checkpoint(parked)
+                    kept.check_parked(saved, parked, cell)
+                    claimed[pre_dir] = cell.name
+                    parts.append(f"pretraining resumes from {parked.name} (step {saved['step']})")
                 else:
                     parts.append(f"pretraining {_stage_plan(pre_dir, cell, claimed)}")
                 parts.append(f"fine-tuning {_stage_plan(ft_dir, cell, claimed)}")

@@ -5,6 +5,13 @@ The file, ``pretrain-<key>.safetensors`` (``checkpoints.export_safetensors``), h
 weights, the config, the run's summary and per-epoch metrics: under a megabyte for the paper
 presets. Committed with the records, it lets another machine rebuild the pretraining run
 (``runs.restore_run``) and only fine-tune, and lets fine-tuning variants reuse it anywhere.
+
+A pretraining longer than one sitting travels the same way: when a ``--keep-pretrained``
+sweep stops before its pretraining finishes (Ctrl-C, SIGTERM, an error), the run's last
+checkpoint is parked beside the records as ``pretrain-<key>.partial.pt`` (``park``; a few
+megabytes, optimiser state included). A sweep elsewhere rebuilds the unfinished run from it
+(``runs.rebuild_unfinished``) and resumes it where it stopped; the finished export
+supersedes it.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spikessl.grid import PRETRAIN_UNUSED, Cell, pretrain_key, pretrained_with, stage_dir
-from spikessl.runs import check_restorable, finished, restore_run
+from spikessl.runs import check_restorable, finished, rebuild_unfinished, restore_run
 
 
 def export_path(records_dir: Path, cell: Cell) -> Path:
@@ -31,6 +38,10 @@ def keep(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
         return
     export_safetensors(load_checkpoint(pre_dir), export, pre_dir)
     log(f"  pretrain: kept as {export}")
+    parked = parked_path(records_dir, cell)
+    if parked.exists():  # the finished export supersedes it
+        parked.unlink()
+        log(f"  pretrain: {parked.name} removed, its run has finished")
 
 
 def restore(export: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None]) -> None:
@@ -66,3 +77,73 @@ def check(saved: dict, export: Path, cell: Cell) -> None:
             "the export of that pretraining"
         )
     check_restorable(saved, export)
+
+
+def parked_path(records_dir: Path, cell: Cell) -> Path:
+    """Where ``park`` puts the cell's unfinished pretraining: one file per pretraining key."""
+    return records_dir / f"pretrain-{pretrain_key(cell.config)}.partial.pt"
+
+
+def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:
+    """When a sweep stops inside a cell: keep its pretraining if finished, else copy the
+    unfinished run's ``checkpoint.pt`` to ``parked_path``, over an older copy of the same
+    pretraining that got less far (never over one that got further)."""
+    from spikessl.checkpoints import load_checkpoint
+    from spikessl.records import replacing
+
+    pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
+    if finished(pre_dir):
+        keep(cell, runs_root, records_dir, log)
+        return
+    checkpoint, parked = pre_dir / "checkpoint.pt", parked_path(records_dir, cell)
+    if not checkpoint.exists():
+        return
+    step = load_checkpoint(checkpoint).get("step", 0)
+    if parked.exists() and load_checkpoint(parked).get("step", 0) > step:
+        log(f"  pretrain: {parked} got further than {pre_dir} (step {step}); kept as it is")
+        return
+    records_dir.mkdir(parents=True, exist_ok=True)
+    with replacing(parked) as fh:
+        fh.write(checkpoint.read_bytes())
+    log(
+        f"  pretrain: unfinished, parked at step {step} as {parked}: a sweep with these "
+        "records resumes it there, on any machine"
+    )
+
+
+def resumes_parked(pre_dir: Path, parked: Path) -> bool:
+    """Whether the sweep rebuilds the unfinished pretraining ``pre_dir`` from ``parked``: the
+    file is there and no run has started (``sweep``, and ``dryrun`` to say so)."""
+    return parked.exists() and not (pre_dir / "checkpoint.pt").exists()
+
+
+def unpark(parked: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None]) -> None:
+    """Rebuild the cell's unfinished pretraining run from ``parked`` (the lock on ``pre_dir``
+    held), unless a run is there by now; a file of another pretraining is refused."""
+    from spikessl.checkpoints import load_checkpoint
+    from spikessl.runs import remove_unstarted
+
+    if (pre_dir / "checkpoint.pt").exists():  # another process's run, started or rebuilt
+        return
+    saved = load_checkpoint(parked)
+    check_parked(saved, parked, cell)
+    if pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
+        remove_unstarted(pre_dir)
+    if rebuild_unfinished(saved, parked, pre_dir):
+        log(f"  pretrain: rebuilt {pre_dir} from {parked} (step {saved['step']})")
+
+
+def check_parked(saved: dict, parked: Path, cell: Cell) -> None:
+    """Refuse a parked checkpoint of another pretraining than the cell's, or one without the
+    training state to resume."""
+    if saved.get("command") != "pretrain" or not pretrained_with(saved["config"], cell.config):
+        raise ValueError(
+            f"{parked} holds a {saved.get('command', 'spikessl')} run with other settings "
+            f"than cell {cell.name}'s pretraining (its name says key "
+            f"{pretrain_key(cell.config)}): move it out of the records folder"
+        )
+    if "loop" not in saved or "step" not in saved:
+        raise ValueError(
+            f"{parked} holds no training state to resume (weights only): move it out of the "
+            "records folder; the pretraining then runs from its start"
+        )

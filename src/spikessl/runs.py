@@ -6,7 +6,8 @@ A training command writes one directory (``config.yaml``, ``metrics.jsonl``,
 directory without one holds an unfinished run: resumable from its checkpoint, never
 mistaken for a result. ``run_stage`` acts on that: it reuses a finished run, resumes an
 interrupted one, or starts afresh (each stage of ``sweep`` and ``pipeline``). ``restore_run``
-rebuilds a finished run's directory from its ``spikessl export`` file.
+rebuilds a finished run's directory from its ``spikessl export`` file, ``rebuild_unfinished``
+an unfinished one's from a copy of its ``checkpoint.pt`` (``spikessl.kept``).
 """
 
 from __future__ import annotations
@@ -204,34 +205,65 @@ def restore_run(saved: dict, export: Path, run_dir: Path) -> dict:
     (``checkpoints.load_export``): ``checkpoint.pt`` with its weights, config and split digest
     (no optimizer state: finished, so never resumed), ``config.yaml``, ``metrics.jsonl`` and
     ``summary.json``. Returns the summary, which names the export.
-
-    Built in a hidden folder beside ``run_dir`` and renamed into place, so an interrupted
-    restore leaves no half run behind.
     """
     import torch
+
+    check_restorable(saved, export)
+    summary = {**saved["summary"], "run_dir": str(run_dir), "restored_from": str(export)}
+
+    def fill(tmp: Path) -> None:
+        keep = ("model", "config", "command", "split_labelled_sha256")
+        torch.save({k: saved[k] for k in keep if k in saved}, tmp / "checkpoint.pt")
+        _write_config_and_metrics(tmp, saved["config"], saved["metrics"])
+        write_atomic(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    if not _place(run_dir, fill):  # another process restored it first
+        if not finished(run_dir):
+            raise FileExistsError(f"{run_dir} appeared while it was being restored")
+        return json.loads((run_dir / "summary.json").read_text())
+    return summary
+
+
+def rebuild_unfinished(saved: dict, source: Path, run_dir: Path) -> bool:
+    """Rebuild an unfinished run's folder at ``run_dir`` (which must not exist) from
+    ``source``, a copy of its ``checkpoint.pt`` (``saved``, read with
+    ``checkpoints.load_checkpoint``): the checkpoint itself, ``config.yaml`` and the finished
+    epochs' ``metrics.jsonl``, so that ``run_stage`` resumes it as if it had stopped here.
+    False where another process put a run there first. ``saved`` must hold the loop's state
+    (``kept.check_parked``)."""
+
+    def fill(tmp: Path) -> None:
+        shutil.copyfile(source, tmp / "checkpoint.pt")
+        _write_config_and_metrics(tmp, saved["config"], saved["loop"]["history"])
+
+    return _place(run_dir, fill)
+
+
+def _write_config_and_metrics(run_dir: Path, config: dict, metrics: list[dict]) -> None:
     import yaml
 
     from spikessl.config_yaml import YamlDumper
 
-    check_restorable(saved, export)
+    (run_dir / "config.yaml").write_text(yaml.dump(config, Dumper=YamlDumper, sort_keys=False))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+
+
+def _place(run_dir: Path, fill: Callable[[Path], None]) -> bool:
+    """Build a run folder with ``fill`` in a hidden folder beside ``run_dir`` and rename it
+    into place, so an interrupted rebuild leaves no half run behind. False (and nothing
+    left) where ``run_dir`` appeared meanwhile: there is no flock to keep processes apart."""
     tmp = run_dir.with_name(f".{run_dir.name}.restoring-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    keep = ("model", "config", "command", "split_labelled_sha256")
-    torch.save({k: saved[k] for k in keep if k in saved}, tmp / "checkpoint.pt")
-    config = yaml.dump(saved["config"], Dumper=YamlDumper, sort_keys=False)
-    (tmp / "config.yaml").write_text(config)
-    (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in saved["metrics"]))
-    summary = {**saved["summary"], "run_dir": str(run_dir), "restored_from": str(export)}
-    write_atomic(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
     try:
+        fill(tmp)
         tmp.rename(run_dir)
-    except OSError:  # another process restored it first (no flock to keep us apart)
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not finished(run_dir):
-            raise
-        return json.loads((run_dir / "summary.json").read_text())
-    return summary
+        if isinstance(err, OSError) and run_dir.exists():
+            return False
+        raise
+    return True
 
 
 def remove_unstarted(run_dir: Path) -> None:

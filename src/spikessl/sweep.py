@@ -17,7 +17,9 @@ interruption and a move to another machine, so:
   exported to the records directory as ``pretrain-<key>.safetensors`` (``spikessl.kept``).
   A cell whose pretraining folder is missing but whose export is there has the folder
   rebuilt from it and only fine-tunes: pretrainings move between machines with the records,
-  and fine-tuning variants of a grid can reuse them anywhere.
+  and fine-tuning variants of a grid can reuse them anywhere. A sweep that stops before a
+  pretraining finishes parks its last checkpoint there too (``pretrain-<key>.partial.pt``),
+  and a sweep on another machine resumes it: one pretraining can span several sittings.
 
 ``spikessl.dryrun`` says what a sweep would do, cell by cell, without doing it.
 
@@ -127,6 +129,10 @@ def run_sweep(
             baseline_only = record is not None  # its SSL result is recorded
             failed.append(cell.name + " (its supervised baseline)" * baseline_only)
             continue
+        except BaseException:  # Ctrl-C, SIGTERM (resumable.Interrupted) or an error
+            if keep_pretrained:  # what the pretraining did goes with the records
+                kept.park(cell, runs_root, records_dir, log)
+            raise
         _write_record(records_dir, cell, record, names, tabulate)
     records = load_records(records_dir, names)
     if records:
@@ -214,10 +220,13 @@ def _run_cell(
     pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
     ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
     check_pretrained(pre_dir, ft_dir)
-    export = kept.export_path(records_dir, cell)
-    if kept.restores(pre_dir, export):  # pretrained elsewhere
+    export, parked = kept.export_path(records_dir, cell), kept.parked_path(records_dir, cell)
+    if kept.restores(pre_dir, export) or kept.resumes_parked(pre_dir, parked):  # elsewhere
         with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
-            kept.restore(export, pre_dir, cell, log)
+            if export.exists():  # finished there
+                kept.restore(export, pre_dir, cell, log)
+            else:  # begun there
+                kept.unpark(parked, pre_dir, cell, log)
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
     pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
     config = to_dict(cfg)
