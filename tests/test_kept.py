@@ -162,3 +162,30 @@ def test_a_parked_checkpoint_of_another_pretraining_is_refused(swept, tmp_path, 
     with pytest.raises(ValueError, match="with other settings than cell .* move it out"):
         run_sweep(other, tmp_path / "records", tmp_path / "runs", progress=False)
     assert not list((tmp_path / "runs").glob("pretrain-*"))
+
+
+def test_a_park_that_fails_leaves_the_stop_as_it_was(tmp_path, monkeypatch):
+    from spikessl import kept
+
+    (cell,) = expand_grid(tiny_base(), [])
+    real_nt_xent, logs = pipeline.nt_xent, []
+
+    def stop_now(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return real_nt_xent(*args, **kwargs)
+
+    def full_disk(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pipeline, "nt_xent", stop_now)
+    monkeypatch.setattr(kept, "park", full_disk)
+    with pytest.raises(Interrupted):  # not the OSError: the stop is what the user must read
+        run_sweep(
+            [cell],
+            tmp_path / "records",
+            tmp_path / "runs",
+            progress=False,
+            log=logs.append,
+            keep_pretrained=True,
+        )
+    assert "  pretrain: not parked: No space left on device" in logs

@@ -131,7 +131,10 @@ def run_sweep(
             continue
         except BaseException:  # Ctrl-C, SIGTERM (resumable.Interrupted) or an error
             if keep_pretrained:  # what the pretraining did goes with the records
-                kept.park(cell, runs_root, records_dir, log)
+                try:
+                    kept.park(cell, runs_root, records_dir, log)
+                except Exception as err:  # the stop, not this, is what the user must read
+                    log(f"  pretrain: not parked: {err}")
             raise
         _write_record(records_dir, cell, record, names, tabulate)
     records = load_records(records_dir, names)
