@@ -415,12 +415,16 @@ def test_download_offline_raises_file_not_found(tmp_path, monkeypatch):
     assert "SPIKESSL_DATA" in str(err.value)
     assert "t10k-images-idx3-ubyte" in str(err.value)
     assert urls == ["https://ossci-datasets.s3.amazonaws.com/mnist/t10k-images-idx3-ubyte.gz"]
-    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # no partial files left
+    assert list(tmp_path.iterdir()) == []  # no partial files, no empty folders left
 
     with pytest.raises(FileNotFoundError, match="download failed"):
-        data.load_dataset("cifar10", tmp_path, download=True)
+        data.load_dataset("cifar10", tmp_path / "a" / "root", download=True)
     assert urls[-1] == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)  # the user's own folders stay
+    with pytest.raises(FileNotFoundError, match="download failed"):
+        data.load_dataset("mnist", tmp_path, download=True)
+    assert [p.name for p in tmp_path.rglob("*")] == ["MNIST", "raw"]
 
 
 def test_download_md5_mismatch(tmp_path, monkeypatch):

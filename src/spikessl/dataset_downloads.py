@@ -7,6 +7,7 @@ archives are extracted member by member, refusing absolute paths, '..' and links
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -112,6 +113,22 @@ def _missing_files(info: DatasetInfo, folder: Path, train: bool) -> list[Path]:
     return [path for path in paths if not path.is_file()]
 
 
+def _absent_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    absent = []
+    while not folder.exists() and folder != folder.parent:
+        absent.append(folder)
+        folder = folder.parent
+    return absent
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders, deepest first, that are (still) empty: the download made them."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # holds something, or already gone
+            folder.rmdir()
+
+
 _DOWNLOAD_ERRORS = (
     OSError,
     ValueError,
@@ -131,10 +148,12 @@ def ensure_files(info: DatasetInfo, root: Path, train: bool, download: bool) -> 
     reason = "automatic download is disabled (download=False)"
     cause: BaseException | None = None
     if download:
+        absent = _absent_folders(folder)  # a failed download leaves none of them behind
         try:
             _download_missing(info, root, missing)
         except _DOWNLOAD_ERRORS as exc:
             reason, cause = f"download failed: {exc}", exc
+            _remove_empty(absent)
         else:
             missing = _missing_files(info, folder, train)
             if not missing:
