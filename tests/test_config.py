@@ -320,6 +320,9 @@ def test_section_given_a_scalar_then_a_subkey() -> None:
         (["pretrain.epochs=0"], ["pretrain.epochs"]),
         (["pretrain.lr=0"], ["pretrain.lr"]),
         (["pretrain.lr=-1e-3"], ["pretrain.lr"]),
+        (["pretrain.lr=1e38"], ["pretrain.lr", "(0, 1]"]),  # overflowed inside Adam
+        (["finetune.lr=2"], ["finetune.lr", "(0, 1]"]),
+        (["finetune.lr=0.1", "finetune.encoder_lr_factor=20"], ["encoder_lr_factor", "1 / "]),
         (["pretrain.weight_decay=-1"], ["pretrain.weight_decay"]),
         (["pretrain.grad_clip=-1"], ["pretrain.grad_clip", "0: no clipping"]),
         (["finetune.grad_clip=-0.5"], ["finetune.grad_clip"]),

@@ -149,10 +149,11 @@ class FinetuneConfig:
             "a fraction in [0, 1] (0: the labelled part; 0.01: 1% of the training labels)",
         )
         _check(
-            self.encoder_lr_factor >= 0,
+            0 <= self.encoder_lr_factor and self.lr * self.encoder_lr_factor <= 1,
             "finetune.encoder_lr_factor",
             self.encoder_lr_factor,
-            ">= 0 (0 freezes the encoder like linear_probe)",
+            ">= 0 (0 freezes the encoder like linear_probe), and at most 1 / finetune.lr: "
+            "the encoder's rate lr * factor is at most 1, as lr is",
         )
         if self.augment:
             try:
@@ -252,7 +253,12 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
 def _check_optim(cfg: PretrainConfig | FinetuneConfig, section: str) -> None:
     _check(cfg.epochs >= 1, f"{section}.epochs", cfg.epochs, ">= 1")
     _check(cfg.batch_size >= 1, f"{section}.batch_size", cfg.batch_size, ">= 1")
-    _check(cfg.lr > 0, f"{section}.lr", cfg.lr, "> 0, e.g. 1e-3 for Adam")
+    _check(  # far above 1 Adam's step size overflows float32: a crash, not a message
+        0 < cfg.lr <= 1,
+        f"{section}.lr",
+        cfg.lr,
+        "in (0, 1]: Adam moves each weight by about lr a step; e.g. 1e-3",
+    )
     _check(cfg.weight_decay >= 0, f"{section}.weight_decay", cfg.weight_decay, ">= 0")
     _check(cfg.schedule in SCHEDULES, f"{section}.schedule", cfg.schedule, f"one of {SCHEDULES}")
     _check(
