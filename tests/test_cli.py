@@ -754,6 +754,20 @@ def test_ctrl_c_outside_a_training_step_says_what_is_kept(monkeypatch, tmp_path)
     assert code == 130 and "nothing was written. Run it again" in err and "--resume" not in err
 
 
+def test_ctrl_c_while_pytorch_loads_exits_130_without_a_traceback(tmp_path) -> None:
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    argv = [sys.executable, "-m", "spikessl", "knn", "--pretrained", str(tmp_path)]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    time.sleep(0.5)  # importing spikessl.cli imports PyTorch: about 2 s
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted (Ctrl-C)" in err
+
+
 def test_sweep_with_a_stopped_cell_exits_2_and_still_writes_its_readme(
     tmp_path, monkeypatch
 ) -> None:

@@ -3,18 +3,31 @@
 Implements Bahari & Kheradpisheh, "Self-Supervised Contrastive Learning in Spiking Neural
 Networks": LIF neurons with soft reset and a sigmoid surrogate gradient (eq. 6), NT-Xent on
 spike-count latents (eq. 1), fine-tuning and kNN evaluation.
+
+The names below load on first use (PEP 562), so that ``import spikessl.cli`` does not wait
+for PyTorch: ``spikessl --help`` answers at once, and a Ctrl-C while PyTorch loads reaches
+the command's own handler.
 """
 
-from spikessl.encoders import EncoderConfig, SpikingClassifier, SpikingEncoder, build_encoder
-from spikessl.losses import nt_xent
-from spikessl.neurons import LIF
+from importlib import import_module
 
-__all__ = [
-    "LIF",
-    "EncoderConfig",
-    "SpikingClassifier",
-    "SpikingEncoder",
-    "build_encoder",
-    "nt_xent",
-]
+_WHERE = {
+    "LIF": "spikessl.neurons",
+    "EncoderConfig": "spikessl.encoders",
+    "SpikingClassifier": "spikessl.encoders",
+    "SpikingEncoder": "spikessl.encoders",
+    "build_encoder": "spikessl.encoders",
+    "nt_xent": "spikessl.losses",
+}
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'spikessl' has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -149,7 +149,7 @@ class FinetuneConfig:
             "a fraction in [0, 1] (0: the labelled part; 0.01: 1% of the training labels)",
         )
         _check(
-            0 <= self.encoder_lr_factor and self.lr * self.encoder_lr_factor <= 1,
+            self.encoder_lr_factor >= 0 and self.lr * self.encoder_lr_factor <= 1,
             "finetune.encoder_lr_factor",
             self.encoder_lr_factor,
             ">= 0 (0 freezes the encoder like linear_probe), and at most 1 / finetune.lr: "
