@@ -549,9 +549,14 @@ def test_pipeline_rerun_reuses_finished_stages_and_resumes_the_interrupted_one(
     assert code == 2 and "other settings" in err
     assert f"{tmp_path / 'all' / 'finetune'} holds a run" in err  # the stage that differs
     assert f"{tmp_path / 'all' / 'pretrain'} holds" not in err  # pretraining reads no finetune.*
+    assert "(its config.yaml -> this command: finetune.lr: " in err and " -> 0.5)" in err
     code, _, err = run_main([*argv, "pretrain.lr=0.5"])
     assert code == 2 and f"{tmp_path / 'all' / 'pretrain'} holds a run with other settings" in err
     config_yaml = tmp_path / "all" / "pretrain" / "config.yaml"
+    whole = config_yaml.read_text()
+    config_yaml.write_text(whole[: whole.index("\npretrain:")])  # cut short: settings absent
+    code, _, err = run_main(argv)
+    assert code == 2 and "pretrain.epochs: absent -> 1; pretrain.batch_size: absent" in err, err
     for damage in (b"time_steps: [4", b"\xff\xfe\x00", b""):
         config_yaml.write_bytes(damage)
         code, _, err = run_main(argv)

@@ -150,3 +150,17 @@ def test_made_with_reads_a_runs_config_and_never_matches_an_unreadable_one(tmp_p
     (tmp_path / "config.yaml").write_text("seed: [unclosed\n")
     assert not made_with(tmp_path, to_dict(cfg))
     assert not made_with(tmp_path / "missing", to_dict(cfg))
+
+
+def test_changed_settings_names_each_differing_setting():
+    from spikessl.grid import changed_settings, listed_changes
+
+    old = to_dict(load_config("mnist-quick", ["pretrain.lr=1e-3", "device=cpu"]))
+    new = to_dict(load_config("mnist-quick", ["pretrain.lr=5e-4", "time_steps=7"]))
+    changed = changed_settings(old, new)  # device is no setting of the result's
+    assert changed == ["time_steps: 10 -> 7", "pretrain.lr: 0.001 -> 0.0005"]
+    del old["knn"]["bank"]  # a field added since old was written, left at its default: the same
+    assert changed_settings(old, new) == changed
+    del old["pretrain"]["temperature"]  # the preset's 0.1, not the default: a change
+    assert changed_settings(old, new)[-1] == "pretrain.temperature: absent -> 0.1"
+    assert listed_changes(["a", "b", "c"], most=2) == "a; b; and 1 more"

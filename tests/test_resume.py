@@ -114,9 +114,16 @@ def test_sigkill_resumes_from_last_checkpoint(tmp_path, reference, capsys):
     proc.communicate(timeout=60)
     step = checkpoint_step(run_dir)
     assert step >= 8
+    config_yaml = run_dir / "config.yaml"
+    written = config_yaml.read_text()
+    config_yaml.write_text(written.replace("epochs: 3", "epochs: 9", 1))  # edited by hand
     assert main(["pretrain", "--resume", str(run_dir), "--no-progress"]) == 0
-    assert f"pretrain: resuming {run_dir} after step {step} (epoch " in capsys.readouterr().err
-    assert_same_run(run_dir, reference)
+    err = capsys.readouterr().err
+    assert f"pretrain: resuming {run_dir} after step {step} (epoch " in err
+    assert f"{config_yaml} is not the config the run trains with (config.yaml -> " in err
+    assert "checkpoint: pretrain.epochs: 9 -> 3): --resume continues with its checkpoint" in err
+    assert_same_run(run_dir, reference)  # 3 epochs, as the checkpoint says
+    assert config_yaml.read_text() == written
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock")
@@ -147,6 +154,10 @@ def test_resume_refuses_overrides_and_wrong_command(tmp_path, reference, capsys)
     assert "own config" in capsys.readouterr().err
     assert main(["supervised", "--resume", str(reference)]) == 2
     assert "pretrain run" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(reference), "--pretrained", str(tmp_path)]) == 2
+    assert f"which holds the weights it started from: drop --pretrained {tmp_path}" in (
+        capsys.readouterr().err
+    )
 
 
 def test_resume_refuses_another_run_dir(tmp_path, reference, capsys):

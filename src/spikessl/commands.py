@@ -310,6 +310,11 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             f"--resume continues {run} in its own directory: drop --run-dir {args.run_dir} "
             "(it would write the resumed run over another one)"
         )
+    if getattr(args, "pretrained", None) is not None:
+        raise ValueError(
+            f"--resume continues {run} from its own checkpoint, which holds the weights it "
+            f"started from: drop --pretrained {args.pretrained}"
+        )
     if run.is_file():
         from spikessl.runs import RUN_FILES
 
@@ -337,7 +342,33 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             f"{command}: resuming {run} after step {loop['step']} (epoch {loop['epoch']} done)",
             file=sys.stderr,
         )
+        if edited := _edited_config(run, checkpoint["config"]):
+            print(
+                f"{command}: {run / 'config.yaml'} is not the config the run trains with "
+                f"({edited}): --resume continues with its checkpoint's settings and writes "
+                "them back to config.yaml; to train with others, start a new run",
+                file=sys.stderr,
+            )
     return checkpoint
+
+
+def _edited_config(run: Path, config: dict) -> str | None:
+    """How the run's ``config.yaml`` differs from ``config``, its checkpoint's; None if not."""
+    import yaml
+
+    from spikessl.config_yaml import load_yaml
+    from spikessl.grid import changed_settings, listed_changes
+
+    try:
+        tree = load_yaml((run / "config.yaml").read_text())
+    except FileNotFoundError:
+        return "it is missing"
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "it is damaged"
+    if not isinstance(tree, dict):
+        return "it holds no settings"
+    changed = changed_settings(tree, config)
+    return f"config.yaml -> checkpoint: {listed_changes(changed)}" if changed else None
 
 
 def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: bool) -> dict:
@@ -390,7 +421,7 @@ def _check_same_settings(run_dir: Path, cfg: Config, unused: tuple[str, ...]) ->
     import yaml
 
     from spikessl.config_yaml import load_yaml
-    from spikessl.grid import config_matches, relevant_settings
+    from spikessl.grid import config_changes, listed_changes, relevant_settings
 
     config_yaml = run_dir / "config.yaml"
     if not config_yaml.exists():
@@ -404,8 +435,10 @@ def _check_same_settings(run_dir: Path, cfg: Config, unused: tuple[str, ...]) ->
         raise ValueError(
             f"{config_yaml} is damaged ({reason}): restore it, or choose another --run-dir"
         )
-    if not config_matches(tree, relevant_settings(cfg, unused), unused):
+    changed = config_changes(tree, relevant_settings(cfg, unused), unused)
+    if changed:
         raise ValueError(
-            f"{run_dir} holds a run with other settings (its config.yaml): rerun with the "
-            "settings it was started with to continue it, or choose another --run-dir"
+            f"{run_dir} holds a run with other settings (its config.yaml -> this command: "
+            f"{listed_changes(changed)}): rerun with the settings it was started with to "
+            "continue it, or choose another --run-dir"
         )

@@ -185,14 +185,31 @@ def same_settings(old: dict, new: dict) -> bool:
     """Whether config trees ``old`` and ``new`` hold the same settings (``IGNORED`` aside),
     except config fields added to spikessl since ``old`` was written, which ``new`` leaves at
     their defaults: a grid stays resumable across an upgrade of spikessl."""
+    return not changed_settings(old, new)
+
+
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """Where ``same_settings`` finds config trees ``old`` and ``new`` differ, one
+    ``"key: old -> new"`` per setting (``absent`` for a key one of them lacks)."""
 
     def flat(tree: dict) -> dict:  # JSON's view: tuples and lists alike
         return _flat(_prune(json.loads(json.dumps(tree))))
 
     old, new, default = flat(old), flat(new), flat(to_dict(Config()))
-    return all(k in new and new[k] == v for k, v in old.items()) and all(
-        k in old or (k in default and default[k] == v) for k, v in new.items()
-    )
+    absent = object()
+    changed = [k for k, v in old.items() if new.get(k, absent) != v]
+    changed += [k for k, v in new.items() if k not in old and default.get(k, absent) != v]
+
+    def shown(tree: dict, key: str) -> str:
+        return json.dumps(tree[key]) if key in tree else "absent"
+
+    return [f"{k}: {shown(old, k)} -> {shown(new, k)}" for k in changed]
+
+
+def listed_changes(changed: list[str], most: int = 4) -> str:
+    """``changed_settings`` for a message: the first ``most`` and how many more."""
+    more = f"; and {len(changed) - most} more" if len(changed) > most else ""
+    return "; ".join(changed[:most]) + more
 
 
 def pretrained_with(config: dict, cfg: Config) -> bool:
@@ -240,4 +257,10 @@ def made_with(run_dir: Path, settings: dict, drop: tuple[str, ...] = ()) -> bool
 def config_matches(old: object, settings: dict, drop: tuple[str, ...] = ()) -> bool:
     """Whether ``old``, a run's config tree as read from its ``config.yaml``, holds the
     ``same_settings`` as ``settings`` once ``drop`` is left out (modifies ``old``)."""
-    return isinstance(old, dict) and same_settings(_prune(old, drop), settings)
+    return isinstance(old, dict) and not config_changes(old, settings, drop)
+
+
+def config_changes(old: dict, settings: dict, drop: tuple[str, ...] = ()) -> list[str]:
+    """``changed_settings`` from ``old``, a run's config tree, to ``settings`` once ``drop``
+    is left out (modifies ``old``)."""
+    return changed_settings(_prune(old, drop), settings)
