@@ -669,3 +669,19 @@ def test_class_names_known_and_fallback():
     assert class_names("MNIST", 10)[7] == "7"
     assert class_names("fashion-mnist", 10)[9] == "ankle boot"
     assert class_names("cifar100", 100)[42] == "42"
+
+
+@pytest.mark.parametrize("limit", [100, 310, 320, 333])
+def test_the_pretraining_batch_check_counts_what_loading_gives(limit):
+    """``check_pretraining_fills`` predicts, without loading, the unlabelled part's size that
+    ``load_data`` gives: it refuses exactly the limits whose part is under one batch."""
+    from spikessl.config import load_config
+
+    cfg = load_config("mnist-quick", [f"data.train_limit={limit}", "pretrain.batch_size=256"])
+    unlabelled = len(data.load_data(cfg, torch.device("cpu")).unlabelled)
+    if unlabelled >= 256:
+        data.check_pretraining_fills(cfg)
+    else:
+        with pytest.raises(ValueError, match=f", {unlabelled} unlabelled in all once"):
+            data.check_pretraining_fills(cfg)
+    assert (unlabelled >= 256) == (limit >= 320)  # 32 a class, 6 of them labelled: 260

@@ -164,3 +164,9 @@ def test_changed_settings_names_each_differing_setting():
     del old["pretrain"]["temperature"]  # the preset's 0.1, not the default: a change
     assert changed_settings(old, new)[-1] == "pretrain.temperature: absent -> 0.1"
     assert listed_changes(["a", "b", "c"], most=2) == "a; b; and 1 more"
+
+
+def test_a_cell_whose_unlabelled_images_cannot_fill_a_batch_fails_at_expansion():
+    base = to_dict(load_config("mnist-quick", ["pretrain.batch_size=256"]))
+    with pytest.raises(ValueError, match=r"grid cell data.train_limit=200: .*train_limit=320"):
+        expand_grid(base, ["data.train_limit=4000,200"])

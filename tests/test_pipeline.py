@@ -99,8 +99,10 @@ def test_a_batch_the_unlabelled_images_cannot_fill_fails_before_any_work(tmp_pat
         raise AssertionError("the kNN pass should not run")
 
     monkeypatch.setattr(pipeline, "knn_accuracy", forbidden)
+    monkeypatch.setattr(pipeline, "_start", forbidden)  # known from the config: nothing loads
     cfg = small_config(tmp_path, data={"train_limit": 100}, pretrain={"batch_size": 256})
-    with pytest.raises(ValueError, match="80 training images do not fill one batch of 256"):
+    fix = "set data.train_limit=320, or pretrain.batch_size=80"  # 32 - 6 labelled = 26 a class
+    with pytest.raises(ValueError, match=f"keeps 10 image.* each of 10 classes, 80 .*; {fix}"):
         pipeline.pretrain(cfg, tmp_path / "pre", progress=False)
     assert not (tmp_path / "pre").exists()
 

@@ -205,6 +205,34 @@ def check_encoder_fits(cfg: Config) -> None:
         )
 
 
+def check_pretraining_fills(cfg: Config) -> None:
+    """With ``data.train_limit``: a ``ValueError``, before loading, when the unlabelled part
+    it leaves cannot fill one pretraining batch (the counts ``_limited`` and
+    ``stratified_split`` give: the limit is split evenly over the classes)."""
+    limit, lf, batch = cfg.data.train_limit, cfg.data.labelled_fraction, cfg.pretrain.batch_size
+    if not limit:
+        return
+    classes = get_info(cfg.data.name).num_classes
+
+    def unlabelled(per_class: int) -> int:
+        return classes * (per_class - max(1, round(lf * per_class)))
+
+    per_class = max(limit // classes, 1)
+    have = unlabelled(per_class)
+    if have >= batch:
+        return
+    need = per_class
+    while unlabelled(need) < batch:
+        need += 1
+    smaller = f", or pretrain.batch_size={have}" if have >= 2 else ""
+    raise ValueError(
+        f"data.train_limit={limit} keeps {per_class} image(s) of each of {classes} classes, "
+        f"{have} unlabelled in all once data.labelled_fraction={lf} is labelled: fewer than "
+        f"one pretraining batch (pretrain.batch_size={batch}); set data.train_limit="
+        f"{need * classes}{smaller}"
+    )
+
+
 def load_data(cfg: Config, device: torch.device) -> Data:
     check_encoder_fits(cfg)
     info = get_info(cfg.data.name)

@@ -22,7 +22,7 @@ import yaml
 
 from spikessl.config import Config, load_config
 from spikessl.config_yaml import load_yaml, parse_overrides, to_dict
-from spikessl.data import check_encoder_fits
+from spikessl.data import check_encoder_fits, check_pretraining_fills
 
 # Settings that do not change a run's results: never part of a key, so a grid recorded on a
 # laptop is still recognised on a GPU machine with another data folder (on_divergence=stop
@@ -101,6 +101,7 @@ def expand_grid(base: str | dict, grid: list[str]) -> list[Cell]:
         try:
             config = load_config(base, parse_overrides([f"{k}={v}" for k, v in overrides]))
             check_encoder_fits(config)  # e.g. data.name=mnist,cifar10 on one preset
+            check_pretraining_fills(config)  # e.g. data.train_limit=200 at batch 256
         except ValueError as err:
             raise ValueError(f"grid cell {name}: {err}") from None
         cells.append(Cell(overrides, config, name, cell_key(config)))

@@ -21,7 +21,7 @@ from spikessl.augment import build_augment, two_views
 from spikessl.checkpoints import load_checkpoint, pretrained_encoder
 from spikessl.config import Config
 from spikessl.config_yaml import to_dict
-from spikessl.data import Data, load_data
+from spikessl.data import Data, check_pretraining_fills, load_data
 from spikessl.distributed import World
 from spikessl.encoders import SimCLR, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import (
@@ -84,6 +84,7 @@ def pretrain(
 ) -> dict:
     """SimCLR on the unlabelled part: NT-Xent of the spike counts of two augmented views."""
     check_run_dir(run_dir, resume is not None)  # before the data and the kNN pass
+    check_pretraining_fills(cfg)
     device, world, data = _start(cfg)
     pre = cfg.pretrain
     model = SimCLR(SpikingEncoder(cfg.encoder), pre.projection_dim, pre.center).to(device)
