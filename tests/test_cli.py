@@ -668,9 +668,12 @@ def test_compare_rejects_a_file_that_is_not_a_record(runs: dict, tmp_path) -> No
     fin = str(runs["root"] / "fin")
     (tmp_path / "d.png").mkdir()  # a folder where the PNG belongs
     assert_error(["compare", fin, "--out", str(tmp_path / "d.png")], "choose another --out")
+    for name in ("results.csv", "README.md"):  # a records folder's other files
+        (tmp_path / name).write_text("| cell | knn |\n")
+        assert_error(["compare", str(tmp_path / name), "--out", out], "is not a sweep record")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    assert_error(["compare", str(bad), "--out", out], "corrupt")
+    assert_error(["compare", str(bad), "--out", out], "is a damaged record (")
     bad.write_text(json.dumps({"knn_accuracy": 90.0, "finetune_accuracy_by_epoch": 3}))
     assert_error(["compare", str(bad), "--out", out], "finetune_accuracy_by_epoch")
     bad.write_text(json.dumps({"cell": "x", "finetune_accuracy_by_epoch": [50.0, 61.5]}))

@@ -23,6 +23,11 @@ def test_a_runs_curve_is_its_test_accuracy_or_for_a_pretraining_its_knn(tmp_path
         run_curve(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="pass a spikessl run directory"):
         run_curve(str(tmp_path / "nowhere"))
+    for stage in ("pretrain", "finetune", "supervised"):
+        (tmp_path / "pipe" / stage).mkdir(parents=True)
+    finetune, supervised = tmp_path / "pipe" / "finetune", tmp_path / "pipe" / "supervised"
+    with pytest.raises(FileNotFoundError, match=f"pipeline's folder.*e.g. {finetune} {supervised}"):
+        run_curve(str(tmp_path / "pipe"))
 
 
 def test_a_records_curves_are_each_method_it_holds_at_its_epochs(tmp_path):

@@ -16,6 +16,12 @@ RUN_LABELS = {"finetune": "SSL pretrained + fine-tuned", "supervised": "supervis
 def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
     """A run's command and its test accuracy by epoch (kNN accuracy for pretraining)."""
     path = Path(run_dir) / "metrics.jsonl"
+    stages = [s for s in ("pretrain", "finetune", "supervised") if (Path(run_dir) / s).is_dir()]
+    if stages and not path.exists():  # a pipeline's folder
+        raise FileNotFoundError(
+            f"{run_dir} is a pipeline's folder, its runs are in {', '.join(stages)}: pass them, "
+            f"e.g. {' '.join(str(Path(run_dir) / s) for s in stages if s != 'pretrain')}"
+        )
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except OSError:
@@ -38,15 +44,22 @@ def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
 def record_curves(path: str) -> dict[str, dict[int, float]]:
     """A sweep record's curves (``docs/results/*/*.json``): SSL + fine-tune, and supervised
     only where the record holds a baseline, so a committed record redraws Figs. 6-7."""
+    not_a_record = ValueError(
+        f"{path} is not a sweep record (a .json file): pass a record written by "
+        "`spikessl sweep` or `spikessl reproduce`, or a run directory"
+    )
     try:
         record = json.loads(Path(path).read_text())
     except UnicodeDecodeError:
-        raise ValueError(
-            f"{path} is not a sweep record (a JSON text file): pass a record written by "
-            "`spikessl sweep` or `spikessl reproduce`, or a run directory"
-        ) from None
+        raise not_a_record from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is corrupt ({err}); rerun the sweep that wrote it") from None
+        if Path(path).suffix.lower() != ".json":  # results.csv, README.md, ...
+            raise not_a_record from None
+        raise ValueError(
+            f"{path} is a damaged record ({err}): restore it (records are meant to be "
+            "committed: `git checkout` it) or delete it and rerun its sweep, which redoes only "
+            "that cell"
+        ) from None
     curves = {}
     for method, label in RUN_LABELS.items() if isinstance(record, dict) else ():
         if (curve := accuracy_curve(record, method)) is not None:  # at the epochs measured
