@@ -269,7 +269,15 @@ def test_invalid_yaml_config_file(tmp_path) -> None:
 def test_missing_pretrained_checkpoint(tmp_path, command: str, name: str) -> None:
     missing = tmp_path / name
     assert_error(
-        [command, "--pretrained", str(missing), "--no-progress"], "no checkpoint", str(tmp_path)
+        [command, "--pretrained", str(missing), "--no-progress"],
+        f"no such file or folder as {missing}",
+    )
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("time_steps: 4\n")
+    assert_error([command, "--pretrained", str(tmp_path / "run")], "no checkpoint.pt in")
+    assert_error(
+        [command, "--pretrained", str(tmp_path / "run" / "config.yaml")],
+        f"config.yaml is a yaml file, not a checkpoint: pass the run's folder, {tmp_path / 'run'}",
     )
 
 

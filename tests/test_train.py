@@ -529,3 +529,15 @@ def test_a_signal_during_an_epochs_evaluation_stops_after_it(tmp_path: Path, epo
         for h in (*resumed, *reference)
     ]
     assert untimed[:3] == untimed[3:]  # and the resumed run is the uninterrupted one
+
+
+def test_the_epoch_line_prints_accuracies_as_the_summaries_do(capsys):
+    from spikessl.train import _print_epoch
+
+    record = {"epoch": 2, "loss": 1.23456, "knn_accuracy": 15.0, "test_accuracy": 61.234}
+    _print_epoch("pretrain", record | {"step": 8, "firing_rates": [0.25, 0.1]})
+    line = capsys.readouterr().err
+    assert line == (
+        "[pretrain] epoch 2  loss 1.235  knn_accuracy 15.00  test_accuracy 61.23  "
+        "rates 0.250 0.100\n"
+    )

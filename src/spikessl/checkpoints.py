@@ -38,6 +38,7 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
         return load_export(path)
+    where = f"no such file or folder as {path}"
     if path.is_dir():
         stages = [s for s in ("pretrain", "finetune", "supervised") if (path / s).is_dir()]
         if stages and not (path / "checkpoint.pt").exists():  # a pipeline's folder
@@ -45,10 +46,15 @@ def load_checkpoint(path: str | Path) -> dict:
                 f"{path} is a pipeline's folder, its runs are in {', '.join(stages)}: pass "
                 f"one of them, e.g. {path / stages[0]}"
             )
-        path = path / "checkpoint.pt"
+        where, path = f"no checkpoint.pt in {path}", path / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(
-            f"no checkpoint at {path}: pass a run directory, a .pt file or a .safetensors export"
+            f"{where}: pass a run directory, a .pt file or a .safetensors export"
+        )
+    if path.suffix.lower() in (".yaml", ".yml", ".json", ".jsonl", ".png", ".md", ".csv"):
+        raise ValueError(
+            f"{path} is a {path.suffix[1:]} file, not a checkpoint: pass the run's folder, "
+            f"{path.parent}, or its checkpoint.pt"
         )
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive, its index at the end
         raise ValueError(

@@ -90,8 +90,8 @@ def check_same_split(checkpoint: dict, data: Data) -> None:
         raise ValueError(
             "fine-tuning's labelled part is not the one this pretraining run left out: its seed, "
             "data.labelled_fraction or data.train_limit differ from the run's, so images it "
-            "pretrained on would be fine-tuned on. Drop those overrides (the run's own config is "
-            "the default), or pretrain with them"
+            "pretrained on would be fine-tuned on. Drop the --config or overrides that set them "
+            "(the run's own config is the default), or pretrain with them"
         )
 
 

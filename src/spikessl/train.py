@@ -322,6 +322,6 @@ def _print_epoch(name: str, record: dict) -> None:
 
 
 def _fmt(key: str, value: object) -> str:
-    if isinstance(value, float):
-        return f"{key} {value:.4g}"
+    if isinstance(value, float):  # accuracies in percent, as the summaries print them
+        return f"{key} {value:.2f}" if key.endswith("accuracy") else f"{key} {value:.4g}"
     return f"{key} {value}"
