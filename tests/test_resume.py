@@ -134,7 +134,8 @@ def test_a_run_another_process_is_writing_is_refused_untouched(tmp_path, referen
     assert main([*RUN, str(run_dir)]) == 2  # the same command typed twice
     assert "another spikessl process is writing" in capsys.readouterr().err
     assert main(["pretrain", "--resume", str(run_dir), "--no-progress"]) == 2
-    assert "let it finish" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "let it finish" in err and "resuming" not in err  # refused before it says so
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert_same_run(run_dir, reference)  # the refused attempts changed nothing

@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         with _claimed(args.command, run_dir):
+            if resume is not None:  # said once the run is ours: another process may hold it
+                commands.say_resuming(args, resume)
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
     except USER_ERRORS as err:
         # a FloatingPointError (NaN, divergence) stops every torchrun process at the same step

@@ -336,20 +336,26 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
             f"{run} is a finished run (its result is in {run / 'summary.json'}): nothing to "
             "resume; to train again, choose a new --run-dir"
         )
-    loop = checkpoint["loop"]
-    if os.environ.get("RANK", "0") == "0":  # once under torchrun (before its process group)
+    return checkpoint
+
+
+def say_resuming(args: argparse.Namespace, checkpoint: dict) -> None:
+    """What --resume continues (``resume_checkpoint``'s run), said once the run is claimed:
+    the step, and a config.yaml edited since (the checkpoint's settings are what resume)."""
+    if os.environ.get("RANK", "0") != "0":  # once under torchrun (before its process group)
+        return
+    run, loop = Path(args.resume), checkpoint["loop"]
+    print(
+        f"{args.command}: resuming {run} after step {loop['step']} (epoch {loop['epoch']} done)",
+        file=sys.stderr,
+    )
+    if edited := _edited_config(run, checkpoint["config"]):
         print(
-            f"{command}: resuming {run} after step {loop['step']} (epoch {loop['epoch']} done)",
+            f"{args.command}: {run / 'config.yaml'} is not the config the run trains with "
+            f"({edited}): --resume continues with its checkpoint's settings and writes "
+            "them back to config.yaml; to train with others, start a new run",
             file=sys.stderr,
         )
-        if edited := _edited_config(run, checkpoint["config"]):
-            print(
-                f"{command}: {run / 'config.yaml'} is not the config the run trains with "
-                f"({edited}): --resume continues with its checkpoint's settings and writes "
-                "them back to config.yaml; to train with others, start a new run",
-                file=sys.stderr,
-            )
-    return checkpoint
 
 
 def _edited_config(run: Path, config: dict) -> str | None:
