@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from spikessl import cli, pipeline
+from spikessl import cli, commands, pipeline
 from spikessl.config import load_config
 from spikessl.readme import GENERATED
 
@@ -162,6 +162,14 @@ def test_python_dash_m_help() -> None:
 def test_no_command_is_a_usage_error() -> None:
     code, _, err = run_main([])
     assert code == 2 and "usage:" in err
+
+
+def test_a_key_set_twice_on_the_command_line_is_named_and_the_last_wins() -> None:
+    args = cli._parser().parse_args(["pretrain", "time_steps=2", "knn.k=3", " time_steps=6"])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert commands.config(args, None).time_steps == 6
+    assert err.getvalue() == "pretrain: time_steps is set twice:  time_steps=6 wins\n"
 
 
 def test_overrides_may_follow_options(monkeypatch) -> None:

@@ -46,6 +46,11 @@ def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     # a sweep's axes (key=v1,v2) are parsed and checked by grid.expand_grid
     fixed = sweep_axes(args.overrides)[1] if args.command == "sweep" else args.overrides
     overrides = parse_overrides(fixed)
+    keys = [item.partition("=")[0].strip() for item in fixed]
+    for i, key in enumerate(keys):  # last wins, as in YAML merges and shell scripts' lists
+        if key in keys[i + 1 :] and _rank0():
+            later = fixed[len(keys) - 1 - keys[::-1].index(key)]
+            print(f"{args.command}: {key} is set twice: {later} wins", file=sys.stderr)
     if args.data_dir:  # taken literally, not parsed as YAML; wins over data.root=
         set_data_root(overrides, args.data_dir)
     if args.device:  # wins over device=
@@ -342,7 +347,7 @@ def resume_checkpoint(args: argparse.Namespace, checkpoints) -> dict | None:
 def say_resuming(args: argparse.Namespace, checkpoint: dict) -> None:
     """What --resume continues (``resume_checkpoint``'s run), said once the run is claimed:
     the step, and a config.yaml edited since (the checkpoint's settings are what resume)."""
-    if os.environ.get("RANK", "0") != "0":  # once under torchrun (before its process group)
+    if not _rank0():
         return
     run, loop = Path(args.resume), checkpoint["loop"]
     print(
@@ -448,3 +453,9 @@ def _check_same_settings(run_dir: Path, cfg: Config, unused: tuple[str, ...]) ->
             f"{listed_changes(changed)}): rerun with the settings it was started with to "
             "continue it, or choose another --run-dir"
         )
+
+
+def _rank0() -> bool:
+    """Whether this process says what all say alike: the one process, or torchrun's rank 0
+    (known from its environment, before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
