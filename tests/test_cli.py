@@ -901,3 +901,22 @@ def test_error_lines_say_what_to_check_for_the_operating_systems_failures(capsys
     _error("export", PermissionError(13, "Permission denied", "/root/m.safetensors"))
     err = capsys.readouterr().err
     assert "Permission denied: /root/m.safetensors (" in err and "choose another --out" in err
+
+
+def test_spikessls_warnings_print_as_one_line(monkeypatch) -> None:
+    import warnings
+
+    def warns(cfg, run_dir, progress, resume=None):
+        where = pipeline.__file__  # as the loop's warnings point, with their stacklevel
+        warnings.warn_explicit("pretrain step 1: layer 0 silent", RuntimeWarning, where, 131)
+        warnings.warn("a peer library's warning", UserWarning, stacklevel=1)
+        return {"command": "pretrain"}
+
+    monkeypatch.setattr(pipeline, "pretrain", warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        code, _, err = run_main(["pretrain", *TINY, "--no-progress"])
+    assert code == 0
+    assert "spikessl: warning: pretrain step 1: layer 0 silent\n" in err
+    assert "RuntimeWarning" not in err and "pipeline.py" not in err
+    assert "test_cli.py" in err and "UserWarning: a peer library's warning" in err

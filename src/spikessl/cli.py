@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from spikessl import commands
@@ -227,6 +228,19 @@ def _claimed(command: str, run_dir: str | None):
     return claim_run_dir(Path(run_dir))
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """spikessl's own warnings (a silent layer, a diverging loss) as one line for a user of
+    the command, not Python's header with a line of spikessl's source; others as usual."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        print(f"spikessl: warning: {message}", file=file or sys.stderr)
+    else:
+        print(
+            warnings.formatwarning(message, category, filename, lineno, line),
+            end="",
+            file=file or sys.stderr,
+        )
+
+
 def _dispatch(args: argparse.Namespace, cfg, run_dir, progress: bool, resume, checkpoint) -> dict:
     from spikessl import pipeline
 
@@ -306,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             commands.check_pretrained(args, checkpoint)
         cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
-        with _claimed(args.command, run_dir):
+        with _claimed(args.command, run_dir), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             if resume is not None:  # said once the run is ours: another process may hold it
                 commands.say_resuming(args, resume)
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
