@@ -194,6 +194,8 @@ def test_an_export_fine_tunes_and_votes_as_its_run_does(pretrained, tmp_path, ca
     shutil.copytree(tmp / "pretrain", unfinished)
     (unfinished / "summary.json").unlink()
     assert main(["export", str(unfinished), "--out", str(tmp_path / "u.safetensors")]) == 0
+    said = capsys.readouterr().err  # the export says what it holds and who refuses it
+    assert f"export: {unfinished} is an unfinished run: " in said and "refuses it" in said
     assert main(["finetune", "--pretrained", str(tmp_path / "u.safetensors")]) == 2
     assert "exported from an unfinished pretraining run" in capsys.readouterr().err
 

@@ -98,6 +98,13 @@ def export(args: argparse.Namespace) -> dict:
         target,
         run if run.is_dir() else None,  # a finished run's summary and metrics go along
     )
+    if run.is_dir() and not (run / "summary.json").exists() and "loop" in checkpoint:
+        print(
+            f"export: {run} is an unfinished run: {path} holds its weights after step "
+            f"{checkpoint['loop']['step']}; knn, probe and neighbors read it, and "
+            "`finetune --pretrained` refuses it until the run is finished and exported again",
+            file=sys.stderr,
+        )
     return {"command": "export", "safetensors": str(path)}
 
 
