@@ -920,3 +920,10 @@ def test_spikessls_warnings_print_as_one_line(monkeypatch) -> None:
     assert "spikessl: warning: pretrain step 1: layer 0 silent\n" in err
     assert "RuntimeWarning" not in err and "pipeline.py" not in err
     assert "test_cli.py" in err and "UserWarning: a peer library's warning" in err
+
+
+def test_reproduce_refuses_dry_run_with_report_only() -> None:
+    code, _, err = run_main(
+        ["reproduce", "--dataset", "mnist", "--budget", "quick", "--dry-run", "--report-only"]
+    )
+    assert code == 2 and "not allowed with argument --dry-run" in err

@@ -15,6 +15,8 @@ from pathlib import Path
 from spikessl import commands
 from spikessl.config_yaml import preset_names
 
+DEVICE_HELP = "auto|cpu|cuda|mps (default: the config's device, auto: a GPU if there is one)"
+
 COMMANDS = {
     "pretrain": "SimCLR pretraining on the unlabelled part (80%), then kNN accuracy",
     "finetune": "classifier on the labelled part (20%) on top of a pretrained encoder",
@@ -93,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--data-dir", default=None, help="dataset root (default $SPIKESSL_DATA, else ./data)"
         )
-        p.add_argument("--device", default=None, help="auto|cpu|cuda|mps")
+        p.add_argument("--device", default=None, help=DEVICE_HELP)
         if name in RUN_DIR_HELP:  # knn, probe and neighbors write no run
             p.add_argument("--run-dir", default=None, help=RUN_DIR_HELP[name])
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -190,8 +192,9 @@ def _reproduce_parser(sub) -> None:
         "(e.g. time_steps=10,'seed=0__*'), to finish a long grid in the order you choose",
     )
     _keep_pretrained_option(p)
-    p.add_argument("--dry-run", action="store_true", help="list the cells and their state")
-    p.add_argument(
+    what = p.add_mutually_exclusive_group()  # one writes nothing, the other writes reports
+    what.add_argument("--dry-run", action="store_true", help="list the cells and their state")
+    what.add_argument(
         "--report-only",
         action="store_true",
         help="write the tables, figures and README from the cells recorded so far; run nothing",
@@ -200,7 +203,7 @@ def _reproduce_parser(sub) -> None:
     p.add_argument(
         "--data-dir", default=None, help="dataset root (default $SPIKESSL_DATA, else ./data)"
     )
-    p.add_argument("--device", default=None, help="auto|cpu|cuda|mps")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
 
 
 def _keep_pretrained_option(p: argparse.ArgumentParser) -> None:
