@@ -56,7 +56,7 @@ def test_sweep_readme_shows_seeds_md_only_for_records_over_seeds(tmp_path) -> No
     readme_path = tmp_path / "README.md"
     assert write_sweep_readme(readme_path, "T", "spikessl sweep", 2, one_seed)
     assert "| cell | acc |" in readme_path.read_text()
-    assert "2 pretraining and 1 fine-tuning epochs" in readme_path.read_text()
+    assert "2 pretraining and 1 fine-tuning epoch." in readme_path.read_text()
     assert "| setting | mean |" not in readme_path.read_text()
     two_seeds = [{"cell": f"seed={s}", "config": config(s)} for s in (0, 1)]
     assert write_sweep_readme(readme_path, "T", "spikessl sweep", 2, two_seeds)

@@ -120,7 +120,8 @@ def write_sweep_readme(
         if "config" in r
     }
     epochs = "; ".join(
-        f"{pre} pretraining and {fin} fine-tuning epochs" for pre, fin in sorted(budgets)
+        f"{pre} pretraining and {fin} fine-tuning epoch{'s' * (fin != 1)}"
+        for pre, fin in sorted(budgets)
     )
     settings = f"{len(records)} of {cells} cells recorded (one JSON each here)."
     settings += f" {epochs}." if epochs else ""
