@@ -354,6 +354,12 @@ def test_section_given_a_scalar_then_a_subkey() -> None:
         (["augment.p=2"], ["p="]),
         (["on_divergence=halt"], ["on_divergence", "'warn'", "'stop'"]),
         (["on_nonfinite=warn"], ["on_nonfinite", "'skip'"]),
+        (["pretrain.schedule=cosin"], ["Did you mean 'cosine'?"]),  # did-you-mean on values
+        (["encoder.norm=Batch"], ["Did you mean 'batch'?"]),
+        (["finetune.head_init=proto"], ["Did you mean 'prototypes'?"]),
+        (["knn.bank=trian"], ["Did you mean 'train'?"]),
+        (["on_divergence=Warn"], ["Did you mean 'warn'?"]),
+        (["device=gpu"], ["for a GPU: cuda (NVIDIA) or mps"]),
     ],
 )
 def test_out_of_range_names_the_key(overrides: list[str], keys: list[str]) -> None:

@@ -129,6 +129,7 @@ class FinetuneConfig:
             "finetune.head_init",
             self.head_init,
             '"random" or "prototypes" (class means of the pretrained spike counts)',
+            ("random", "prototypes"),
         )
         _check(
             self.min_steps >= 0,
@@ -183,6 +184,7 @@ class KNNConfig:
             "knn.bank",
             self.bank,
             "labelled (the labelled part, the paper's protocol) or train (every training label)",
+            ("labelled", "train"),
         )
 
 
@@ -209,7 +211,10 @@ class Config:
         _check(self.time_steps >= 1, "time_steps", self.time_steps, ">= 1, e.g. 30 as in the paper")
         gpu = self.device.partition("cuda:")[2]  # device=cuda:N: torch's name, not ours
         pick = f"; to pick GPU {gpu}, set CUDA_VISIBLE_DEVICES={gpu} and device=cuda" if gpu else ""
-        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}{pick}")
+        if self.device.lower() == "gpu":  # not a did-you-mean of 'cpu'
+            pick = "; for a GPU: cuda (NVIDIA) or mps (Apple), or auto to take the one there is"
+        close = () if gpu or self.device.lower() == "gpu" else DEVICES
+        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}{pick}", close)
         _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, ">= 1")
         _check(
             self.checkpoint_every >= 0,
@@ -222,18 +227,21 @@ class Config:
             "precision",
             self.precision,
             "'fp32' or 'bf16' (bfloat16 autocast of convolutions and matmuls)",
+            ("fp32", "bf16"),
         )
         _check(
             self.on_nonfinite in ("stop", "skip"),
             "on_nonfinite",
             self.on_nonfinite,
             "'stop' (raise an error) or 'skip' (drop the step)",
+            ("stop", "skip"),
         )
         _check(
             self.on_divergence in ("warn", "stop"),
             "on_divergence",
             self.on_divergence,
             "'warn' (train on) or 'stop' (stop the run after the diverging epoch)",
+            ("warn", "stop"),
         )
         f, part = self.finetune.label_fraction, self.data.labelled_fraction
         _check(
@@ -245,9 +253,20 @@ class Config:
         )
 
 
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+def _check(ok: bool, key: str, value: Any, expected: str, choices: tuple = ()) -> None:
     if not ok:
-        raise ValueError(f"{key}={value!r} is invalid: expected {expected}")
+        raise ValueError(
+            f"{key}={value!r} is invalid: expected {expected}{did_you_mean(value, choices)}"
+        )
+
+
+def did_you_mean(value: Any, choices: tuple) -> str:
+    """`` Did you mean 'x'?`` for a string close to one of ``choices`` (any case), else ''."""
+    if not isinstance(value, str) or not choices:
+        return ""
+    lower = {str(c).lower(): c for c in choices}
+    close = difflib.get_close_matches(value.lower(), list(lower), n=1, cutoff=0.6)
+    return f". Did you mean {lower[close[0]]!r}?" if close else ""
 
 
 def _check_optim(cfg: PretrainConfig | FinetuneConfig, section: str) -> None:
@@ -260,7 +279,13 @@ def _check_optim(cfg: PretrainConfig | FinetuneConfig, section: str) -> None:
         "in (0, 1]: Adam moves each weight by about lr a step; e.g. 1e-3",
     )
     _check(cfg.weight_decay >= 0, f"{section}.weight_decay", cfg.weight_decay, ">= 0")
-    _check(cfg.schedule in SCHEDULES, f"{section}.schedule", cfg.schedule, f"one of {SCHEDULES}")
+    _check(
+        cfg.schedule in SCHEDULES,
+        f"{section}.schedule",
+        cfg.schedule,
+        f"one of {SCHEDULES}",
+        SCHEDULES,
+    )
     _check(
         cfg.grad_clip >= 0,
         f"{section}.grad_clip",

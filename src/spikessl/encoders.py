@@ -56,7 +56,11 @@ class EncoderConfig:
                 f"encoder.threshold={self.threshold} and encoder.slope={self.slope} must be > 0"
             )
         if self.norm not in NORMS:
-            raise ValueError(f"encoder.norm={self.norm!r}; choose one of {NORMS}")
+            from difflib import get_close_matches
+
+            close = get_close_matches(str(self.norm).lower(), NORMS, n=1)
+            meant = f". Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"encoder.norm={self.norm!r}; choose one of {NORMS}{meant}")
         if min(self.conv_channels + self.kernel_sizes + self.fc_sizes, default=1) < 1:
             raise ValueError(
                 "encoder.conv_channels, encoder.kernel_sizes and encoder.fc_sizes must all be >= 1"
