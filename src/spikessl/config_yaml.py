@@ -215,11 +215,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint in (int, bool, str) and type(value) is hint:
         return value
     expected = getattr(hint, "__name__", hint)
+    if value is None:  # key= with nothing after the "=", or key: with nothing in YAML
+        raise ValueError(f"{key} has no value (expected {expected}): give it one, {key}=VALUE")
     hint_text = ""
-    if hint is str and value is None:  # key= with nothing after the "="
-        hint_text = f"; give it a value: {key}=TEXT"
-    elif hint is str:  # key=123 on the command line is read as a number
+    if hint is str:  # key=123 on the command line is read as a number
         hint_text = f"; quote it to keep it a string: {key}=\"'{value}'\""
+    elif hint is bool:  # yes/no/on/off are strings in YAML 1.2
+        hint_text = f": {key}=true or {key}=false"
+    elif isinstance(value, str) and "," in value:  # a sweep's axis outside a sweep
+        hint_text = f"; a list of values ({key}=v1,v2) is a grid: `spikessl sweep` runs one"
     raise ValueError(f"{key}={value!r} has the wrong type: expected {expected}{hint_text}")
 
 
