@@ -927,3 +927,14 @@ def test_reproduce_refuses_dry_run_with_report_only() -> None:
         ["reproduce", "--dataset", "mnist", "--budget", "quick", "--dry-run", "--report-only"]
     )
     assert code == 2 and "not allowed with argument --dry-run" in err
+
+
+def test_pipeline_prints_the_validation_numbers_it_has(tmp_path) -> None:
+    argv = ["pipeline", *TINY, "finetune.val_fraction=0.2", "--baseline", "--no-progress"]
+    code, out, err = run_main([*argv, "--run-dir", str(tmp_path)])
+    assert code == 0, err
+    result = result_json(out)
+    for stage in ("finetune", "supervised"):
+        summary = json.loads((tmp_path / stage / "summary.json").read_text())
+        assert result[f"{stage}_val_accuracy"] == summary["val_accuracy"]
+        assert result[f"{stage}_test_accuracy_at_best_val"] == summary["test_accuracy_at_best_val"]

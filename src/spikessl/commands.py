@@ -402,7 +402,7 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
         )
     from spikessl import pipeline
     from spikessl.runs import default_run_dir
-    from spikessl.sweep import log_to_stderr
+    from spikessl.sweep import log_to_stderr, validation
 
     t0 = time.perf_counter()
     root = Path(run_dir) if run_dir else default_run_dir(cfg, "pipeline")
@@ -423,10 +423,12 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
         "knn_accuracy_at_init": pre["knn_accuracy_at_init"],
         "knn_accuracy": pre["knn_accuracy"],
         "finetune_test_accuracy": fin["test_accuracy"],
+        **validation(fin, "finetune"),  # with finetune.val_fraction > 0
     }
     if baseline:
         sup = pipeline.staged_supervised(cfg, sup_dir, progress, log_to_stderr)
         result["supervised_test_accuracy"] = sup["test_accuracy"]
+        result |= validation(sup, "supervised")
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     result["run_dir"] = str(root)
     return result

@@ -247,7 +247,7 @@ def _run_cell(
         },
         "finetune_test_accuracy": fin["test_accuracy"],
         "finetune_best_test_accuracy": fin["best_test_accuracy"],
-        **_validation(fin, "finetune"),
+        **validation(fin, "finetune"),
         "finetune_steps": fin.get("steps"),
         "finetune_epochs": fin.get("epochs"),  # which epochs the curve's: records.accuracy_curve
         "finetune_accuracy_by_epoch": [
@@ -278,7 +278,7 @@ def _add_supervised(
         **record,
         "supervised_test_accuracy": sup["test_accuracy"],
         "supervised_best_test_accuracy": sup["best_test_accuracy"],
-        **_validation(sup, "supervised"),
+        **validation(sup, "supervised"),
         "supervised_steps": sup.get("steps"),
         "supervised_epochs": sup.get("epochs"),
         "supervised_accuracy_by_epoch": by_epoch,
@@ -288,7 +288,7 @@ def _add_supervised(
     }
 
 
-def _validation(summary: dict, stage: str) -> dict:
+def validation(summary: dict, stage: str) -> dict:
     """A stage's validation numbers (``finetune.val_fraction`` > 0), prefixed for a record:
     every key of ``labelled.validation_summary`` except ``val_images``."""
     keys = ("val_accuracy", "best_val_accuracy", "best_val_epoch", "test_accuracy_at_best_val")
