@@ -435,11 +435,11 @@ def test_a_sweep_over_val_fraction_shares_one_pretraining_and_records_validation
 
 
 def test_a_records_validation_numbers_come_from_the_stage_summary():
-    from spikessl.sweep import _validation
+    from spikessl.sweep import validation
 
     summary = {"test_accuracy": 90.0, "val_accuracy": 88.5, "best_val_epoch": 3}
-    assert _validation(summary, "supervised") == {
+    assert validation(summary, "supervised") == {
         "supervised_val_accuracy": 88.5,
         "supervised_best_val_epoch": 3,
     }
-    assert _validation({"test_accuracy": 90.0}, "finetune") == {}  # no validation part
+    assert validation({"test_accuracy": 90.0}, "finetune") == {}  # no validation part
