@@ -316,8 +316,8 @@ def test_end_to_end_then_every_cell_is_skipped(tmp_path, monkeypatch) -> None:
     ]
     assert (result["budget"], result["cells"], result["recorded"]) == ("quick", 5, 5)
     assert result["overrides"] == TINY
-    assert result["best"]["cell"] == "time_steps=2"
-    assert 0 <= result["best"]["finetune_test_accuracy"] <= 100
+    assert result["table_iv"]["cell"] == "time_steps=2"
+    assert 0 <= result["table_iv"]["finetune_test_accuracy"] <= 100
     assert "supervised_test_accuracy" in json.loads((records / "time_steps=2.json").read_text())
     assert err.count("pretrain: finished earlier, reusing") == 1  # seed 0 shares the best's
     assert len(list(runs.glob("pretrain-*"))) == 4  # T=2 (and seed 0), T=3, T=4, seed 1
