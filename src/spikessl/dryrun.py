@@ -58,7 +58,7 @@ def plan_cells(
                     from spikessl.checkpoints import load_checkpoint
 
                     saved = load_checkpoint(parked)
-                    kept.check_parked(saved, parked, cell)
+                    kept.check(saved, parked, cell)
                     claimed[pre_dir] = cell.name
                     parts.append(f"pretraining resumes from {parked.name} (step {saved['step']})")
                 else:

@@ -22,6 +22,8 @@ from pathlib import Path
 from spikessl.grid import PRETRAIN_UNUSED, Cell, pretrain_key, pretrained_with, stage_dir
 from spikessl.runs import check_restorable, finished, rebuild_unfinished, restore_run
 
+PARKED_SUFFIX = ".partial.pt"  # pretrain-<key>.partial.pt: an unfinished run's checkpoint
+
 
 def export_path(records_dir: Path, cell: Cell) -> Path:
     """Where ``keep_pretrained`` puts the cell's pretraining: one file per pretraining key."""
@@ -44,20 +46,26 @@ def keep(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
         log(f"  pretrain: {parked.name} removed, its run has finished")
 
 
-def restore(export: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None]) -> None:
-    """Rebuild the cell's pretraining run from ``export`` (the lock on ``pre_dir`` held),
-    unless a run is there by now; an export of another pretraining is refused."""
-    from spikessl.checkpoints import load_export
+def rebuild(source: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None]) -> None:
+    """Rebuild the cell's pretraining run from ``source`` (the lock on ``pre_dir`` held): a
+    kept export gives the finished run, a parked checkpoint (``park``) the unfinished one to
+    resume. Nothing is done where a run is there by now; a file of another pretraining is
+    refused."""
+    from spikessl.checkpoints import load_checkpoint, load_export
     from spikessl.runs import remove_unstarted
 
-    if (pre_dir / "checkpoint.pt").exists():  # another process's run, started or restored
+    if (pre_dir / "checkpoint.pt").exists():  # another process's run, started or rebuilt
         return
-    saved = load_export(export)
-    check(saved, export, cell)
+    parked = source.name.endswith(PARKED_SUFFIX)
+    saved = load_checkpoint(source) if parked else load_export(source)
+    check(saved, source, cell)
     if pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
         remove_unstarted(pre_dir)
-    restore_run(saved, export, pre_dir)  # the file read once, above
-    log(f"  pretrain: restored {pre_dir} from {export}")
+    if not parked:
+        restore_run(saved, source, pre_dir)  # the file read once, above
+        log(f"  pretrain: restored {pre_dir} from {source}")
+    elif rebuild_unfinished(saved, source, pre_dir):
+        log(f"  pretrain: rebuilt {pre_dir} from {source} (step {saved['step']})")
 
 
 def restores(pre_dir: Path, export: Path) -> bool:
@@ -66,22 +74,29 @@ def restores(pre_dir: Path, export: Path) -> bool:
     return export.exists() and not (pre_dir / "checkpoint.pt").exists()
 
 
-def check(saved: dict, export: Path, cell: Cell) -> None:
-    """Refuse an export (``checkpoints.load_export``) of another pretraining than the cell's,
-    or one that cannot rebuild a finished run (``runs.restore_run``)."""
+def check(saved: dict, source: Path, cell: Cell) -> None:
+    """Refuse a kept export (``checkpoints.load_export``) or a parked checkpoint of another
+    pretraining than the cell's, or one that cannot rebuild its run: an export without the
+    finished run's summary (``runs.restore_run``), a parked file without training state."""
     if saved.get("command") != "pretrain" or not pretrained_with(saved["config"], cell.config):
         raise ValueError(
-            f"{export} holds a {saved.get('command', 'spikessl')} run with other settings "
+            f"{source} holds a {saved.get('command', 'spikessl')} run with other settings "
             f"than cell {cell.name}'s pretraining (its name says key "
             f"{pretrain_key(cell.config)}): move it out of the records folder, or put there "
-            "the export of that pretraining"
+            "the file of that pretraining"
         )
-    check_restorable(saved, export)
+    if not source.name.endswith(PARKED_SUFFIX):
+        check_restorable(saved, source)
+    elif "loop" not in saved or "step" not in saved:
+        raise ValueError(
+            f"{source} holds no training state to resume (weights only): move it out of the "
+            "records folder; the pretraining then runs from its start"
+        )
 
 
 def parked_path(records_dir: Path, cell: Cell) -> Path:
     """Where ``park`` puts the cell's unfinished pretraining: one file per pretraining key."""
-    return records_dir / f"pretrain-{pretrain_key(cell.config)}.partial.pt"
+    return records_dir / f"pretrain-{pretrain_key(cell.config)}{PARKED_SUFFIX}"
 
 
 def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:
@@ -115,35 +130,3 @@ def resumes_parked(pre_dir: Path, parked: Path) -> bool:
     """Whether the sweep rebuilds the unfinished pretraining ``pre_dir`` from ``parked``: the
     file is there and no run has started (``sweep``, and ``dryrun`` to say so)."""
     return parked.exists() and not (pre_dir / "checkpoint.pt").exists()
-
-
-def unpark(parked: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None]) -> None:
-    """Rebuild the cell's unfinished pretraining run from ``parked`` (the lock on ``pre_dir``
-    held), unless a run is there by now; a file of another pretraining is refused."""
-    from spikessl.checkpoints import load_checkpoint
-    from spikessl.runs import remove_unstarted
-
-    if (pre_dir / "checkpoint.pt").exists():  # another process's run, started or rebuilt
-        return
-    saved = load_checkpoint(parked)
-    check_parked(saved, parked, cell)
-    if pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
-        remove_unstarted(pre_dir)
-    if rebuild_unfinished(saved, parked, pre_dir):
-        log(f"  pretrain: rebuilt {pre_dir} from {parked} (step {saved['step']})")
-
-
-def check_parked(saved: dict, parked: Path, cell: Cell) -> None:
-    """Refuse a parked checkpoint of another pretraining than the cell's, or one without the
-    training state to resume."""
-    if saved.get("command") != "pretrain" or not pretrained_with(saved["config"], cell.config):
-        raise ValueError(
-            f"{parked} holds a {saved.get('command', 'spikessl')} run with other settings "
-            f"than cell {cell.name}'s pretraining (its name says key "
-            f"{pretrain_key(cell.config)}): move it out of the records folder"
-        )
-    if "loop" not in saved or "step" not in saved:
-        raise ValueError(
-            f"{parked} holds no training state to resume (weights only): move it out of the "
-            "records folder; the pretraining then runs from its start"
-        )

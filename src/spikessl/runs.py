@@ -230,7 +230,7 @@ def rebuild_unfinished(saved: dict, source: Path, run_dir: Path) -> bool:
     ``checkpoints.load_checkpoint``): the checkpoint itself, ``config.yaml`` and the finished
     epochs' ``metrics.jsonl``, so that ``run_stage`` resumes it as if it had stopped here.
     False where another process put a run there first. ``saved`` must hold the loop's state
-    (``kept.check_parked``)."""
+    (``kept.check``)."""
 
     def fill(tmp: Path) -> None:
         shutil.copyfile(source, tmp / "checkpoint.pt")

@@ -226,10 +226,7 @@ def _run_cell(
     export, parked = kept.export_path(records_dir, cell), kept.parked_path(records_dir, cell)
     if kept.restores(pre_dir, export) or kept.resumes_parked(pre_dir, parked):  # elsewhere
         with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
-            if export.exists():  # finished there
-                kept.restore(export, pre_dir, cell, log)
-            else:  # begun there
-                kept.unpark(parked, pre_dir, cell, log)
+            kept.rebuild(export if export.exists() else parked, pre_dir, cell, log)
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
     pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
     config = to_dict(cfg)
