@@ -449,11 +449,11 @@ def test_finetune_refuses_what_is_not_a_finished_pretraining(runs: dict, tmp_pat
 
 
 def check_pretrained(argv: list[str]) -> None:
-    """``commands.check_pretrained`` on these arguments (raises if it refuses them)."""
-    from spikessl import checkpoints, commands
+    """``named_runs.check_pretrained`` on these arguments (raises if it refuses them)."""
+    from spikessl import checkpoints, named_runs
 
     args = cli._parser().parse_args(argv)
-    commands.check_pretrained(args, checkpoints.load_checkpoint(args.pretrained))
+    named_runs.check_pretrained(args, checkpoints.load_checkpoint(args.pretrained))
 
 
 def test_probe_on_pretrained(runs: dict) -> None:
@@ -903,23 +903,16 @@ def test_error_lines_say_what_to_check_for_the_operating_systems_failures(capsys
     assert "Permission denied: /root/m.safetensors (" in err and "choose another --out" in err
 
 
-def test_spikessls_warnings_print_as_one_line(monkeypatch) -> None:
+def test_spikessls_warnings_print_as_one_line() -> None:
     import warnings
 
-    def warns(cfg, run_dir, progress, resume=None):
-        where = pipeline.__file__  # as the loop's warnings point, with their stacklevel
-        warnings.warn_explicit("pretrain step 1: layer 0 silent", RuntimeWarning, where, 131)
-        warnings.warn("a peer library's warning", UserWarning, stacklevel=1)
-        return {"command": "pretrain"}
-
-    monkeypatch.setattr(pipeline, "pretrain", warns)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        code, _, err = run_main(["pretrain", *TINY, "--no-progress"])
-    assert code == 0
-    assert "spikessl: warning: pretrain step 1: layer 0 silent\n" in err
-    assert "RuntimeWarning" not in err and "pipeline.py" not in err
-    assert "test_cli.py" in err and "UserWarning: a peer library's warning" in err
+    ours = pipeline.__file__  # where the loop's warnings point, with their stacklevel
+    with cli._short_warnings():
+        text = warnings.formatwarning("layer 0 silent", RuntimeWarning, ours, 131)
+        other = warnings.formatwarning("a peer's warning", UserWarning, "/x/peer.py", 7)
+    assert text == "spikessl: warning: layer 0 silent\n"
+    assert other.startswith("/x/peer.py:7: UserWarning: a peer's warning")
+    assert warnings.formatwarning("w", UserWarning, ours, 1).startswith(ours)  # restored
 
 
 def test_reproduce_refuses_dry_run_with_report_only() -> None:

@@ -6,13 +6,13 @@ The argument parser and the dispatch to the subcommands' handlers in ``spikessl.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
-from spikessl import commands
+from spikessl import commands, named_runs
 from spikessl.config_yaml import preset_names
 
 DEVICE_HELP = "auto|cpu|cuda|mps (default: the config's device, auto: a GPU if there is one)"
@@ -221,27 +221,31 @@ def _keep_pretrained_option(p: argparse.ArgumentParser) -> None:
 def _claimed(command: str, run_dir: str | None):
     """While a training command writes a run directory the user named, no other process can
     (a second ``spikessl pretrain --run-dir X``, or a sweep stage on X, is refused instead)."""
-    import contextlib
-
     from spikessl.runs import claim_run_dir
 
     writes = command in ("pretrain", "finetune", "supervised", "pipeline")
-    if not writes or run_dir is None or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0
+    if not writes or run_dir is None or not named_runs.rank0():  # torchrun: rank 0 claims
         return contextlib.nullcontext()
     return claim_run_dir(Path(run_dir))
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+@contextlib.contextmanager
+def _short_warnings():
     """spikessl's own warnings (a silent layer, a diverging loss) as one line for a user of
-    the command, not Python's header with a line of spikessl's source; others as usual."""
-    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
-        print(f"spikessl: warning: {message}", file=file or sys.stderr)
-    else:
-        print(
-            warnings.formatwarning(message, category, filename, lineno, line),
-            end="",
-            file=file or sys.stderr,
-        )
+    the command, not Python's header with a line of spikessl's source; others as usual.
+    Only their text changes: filters, and a caller's capture of them, stay as they are."""
+    original, ours = warnings.formatwarning, Path(__file__).resolve().parent
+
+    def short(message, category, filename, lineno, line=None) -> str:
+        if Path(filename).resolve().is_relative_to(ours):
+            return f"spikessl: warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    warnings.formatwarning = short
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 def _dispatch(args: argparse.Namespace, cfg, run_dir, progress: bool, resume, checkpoint) -> dict:
@@ -314,19 +318,18 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = getattr(args, "run_dir", None) or getattr(args, "resume", None)
     try:
-        resume = commands.resume_checkpoint(args, checkpoints)
+        resume = named_runs.resume_checkpoint(args, checkpoints)
         pretrained = getattr(args, "pretrained", None)
         if args.command in ("finetune", "neighbors") and pretrained is None and resume is None:
             raise ValueError(f"{args.command} needs --pretrained RUN_DIR (a pretraining run)")
         checkpoint = checkpoints.load_checkpoint(pretrained) if pretrained else None
         if checkpoint is not None:
-            commands.check_pretrained(args, checkpoint)
+            named_runs.check_pretrained(args, checkpoint)
         cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
-        with _claimed(args.command, run_dir), warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+        with _claimed(args.command, run_dir), _short_warnings():
             if resume is not None:  # said once the run is ours: another process may hold it
-                commands.say_resuming(args, resume)
+                named_runs.say_resuming(args, resume)
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
     except USER_ERRORS as err:
         # a FloatingPointError (NaN, divergence) stops every torchrun process at the same step
