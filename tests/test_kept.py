@@ -8,12 +8,13 @@ import pytest
 import torch
 from tiny import forbidden, tiny_base
 
-from spikessl import pipeline
+from spikessl import kept, pipeline
 from spikessl.checkpoints import load_checkpoint
 from spikessl.dryrun import plan_cells, planned_exports
 from spikessl.grid import expand_grid, pretrain_key
 from spikessl.kept import export_path, parked_path
 from spikessl.resumable import Interrupted
+from spikessl.runs import claim_run_dir
 from spikessl.sweep import run_sweep
 
 
@@ -165,8 +166,6 @@ def test_a_parked_checkpoint_of_another_pretraining_is_refused(swept, tmp_path, 
 
 
 def test_a_park_that_fails_leaves_the_stop_as_it_was(tmp_path, monkeypatch):
-    from spikessl import kept
-
     (cell,) = expand_grid(tiny_base(), [])
     real_nt_xent, logs = pipeline.nt_xent, []
 
@@ -189,3 +188,68 @@ def test_a_park_that_fails_leaves_the_stop_as_it_was(tmp_path, monkeypatch):
             keep_pretrained=True,
         )
     assert "  pretrain: not parked: No space left on device" in logs
+
+
+def _stopped_at(step: int, where, cells, monkeypatch, **kwargs) -> None:
+    """Run the cells' sweep in ``where`` until SIGTERM after pretraining step ``step``."""
+    real_nt_xent, steps = pipeline.nt_xent, []
+
+    def stop(*args, **kw):
+        steps.append(1)
+        if len(steps) == step:
+            signal.raise_signal(signal.SIGTERM)
+        return real_nt_xent(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "nt_xent", stop)
+    with pytest.raises(Interrupted):
+        run_sweep(cells, where / "records", where / "runs", progress=False, **kwargs)
+    monkeypatch.undo()
+
+
+def test_a_parked_file_that_got_further_replaces_a_local_run_behind_it(
+    swept, tmp_path, monkeypatch
+):
+    cells = expand_grid(tiny_base(), ["finetune.lr=1e-3"])  # the fixture's first cell
+    here, there, logs = tmp_path / "here", tmp_path / "there", []
+    _stopped_at(4, here, cells, monkeypatch, keep_pretrained=True, log=logs.append)
+    _stopped_at(2, there, cells, monkeypatch, log=logs.append)  # an older try, not parked
+    parked = parked_path(there / "records", cells[0])
+    parked.parent.mkdir()
+    shutil.copy(parked_path(here / "records", cells[0]), parked)
+    pre_dir = there / "runs" / f"pretrain-{pretrain_key(cells[0].config)}"
+    (state,) = plan_cells(cells, there / "records", there / "runs").values()
+    assert state.startswith(f"pretraining resumes from {parked.name} (step 4), ")
+    with claim_run_dir(pre_dir):  # another process holds the run: not this sweep's to park
+        kept.park(cells[0], there / "runs", there / "records", logs.append)
+    assert logs[-1] == f"  pretrain: not parked: another process is running {pre_dir}"
+    kept.park(cells[0], there / "runs", there / "records", logs.append)  # step 2 < 4
+    assert logs[-1].endswith("(step 2); kept as it is") and load_checkpoint(parked)["step"] == 4
+    logs.clear()
+    (record,) = run_sweep(cells, there / "records", there / "runs", progress=False, log=logs.append)
+    aside = pre_dir.with_name(f".{pre_dir.name}.behind-step2")
+    assert f"  pretrain: {parked} got further than {pre_dir} (step 2): moved to {aside}" in logs
+    assert load_checkpoint(aside)["step"] == 2  # moved aside, not deleted
+    assert record["pretrain_loss_by_epoch"] == swept["first"][0]["pretrain_loss_by_epoch"]
+    # finished without --keep-pretrained: the parked file is superseded all the same
+    assert not parked.exists() and not export_path(there / "records", cells[0]).exists()
+
+
+def test_sigterm_outside_a_training_step_parks_the_run(swept, tmp_path, monkeypatch):
+    cells = expand_grid(tiny_base(), ["finetune.lr=1e-3"])
+    _stopped_at(3, tmp_path, cells, monkeypatch)  # a checkpoint at step 3, not parked
+
+    def loading_data(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # e.g. while the data loads, before any step
+
+    monkeypatch.setattr(pipeline, "staged", loading_data)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(
+            cells,
+            tmp_path / "records",
+            tmp_path / "runs",
+            progress=False,
+            keep_pretrained=True,
+            log=lambda _: None,
+        )
+    assert load_checkpoint(parked_path(tmp_path / "records", cells[0]))["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the sweep's handler is gone

@@ -16,6 +16,8 @@ supersedes it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,35 +33,51 @@ def export_path(records_dir: Path, cell: Cell) -> Path:
 
 
 def keep(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:
-    """Export the cell's finished pretraining run to ``records_dir``, unless it is there."""
+    """Export the cell's finished pretraining run to ``records_dir``, unless it is there; a
+    parked checkpoint of it there is superseded (``drop_parked``)."""
     from spikessl.checkpoints import export_safetensors, load_checkpoint
 
     export = export_path(records_dir, cell)
     pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
-    if export.exists() or not finished(pre_dir):
+    if not finished(pre_dir):
         return
-    export_safetensors(load_checkpoint(pre_dir), export, pre_dir)
-    log(f"  pretrain: kept as {export}")
+    if not export.exists():
+        export_safetensors(load_checkpoint(pre_dir), export, pre_dir)
+        log(f"  pretrain: kept as {export}")
+    drop_parked(records_dir, cell, log)
+
+
+def drop_parked(records_dir: Path, cell: Cell, log: Callable[[str], None]) -> None:
+    """Remove the cell's parked checkpoint (``park``) once its pretraining has finished."""
     parked = parked_path(records_dir, cell)
-    if parked.exists():  # the finished export supersedes it
+    with contextlib.suppress(FileNotFoundError):  # none, or another sweep's removal first
         parked.unlink()
-        log(f"  pretrain: {parked.name} removed, its run has finished")
+        log(f"  pretrain: {parked} removed: its run has finished")
 
 
 def rebuild(source: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None]) -> None:
     """Rebuild the cell's pretraining run from ``source`` (the lock on ``pre_dir`` held): a
     kept export gives the finished run, a parked checkpoint (``park``) the unfinished one to
-    resume. Nothing is done where a run is there by now; a file of another pretraining is
-    refused."""
+    resume. A run there by now is kept, except an unfinished one that got less far than the
+    parked file: it is moved aside (``.<name>.behind-step<N>``), never deleted. A file of
+    another pretraining is refused."""
     from spikessl.checkpoints import load_checkpoint, load_export
     from spikessl.runs import remove_unstarted
 
-    if (pre_dir / "checkpoint.pt").exists():  # another process's run, started or rebuilt
-        return
     parked = source.name.endswith(PARKED_SUFFIX)
-    saved = load_checkpoint(source) if parked else load_export(source)
+    if (pre_dir / "checkpoint.pt").exists() and not (parked and resumes_parked(pre_dir, source)):
+        return  # another process's run, started or rebuilt
+    try:
+        saved = load_checkpoint(source) if parked else load_export(source)
+    except ValueError as err:
+        raise ValueError(f"{err}; or move {source} out of the records folder") from None
     check(saved, source, cell)
-    if pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
+    if (pre_dir / "checkpoint.pt").exists():  # behind the parked file
+        behind = _step(pre_dir / "checkpoint.pt")
+        aside = pre_dir.with_name(f".{pre_dir.name}.behind-step{behind}")
+        pre_dir.rename(aside)
+        log(f"  pretrain: {source} got further than {pre_dir} (step {behind}): moved to {aside}")
+    elif pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
         remove_unstarted(pre_dir)
     if not parked:
         restore_run(saved, source, pre_dir)  # the file read once, above
@@ -102,9 +120,10 @@ def parked_path(records_dir: Path, cell: Cell) -> Path:
 def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:
     """When a sweep stops inside a cell: keep its pretraining if finished, else copy the
     unfinished run's ``checkpoint.pt`` to ``parked_path``, over an older copy of the same
-    pretraining that got less far (never over one that got further)."""
-    from spikessl.checkpoints import load_checkpoint
+    pretraining that got less far (never over one that got further). A run that another
+    process holds (a second sweep over the same runs) is not this sweep's to park."""
     from spikessl.records import replacing
+    from spikessl.runs import claim_run_dir
 
     pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
     if finished(pre_dir):
@@ -113,13 +132,20 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
     checkpoint, parked = pre_dir / "checkpoint.pt", parked_path(records_dir, cell)
     if not checkpoint.exists():
         return
-    step = load_checkpoint(checkpoint).get("step", 0)
-    if parked.exists() and load_checkpoint(parked).get("step", 0) > step:
-        log(f"  pretrain: {parked} got further than {pre_dir} (step {step}); kept as it is")
-        return
-    records_dir.mkdir(parents=True, exist_ok=True)
-    with replacing(parked) as fh:
-        fh.write(checkpoint.read_bytes())
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(claim_run_dir(pre_dir))
+        except ValueError:  # held by another process
+            log(f"  pretrain: not parked: another process is running {pre_dir}")
+            return
+        data = checkpoint.read_bytes()  # read once: the step said is the one written
+        step = _step(io.BytesIO(data))
+        if parked.exists() and _step(parked) > step:
+            log(f"  pretrain: {parked} got further than {pre_dir} (step {step}); kept as it is")
+            return
+        records_dir.mkdir(parents=True, exist_ok=True)
+        with replacing(parked) as fh:
+            fh.write(data)
     log(
         f"  pretrain: unfinished, parked at step {step} as {parked}: a sweep with these "
         "records resumes it there, on any machine"
@@ -128,5 +154,16 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
 
 def resumes_parked(pre_dir: Path, parked: Path) -> bool:
     """Whether the sweep rebuilds the unfinished pretraining ``pre_dir`` from ``parked``: the
-    file is there and no run has started (``sweep``, and ``dryrun`` to say so)."""
-    return parked.exists() and not (pre_dir / "checkpoint.pt").exists()
+    file is there, and no run has started or the one there is unfinished and got less far
+    (``sweep``, and ``dryrun`` to say so)."""
+    if not parked.exists():
+        return False
+    local = pre_dir / "checkpoint.pt"
+    return not local.exists() or (not finished(pre_dir) and _step(local) < _step(parked))
+
+
+def _step(source) -> int:
+    """The optimiser step a checkpoint (a path, or its bytes) was saved after."""
+    import torch
+
+    return int(torch.load(source, map_location="cpu", weights_only=True).get("step", 0))

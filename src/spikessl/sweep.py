@@ -29,11 +29,14 @@ and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -94,55 +97,85 @@ def run_sweep(
         if seeds:
             write_seed_tables(records, *seed_paths)
 
-    failed: list[str] = []  # cells whose training stopped on its own numbers
-    stopped: dict[str, str] = {}  # pretraining key -> the cell whose pretraining stopped
-    for i, cell in enumerate(cells, 1):
-        tag = f"sweep [{i}/{len(cells)}] {cell.name}"
-        record = recorded[cell.name]
-        missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
-        if keep_pretrained:  # a recorded cell's pretraining too, where its run is at hand
-            kept.keep(cell, runs_root, records_dir, log)
-        if record is not None and not missing_baseline:
-            log(f"{tag}: recorded, skipping")
-            continue
-        shared = pretrain_key(cell.config)
-        if record is None and shared in stopped:  # resuming it would stop it again
-            log(f"{tag}: skipped: it shares the pretraining that stopped in {stopped[shared]}")
-            failed.append(cell.name)
-            continue
-        log(f"{tag}: {'adding the supervised baseline' if record else 'running'} (key {cell.key})")
-        try:  # on_divergence=stop or on_nonfinite=stop end a cell on its own numbers
-            if record is None:
-                record = _run_cell(cell, runs_root, records_dir, progress, log)
-                if keep_pretrained:
-                    kept.keep(cell, runs_root, records_dir, log)
-                if missing_baseline:  # the SSL result is kept even if the baseline fails
-                    _write_record(records_dir, cell, record, names, tabulate)
-            if missing_baseline:
-                record = _add_supervised(record, cell, runs_root, progress, log)
-        except FloatingPointError as err:
-            log(f"{tag}: stopped, going on with the other cells: {err}")
-            if record is None and getattr(err, "stage", None) == "pretrain":
-                stopped[shared] = cell.name
-            elif keep_pretrained:  # its pretraining finished, all the same
+    with _sigterm_stops():  # a stopped cell is parked, whatever stops it
+        failed: list[str] = []  # cells whose training stopped on its own numbers
+        stopped: dict[str, str] = {}  # pretraining key -> the cell whose pretraining stopped
+        for i, cell in enumerate(cells, 1):
+            tag = f"sweep [{i}/{len(cells)}] {cell.name}"
+            record = recorded[cell.name]
+            missing_baseline = baseline and "supervised_test_accuracy" not in (record or {})
+            if keep_pretrained:  # a recorded cell's pretraining too, where its run is at hand
                 kept.keep(cell, runs_root, records_dir, log)
-            baseline_only = record is not None  # its SSL result is recorded
-            failed.append(cell.name + " (its supervised baseline)" * baseline_only)
-            continue
-        except BaseException:  # Ctrl-C, SIGTERM (resumable.Interrupted) or an error
-            if keep_pretrained:  # what the pretraining did goes with the records
-                try:
-                    kept.park(cell, runs_root, records_dir, log)
-                except Exception as err:  # the stop, not this, is what the user must read
-                    log(f"  pretrain: not parked: {err}")
-            raise
-        _write_record(records_dir, cell, record, names, tabulate)
-    records = load_records(records_dir, names)
-    if records:
-        tabulate(records)
-    if failed:
-        raise CellsFailed(failed, records, records_dir)
-    return records
+            if record is not None and not missing_baseline:
+                log(f"{tag}: recorded, skipping")
+                continue
+            shared = pretrain_key(cell.config)
+            if record is None and shared in stopped:  # resuming it would stop it again
+                log(f"{tag}: skipped: it shares the pretraining that stopped in {stopped[shared]}")
+                failed.append(cell.name)
+                continue
+            doing = "adding the supervised baseline" if record else "running"
+            log(f"{tag}: {doing} (key {cell.key})")
+            try:  # on_divergence=stop or on_nonfinite=stop end a cell on its own numbers
+                if record is None:
+                    record = _run_cell(cell, runs_root, records_dir, progress, log)
+                    if keep_pretrained:
+                        kept.keep(cell, runs_root, records_dir, log)
+                    if missing_baseline:  # the SSL result is kept even if the baseline fails
+                        _write_record(records_dir, cell, record, names, tabulate)
+                if missing_baseline:
+                    record = _add_supervised(record, cell, runs_root, progress, log)
+            except FloatingPointError as err:
+                log(f"{tag}: stopped, going on with the other cells: {err}")
+                if record is None and getattr(err, "stage", None) == "pretrain":
+                    stopped[shared] = cell.name
+                elif keep_pretrained:  # its pretraining finished, all the same
+                    kept.keep(cell, runs_root, records_dir, log)
+                baseline_only = record is not None  # its SSL result is recorded
+                failed.append(cell.name + " (its supervised baseline)" * baseline_only)
+                continue
+            except BaseException:  # Ctrl-C, SIGTERM (resumable.Interrupted) or an error
+                if keep_pretrained:  # what the pretraining did goes with the records
+                    _park(cell, runs_root, records_dir, log)
+                raise
+            _write_record(records_dir, cell, record, names, tabulate)
+        records = load_records(records_dir, names)
+        if records:
+            tabulate(records)
+        if failed:
+            raise CellsFailed(failed, records, records_dir)
+        return records
+
+
+def _park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:
+    """``kept.park`` as a stopped sweep leaves: a second Ctrl-C or SIGTERM waits for it, and
+    its own failure is logged, so the stop that called it is still what the user reads."""
+    from spikessl.resumable import deferred_signals
+
+    try:
+        with deferred_signals():
+            kept.park(cell, runs_root, records_dir, log)
+    except Exception as err:
+        log(f"  pretrain: not parked: {err}")
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """SIGTERM (a scheduler's, ``kill``) ends a sweep as Ctrl-C does, also outside training
+    steps (loading data, a kNN pass), so a stopped cell is parked: Python's default would end
+    the process at once. Training steps defer it themselves (``resumable.deferred_signals``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class CellsFailed(FloatingPointError):
@@ -226,8 +259,9 @@ def _run_cell(
     export, parked = kept.export_path(records_dir, cell), kept.parked_path(records_dir, cell)
     if kept.restores(pre_dir, export) or kept.resumes_parked(pre_dir, parked):  # elsewhere
         with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
-            kept.rebuild(export if export.exists() else parked, pre_dir, cell, log)
+            kept.rebuild(export if kept.restores(pre_dir, export) else parked, pre_dir, cell, log)
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
+    kept.drop_parked(records_dir, cell, log)  # finished: what it held is in the run now
     pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
     config = to_dict(cfg)
     config["data"].pop("root", None)  # a local path, not a setting
