@@ -103,3 +103,13 @@ def test_deferred_signals_off_the_main_thread_change_nothing() -> None:
     thread.start()
     thread.join()
     assert seen == [([], before)]
+
+
+def test_a_run_saved_with_more_gpus_resumes_on_fewer(monkeypatch) -> None:
+    set_calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: set_calls.append((s, i)))
+    state = {**rng_state(), "cuda": ["gpu0", "gpu1"]}  # saved on a 2-GPU machine
+    set_rng_state(state)  # torch.cuda.set_rng_state_all raised IndexError here
+    assert set_calls == [("gpu0", 0)]

@@ -67,8 +67,9 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as both machines have:
+        for i, gpu_state in zip(range(torch.cuda.device_count()), state["cuda"]):  # moved runs
+            torch.cuda.set_rng_state(gpu_state, i)
 
 
 def fresh_sums() -> dict:
