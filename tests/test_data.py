@@ -671,17 +671,31 @@ def test_class_names_known_and_fallback():
     assert class_names("cifar100", 100)[42] == "42"
 
 
-@pytest.mark.parametrize("limit", [100, 310, 320, 333])
-def test_the_pretraining_batch_check_counts_what_loading_gives(limit):
+@pytest.mark.parametrize(
+    ("limit", "fraction"), [(100, 0.2), (310, 0.2), (320, 0.2), (333, 0.2), (510, 0.5), (520, 0.5)]
+)
+def test_the_pretraining_batch_check_counts_what_loading_gives(limit, fraction):
     """``check_pretraining_fills`` predicts, without loading, the unlabelled part's size that
-    ``load_data`` gives: it refuses exactly the limits whose part is under one batch."""
+    ``load_data`` gives: it refuses exactly the limits whose part is under one batch, and
+    names the smallest limit that fills one."""
     from spikessl.config import load_config
 
-    cfg = load_config("mnist-quick", [f"data.train_limit={limit}", "pretrain.batch_size=256"])
+    overrides = [f"data.train_limit={limit}", f"data.labelled_fraction={fraction}"]
+    cfg = load_config("mnist-quick", [*overrides, "pretrain.batch_size=256"])
     unlabelled = len(data.load_data(cfg, torch.device("cpu")).unlabelled)
+    smallest = {0.2: 320, 0.5: 520}[fraction]  # 26 unlabelled a class: 32 - 6, 52 - 26
     if unlabelled >= 256:
         data.check_pretraining_fills(cfg)
     else:
-        with pytest.raises(ValueError, match=f", {unlabelled} unlabelled in all once"):
+        fix = f"; set data.train_limit={smallest}, or pretrain.batch_size={unlabelled}"
+        with pytest.raises(ValueError, match=f", {unlabelled} unlabelled in all once.*{fix}"):
             data.check_pretraining_fills(cfg)
-    assert (unlabelled >= 256) == (limit >= 320)  # 32 a class, 6 of them labelled: 260
+    assert (unlabelled >= 256) == (limit >= smallest)
+
+
+def test_the_pretraining_batch_check_answers_at_once_past_what_the_dataset_holds():
+    from spikessl.config import load_config
+
+    cfg = load_config("mnist-quick", ["data.train_limit=100", "data.labelled_fraction=0.999999"])
+    with pytest.raises(ValueError, match="unlabelled .* set a lower data.labelled_fraction$"):
+        data.check_pretraining_fills(cfg)  # it searched ~10 s for a limit of 125,000,010

@@ -14,6 +14,7 @@ device (``Data``, ``load_data``); it re-exports the names above that callers use
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,8 @@ def check_pretraining_fills(cfg: Config) -> None:
     limit, lf, batch = cfg.data.train_limit, cfg.data.labelled_fraction, cfg.pretrain.batch_size
     if not limit:
         return
-    classes = get_info(cfg.data.name).num_classes
+    info = get_info(cfg.data.name)
+    classes = info.num_classes
 
     def unlabelled(per_class: int) -> int:
         return classes * (per_class - max(1, round(lf * per_class)))
@@ -221,15 +223,21 @@ def check_pretraining_fills(cfg: Config) -> None:
     have = unlabelled(per_class)
     if have >= batch:
         return
-    need = per_class
-    while unlabelled(need) < batch:
-        need += 1
-    smaller = f", or pretrain.batch_size={have}" if have >= 2 else ""
+    # the fewest images a class for a batch: p - round(lf p) >= q holds from about
+    # (q - 0.5) / (1 - lf) on; a step or two settles round()'s ties
+    q = -(-batch // classes)
+    need = max(per_class, math.floor((q - 0.5) / (1 - lf)))
+    for _ in range(3):
+        need += unlabelled(need) < batch
+    fixes = [f"pretrain.batch_size={have}"] if have >= 2 else []
+    if need * classes <= info.train_size:
+        fixes.insert(0, f"data.train_limit={need * classes}")
+    else:  # more than the dataset holds
+        fixes.append("a lower data.labelled_fraction")
     raise ValueError(
         f"data.train_limit={limit} keeps {per_class} image(s) of each of {classes} classes, "
         f"{have} unlabelled in all once data.labelled_fraction={lf} is labelled: fewer than "
-        f"one pretraining batch (pretrain.batch_size={batch}); set data.train_limit="
-        f"{need * classes}{smaller}"
+        f"one pretraining batch (pretrain.batch_size={batch}); set " + ", or ".join(fixes)
     )
 
 
