@@ -235,3 +235,36 @@ def test_nonfinite_loss_stops_or_skips(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["skipped_steps"] == 1
     assert math.isfinite(record["loss"])  # the skipped step is left out of the mean
+
+
+def test_resume_reads_the_checkpoint_again_once_the_run_is_claimed(
+    tmp_path, reference, capsys, monkeypatch
+):
+    """Another process may checkpoint the run between --resume's first read and the lock:
+    what resumes is the checkpoint there once the run is this process's."""
+    import contextlib
+    import shutil
+
+    from spikessl import cli
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    (run_dir / "summary.json").unlink()  # unfinished, at its last step
+    early = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    late_step = early["step"]
+    early["step"] = early["loop"]["step"] = 5
+    torch.save(early, tmp_path / "early.pt")
+    late = (run_dir / "checkpoint.pt").read_bytes()
+    (run_dir / "checkpoint.pt").write_bytes((tmp_path / "early.pt").read_bytes())
+
+    @contextlib.contextmanager
+    def claimed_after_the_other_process_moved_on(command, where):
+        (run_dir / "checkpoint.pt").write_bytes(late)  # the other process's last checkpoint
+        yield
+
+    resumed = []
+    monkeypatch.setattr(cli, "_claimed", claimed_after_the_other_process_moved_on)
+    monkeypatch.setattr(cli, "_dispatch", lambda *a: resumed.append(a[4]["step"]) or {})
+    assert main(["pretrain", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert resumed == [late_step]
+    assert f"resuming {run_dir} after step {late_step} " in capsys.readouterr().err

@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         with _claimed(args.command, run_dir), _short_warnings():
-            if resume is not None:  # said once the run is ours: another process may hold it
+            if resume is not None:  # read again now that the run is ours: it may have moved on
+                resume = named_runs.resume_checkpoint(args, checkpoints)
                 named_runs.say_resuming(args, resume)
             result = _dispatch(args, cfg, run_dir, progress, resume, checkpoint)
     except USER_ERRORS as err:
