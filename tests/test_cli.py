@@ -780,16 +780,35 @@ def test_ctrl_c_outside_a_training_step_says_what_is_kept(monkeypatch, tmp_path)
 
 def test_ctrl_c_while_pytorch_loads_exits_130_without_a_traceback(tmp_path) -> None:
     import signal
-    import time
 
+    # the child says when it starts importing torch, then takes its time: the Ctrl-C lands
+    # inside the import however fast the machine is
+    child = (
+        "import sys, time\n"
+        "class Slow:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            print('importing torch', flush=True)\n"
+        "            time.sleep(60)\n"
+        "sys.meta_path.insert(0, Slow())\n"
+        "sys.argv = ['spikessl', 'knn', '--pretrained', '.']\n"
+        "import runpy\n"
+        "runpy.run_module('spikessl', run_name='__main__')\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
-    argv = [sys.executable, "-m", "spikessl", "knn", "--pretrained", str(tmp_path)]
-    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    time.sleep(0.5)  # importing spikessl.cli imports PyTorch: about 2 s
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.stdout.readline() == "importing torch\n"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
-    assert "interrupted (Ctrl-C)" in err
+    assert "spikessl: interrupted (Ctrl-C) while starting; nothing was run" in err
 
 
 def test_sweep_with_a_stopped_cell_exits_2_and_still_writes_its_readme(
