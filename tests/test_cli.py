@@ -169,7 +169,12 @@ def test_a_key_set_twice_on_the_command_line_is_named_and_the_last_wins() -> Non
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert commands.config(args, None).time_steps == 6
-    assert err.getvalue() == "pretrain: time_steps is set twice:  time_steps=6 wins\n"
+    assert err.getvalue() == "pretrain: time_steps is set 2 times:  time_steps=6 wins\n"
+    args = cli._parser().parse_args(["knn", "knn.k=1", "knn.k=2", "knn.k=3"])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert commands.config(args, None).knn.k == 3
+    assert err.getvalue() == "knn: knn.k is set 3 times: knn.k=3 wins\n"  # said once
 
 
 def test_overrides_may_follow_options(monkeypatch) -> None:
@@ -932,6 +937,10 @@ def test_spikessls_warnings_print_as_one_line() -> None:
     assert text == "spikessl: warning: layer 0 silent\n"
     assert other.startswith("/x/peer.py:7: UserWarning: a peer's warning")
     assert warnings.formatwarning("w", UserWarning, ours, 1).startswith(ours)  # restored
+    with cli._short_warnings():  # _native's own prefix is not doubled; torch's keep theirs
+        native = warnings.formatwarning("spikessl: kernels off", RuntimeWarning, ours, 1)
+        torchs = warnings.formatwarning("deprecated", UserWarning, ours, 1)
+    assert native == "spikessl: warning: kernels off\n" and "UserWarning" in torchs
 
 
 def test_reproduce_refuses_dry_run_with_report_only() -> None:

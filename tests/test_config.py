@@ -725,9 +725,7 @@ def test_type_errors_show_the_form_that_works() -> None:
     assert "e.g. finetune.augment=crop+rotate" in load_error(["finetune.augment="])
     assert "For no augmentation: finetune.augment=[]" in load_error(["finetune.augment=none"])
     assert load_config("mnist-quick", ["finetune.augment=[]"]).finetune.augment == ()
-    assert "out_dir has no value (expected str): give it one, out_dir=VALUE" in load_error(
-        ["out_dir="]
-    )
+    assert "out_dir has no value (expected str): give it one" in load_error(["out_dir="])
     assert "pretrain.lr has no value (expected float)" in load_error(["pretrain.lr="])
     assert "finetune.linear_probe=true or finetune.linear_probe=false" in load_error(
         ["finetune.linear_probe=yes"]

@@ -28,6 +28,9 @@ def test_a_runs_curve_is_its_test_accuracy_or_for_a_pretraining_its_knn(tmp_path
     finetune, supervised = tmp_path / "pipe" / "finetune", tmp_path / "pipe" / "supervised"
     with pytest.raises(FileNotFoundError, match=f"pipeline's folder.*e.g. {finetune} {supervised}"):
         run_curve(str(tmp_path / "pipe"))
+    (tmp_path / "pre" / "pretrain").mkdir(parents=True)  # a pipeline stopped in its pretraining
+    with pytest.raises(FileNotFoundError, match=f"e.g. {tmp_path / 'pre' / 'pretrain'}$"):
+        run_curve(str(tmp_path / "pre"))
 
 
 def test_a_records_curves_are_each_method_it_holds_at_its_epochs(tmp_path):

@@ -4,9 +4,9 @@ Implements Bahari & Kheradpisheh, "Self-Supervised Contrastive Learning in Spiki
 Networks": LIF neurons with soft reset and a sigmoid surrogate gradient (eq. 6), NT-Xent on
 spike-count latents (eq. 1), fine-tuning and kNN evaluation.
 
-The names below load on first use (PEP 562), so that ``import spikessl.cli`` does not wait
-for PyTorch: ``spikessl --help`` answers at once, and a Ctrl-C while PyTorch loads reaches
-the command's own handler.
+The names below load on first use (PEP 562): importing the package does not import
+PyTorch, so the ``spikessl`` command (``spikessl.__main__``) is running before PyTorch loads
+and a Ctrl-C during those seconds reaches its handler.
 """
 
 from importlib import import_module

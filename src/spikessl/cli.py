@@ -237,8 +237,8 @@ def _short_warnings():
     original, ours = warnings.formatwarning, Path(__file__).resolve().parent
 
     def short(message, category, filename, lineno, line=None) -> str:
-        if Path(filename).resolve().is_relative_to(ours):
-            return f"spikessl: warning: {message}\n"
+        if category is RuntimeWarning and Path(filename).resolve().is_relative_to(ours):
+            return f"spikessl: warning: {str(message).removeprefix('spikessl: ')}\n"
         return original(message, category, filename, lineno, line)
 
     warnings.formatwarning = short
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *extra]
-    from spikessl import checkpoints, distributed  # after parsing: --help stays instant
+    from spikessl import checkpoints, distributed  # only for a command that runs
     from spikessl.resumable import Interrupted
 
     run_dir = getattr(args, "run_dir", None) or getattr(args, "resume", None)

@@ -47,11 +47,11 @@ def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     # a sweep's axes (key=v1,v2) are parsed and checked by grid.expand_grid
     fixed = sweep_axes(args.overrides)[1] if args.command == "sweep" else args.overrides
     overrides = parse_overrides(fixed)
-    keys = [item.partition("=")[0].strip() for item in fixed]
-    for i, key in enumerate(keys):  # last wins, as in YAML merges and shell scripts' lists
-        if key in keys[i + 1 :] and rank0():
-            later = fixed[len(keys) - 1 - keys[::-1].index(key)]
-            print(f"{args.command}: {key} is set twice: {later} wins", file=sys.stderr)
+    last = {item.partition("=")[0].strip(): item for item in fixed}  # last wins, as before
+    for key, item in last.items():
+        times = sum(i.partition("=")[0].strip() == key for i in fixed)
+        if times > 1 and rank0():
+            print(f"{args.command}: {key} is set {times} times: {item} wins", file=sys.stderr)
     if args.data_dir:  # taken literally, not parsed as YAML; wins over data.root=
         set_data_root(overrides, args.data_dir)
     if args.device:  # wins over device=

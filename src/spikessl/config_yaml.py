@@ -216,7 +216,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     expected = getattr(hint, "__name__", hint)
     if value is None:  # key= with nothing after the "=", or key: with nothing in YAML
-        raise ValueError(f"{key} has no value (expected {expected}): give it one, {key}=VALUE")
+        raise ValueError(f"{key} has no value (expected {expected}): give it one")
     hint_text = ""
     if hint is str:  # key=123 on the command line is read as a number
         hint_text = f"; quote it to keep it a string: {key}=\"'{value}'\""

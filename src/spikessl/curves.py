@@ -18,9 +18,10 @@ def run_curve(run_dir: str) -> tuple[str, dict[int, float]]:
     path = Path(run_dir) / "metrics.jsonl"
     stages = [s for s in ("pretrain", "finetune", "supervised") if (Path(run_dir) / s).is_dir()]
     if stages and not path.exists():  # a pipeline's folder
+        shown = [s for s in stages if s != "pretrain"] or stages  # the accuracy curves first
         raise FileNotFoundError(
             f"{run_dir} is a pipeline's folder, its runs are in {', '.join(stages)}: pass them, "
-            f"e.g. {' '.join(str(Path(run_dir) / s) for s in stages if s != 'pretrain')}"
+            f"e.g. {' '.join(str(Path(run_dir) / s) for s in shown)}"
         )
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -251,7 +251,7 @@ def _write_config_and_metrics(run_dir: Path, config: dict, metrics: list[dict]) 
 def _place(run_dir: Path, fill: Callable[[Path], None]) -> bool:
     """Build a run folder with ``fill`` in a hidden folder beside ``run_dir`` and rename it
     into place, so an interrupted rebuild leaves no half run behind. False (and nothing
-    left) where ``run_dir`` appeared meanwhile: there is no flock to keep processes apart."""
+    left) where ``run_dir`` appeared meanwhile (a caller without ``claim_run_dir``'s lock)."""
     tmp = run_dir.with_name(f".{run_dir.name}.restoring-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
