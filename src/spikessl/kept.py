@@ -152,6 +152,20 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
     )
 
 
+def park_stopped(
+    cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]
+) -> None:
+    """``park`` as a stopped sweep leaves: a second Ctrl-C or SIGTERM waits for it, and its
+    own failure is logged, so the stop that called it is still what the user reads."""
+    from spikessl.resumable import deferred_signals
+
+    try:
+        with deferred_signals():
+            park(cell, runs_root, records_dir, log)
+    except Exception as err:
+        log(f"  pretrain: not parked: {err}")
+
+
 def resumes_parked(pre_dir: Path, parked: Path) -> bool:
     """Whether the sweep rebuilds the unfinished pretraining ``pre_dir`` from ``parked``: the
     file is there, and no run has started or the one there is unfinished and got less far

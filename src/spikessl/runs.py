@@ -16,6 +16,8 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -284,3 +286,22 @@ def remove_unstarted(run_dir: Path) -> None:
             "checkpoint.pt to resume from: move them away or choose another --run-dir"
         )
     shutil.rmtree(run_dir)
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """SIGTERM (a scheduler's, ``kill``) ends a sweep as Ctrl-C does, also outside training
+    steps (loading data, a kNN pass), so a stopped cell is parked: Python's default would end
+    the process at once. Training steps defer it themselves (``resumable.deferred_signals``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

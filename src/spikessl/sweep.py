@@ -29,14 +29,11 @@ and a grid over several seeds also in ``seeds.csv`` and ``seeds.md`` (``spikessl
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import platform
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -53,7 +50,7 @@ from spikessl.grid import (
     supervised_unused,
 )
 from spikessl.records import load_records, read_record, write_atomic, write_tables
-from spikessl.runs import claim_run_dir, finished
+from spikessl.runs import claim_run_dir, finished, sigterm_stops
 from spikessl.seeds import write_seed_tables
 
 
@@ -97,7 +94,7 @@ def run_sweep(
         if seeds:
             write_seed_tables(records, *seed_paths)
 
-    with _sigterm_stops():  # a stopped cell is parked, whatever stops it
+    with sigterm_stops():  # a stopped cell is parked, whatever stops it
         failed: list[str] = []  # cells whose training stopped on its own numbers
         stopped: dict[str, str] = {}  # pretraining key -> the cell whose pretraining stopped
         for i, cell in enumerate(cells, 1):
@@ -136,7 +133,7 @@ def run_sweep(
                 continue
             except BaseException:  # Ctrl-C, SIGTERM (resumable.Interrupted) or an error
                 if keep_pretrained:  # what the pretraining did goes with the records
-                    _park(cell, runs_root, records_dir, log)
+                    kept.park_stopped(cell, runs_root, records_dir, log)
                 raise
             _write_record(records_dir, cell, record, names, tabulate)
         records = load_records(records_dir, names)
@@ -145,37 +142,6 @@ def run_sweep(
         if failed:
             raise CellsFailed(failed, records, records_dir)
         return records
-
-
-def _park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:
-    """``kept.park`` as a stopped sweep leaves: a second Ctrl-C or SIGTERM waits for it, and
-    its own failure is logged, so the stop that called it is still what the user reads."""
-    from spikessl.resumable import deferred_signals
-
-    try:
-        with deferred_signals():
-            kept.park(cell, runs_root, records_dir, log)
-    except Exception as err:
-        log(f"  pretrain: not parked: {err}")
-
-
-@contextlib.contextmanager
-def _sigterm_stops():
-    """SIGTERM (a scheduler's, ``kill``) ends a sweep as Ctrl-C does, also outside training
-    steps (loading data, a kNN pass), so a stopped cell is parked: Python's default would end
-    the process at once. Training steps defer it themselves (``resumable.deferred_signals``)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class CellsFailed(FloatingPointError):
