@@ -959,3 +959,16 @@ def test_pipeline_prints_the_validation_numbers_it_has(tmp_path) -> None:
         summary = json.loads((tmp_path / stage / "summary.json").read_text())
         assert result[f"{stage}_val_accuracy"] == summary["val_accuracy"]
         assert result[f"{stage}_test_accuracy_at_best_val"] == summary["test_accuracy_at_best_val"]
+
+
+def test_a_sweeps_sigterm_outside_a_training_step_exits_143(tmp_path, monkeypatch) -> None:
+    import signal
+
+    def loading_data(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # a scheduler's stop while the data loads
+
+    monkeypatch.setattr(pipeline, "staged", loading_data)
+    argv = ["sweep", *TINY, "--no-progress", "--records", str(tmp_path / "r")]
+    code, _, err = run_main([*argv, "--run-dir", str(tmp_path / "runs")])
+    assert code == 128 + signal.SIGTERM, err  # as a SIGTERM inside a training step
+    assert "spikessl sweep: interrupted (SIGTERM) outside a training step" in err

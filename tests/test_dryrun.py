@@ -62,6 +62,10 @@ def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_pat
     # an interrupted pretraining resumes (then is shared); a recorded cell lacks its baseline
     (fresh / "runs" / pre.name).mkdir(parents=True)
     shutil.copy(pre / "checkpoint.pt", fresh / "runs" / pre.name)
+    assert plan_cells(cells, fresh / "records", fresh / "runs")[a].startswith(
+        f"pretraining restored from {export.name} (the run there moved aside)"  # finished wins
+    )
+    export.unlink()
     assert plan_cells(cells, fresh / "records", fresh / "runs") == {
         a: f"pretraining resumes from {fresh / 'runs' / pre.name}, fine-tuning to run",
         b: f"pretraining shared with {a}, fine-tuning to run",
@@ -80,7 +84,7 @@ def test_plan_cells_says_what_a_sweep_would_do_and_writes_nothing(swept, tmp_pat
         "refused: " + str(fresh / "records" / f"{a}.json") + " was recorded with other settings"
     )
     assert sorted(p.name for p in fresh.rglob("*")) == sorted(
-        [*("records", "runs", pre.name, "checkpoint.pt", f"{a}.json", export.name)]
+        [*("records", "runs", pre.name, "checkpoint.pt", f"{a}.json")]  # the export unlinked
     )
     assert not (tmp_path / "records").exists()
 

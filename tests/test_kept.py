@@ -218,7 +218,7 @@ def test_a_parked_file_that_got_further_replaces_a_local_run_behind_it(
     shutil.copy(parked_path(here / "records", cells[0]), parked)
     pre_dir = there / "runs" / f"pretrain-{pretrain_key(cells[0].config)}"
     (state,) = plan_cells(cells, there / "records", there / "runs").values()
-    assert state.startswith(f"pretraining resumes from {parked.name} (step 4), ")
+    assert state.startswith(f"pretraining resumes from {parked.name} (step 4) (the run there")
     with claim_run_dir(pre_dir):  # another process holds the run: not this sweep's to park
         kept.park(cells[0], there / "runs", there / "records", logs.append)
     assert logs[-1] == f"  pretrain: not parked: another process is running {pre_dir}"
@@ -230,8 +230,52 @@ def test_a_parked_file_that_got_further_replaces_a_local_run_behind_it(
     assert f"  pretrain: {parked} got further than {pre_dir} (step 2): moved to {aside}" in logs
     assert load_checkpoint(aside)["step"] == 2  # moved aside, not deleted
     assert record["pretrain_loss_by_epoch"] == swept["first"][0]["pretrain_loss_by_epoch"]
-    # finished without --keep-pretrained: the parked file is superseded all the same
-    assert not parked.exists() and not export_path(there / "records", cells[0]).exists()
+    # finished without --keep-pretrained: no export takes the parked file's place, so it stays
+    assert parked.exists() and not export_path(there / "records", cells[0]).exists()
+    # moved aside again at the same step: a new name, the first one untouched
+    shutil.copytree(aside, pre_dir.with_name("again"))
+    shutil.rmtree(pre_dir)
+    pre_dir.with_name("again").rename(pre_dir)
+    kept.rebuild(parked, pre_dir, cells[0], logs.append)
+    assert pre_dir.with_name(f"{aside.name}-2").is_dir() and load_checkpoint(aside)["step"] == 2
+    # a damaged parked file: a message that names it, not a traceback
+    shutil.rmtree(pre_dir)
+    shutil.copytree(pre_dir.with_name(f"{aside.name}-2"), pre_dir)
+    parked.write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
+    (there / "records" / f"{cells[0].name}.json").unlink()  # the cell to run again
+    with pytest.raises(ValueError, match=f"{parked}.*move it out of the records folder"):
+        run_sweep(cells, there / "records", there / "runs", progress=False, log=logs.append)
+
+
+def test_a_kept_export_replaces_a_local_unfinished_run(swept, tmp_path, monkeypatch):
+    cells = expand_grid(tiny_base(), ["finetune.lr=1e-3"])
+    _stopped_at(2, tmp_path, cells, monkeypatch)  # a local try, stopped at step 2
+    source = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(cells[0].config)}"
+    export = export_path(tmp_path / "records", cells[0])
+    export.parent.mkdir(exist_ok=True)
+    from spikessl.checkpoints import export_safetensors
+
+    export_safetensors(load_checkpoint(source), export, source)
+    (state,) = plan_cells(cells, tmp_path / "records", tmp_path / "runs").values()
+    assert state.startswith(f"pretraining restored from {export.name} (the run there moved")
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)  # the export's run is finished
+    (record,) = run_sweep(cells, tmp_path / "records", tmp_path / "runs", progress=False)
+    assert record["pretrain_restored_from"] == export.name
+    assert record["finetune_test_accuracy"] == swept["first"][0]["finetune_test_accuracy"]
+
+
+def test_a_second_signal_during_the_park_waits_for_it(tmp_path, monkeypatch):
+    (cell,) = expand_grid(tiny_base(), [])
+    real_park, logs = kept.park, []
+
+    def signalled_again(*args):
+        signal.raise_signal(signal.SIGTERM)  # the scheduler signals twice
+        signal.raise_signal(signal.SIGINT)  # and the user presses Ctrl-C
+        real_park(*args)
+
+    monkeypatch.setattr(kept, "park", signalled_again)
+    _stopped_at(3, tmp_path, [cell], monkeypatch, keep_pretrained=True, log=logs.append)
+    assert load_checkpoint(parked_path(tmp_path / "records", cell))["step"] == 3
 
 
 def test_sigterm_outside_a_training_step_parks_the_run(swept, tmp_path, monkeypatch):
@@ -241,8 +285,12 @@ def test_sigterm_outside_a_training_step_parks_the_run(swept, tmp_path, monkeypa
     def loading_data(*args, **kwargs):
         signal.raise_signal(signal.SIGTERM)  # e.g. while the data loads, before any step
 
+    def unhandled(signum, frame):  # had the sweep not handled it: fail, not end pytest
+        raise AssertionError("SIGTERM reached the handler outside the sweep")
+
     monkeypatch.setattr(pipeline, "staged", loading_data)
-    with pytest.raises(KeyboardInterrupt):
+    outside = signal.signal(signal.SIGTERM, unhandled)
+    with pytest.raises(KeyboardInterrupt) as stop:
         run_sweep(
             cells,
             tmp_path / "records",
@@ -252,4 +300,6 @@ def test_sigterm_outside_a_training_step_parks_the_run(swept, tmp_path, monkeypa
             log=lambda _: None,
         )
     assert load_checkpoint(parked_path(tmp_path / "records", cells[0]))["step"] == 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the sweep's handler is gone
+    assert stop.value.signum == signal.SIGTERM  # the CLI exits 143, as inside a step
+    assert signal.getsignal(signal.SIGTERM) is unhandled  # the sweep's handler is gone
+    signal.signal(signal.SIGTERM, outside)

@@ -339,10 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         if together and not main_process:
             return 2  # the main process says why
         return _error(args.command, err)
-    except KeyboardInterrupt:  # Ctrl-C outside fit's steps: loading data, kNN, evaluation
+    except KeyboardInterrupt as stop:  # outside fit's steps: loading data, kNN, evaluation
         distributed.shutdown(barrier=False)  # the other processes may be anywhere
-        print(f"spikessl {args.command}: {_interrupted(args.command, run_dir)}", file=sys.stderr)
-        return 130
+        signum = getattr(stop, "signum", 2)  # a sweep's SIGTERM (runs.Stopped), else Ctrl-C
+        text = _interrupted(args.command, run_dir, "Ctrl-C" if signum == 2 else "SIGTERM")
+        print(f"spikessl {args.command}: {text}", file=sys.stderr)
+        return 128 + signum
     except Interrupted as stop:
         distributed.shutdown()
         where = str(stop).rsplit("checkpoint saved in ", 1)[-1]
@@ -373,11 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _interrupted(command: str, run_dir: str | None) -> str:
-    """What a Ctrl-C outside a training step (loading data, a kNN or test pass) leaves."""
+def _interrupted(command: str, run_dir: str | None, by: str = "Ctrl-C") -> str:
+    """What a Ctrl-C (or a sweep's SIGTERM) outside a training step (loading data, a kNN
+    or test pass) leaves."""
     if command in ("knn", "probe", "neighbors", "export", "compare"):
-        return "interrupted (Ctrl-C); nothing was written. Run it again"
-    what = "interrupted (Ctrl-C) outside a training step (loading data or evaluating)"
+        return f"interrupted ({by}); nothing was written. Run it again"
+    what = f"interrupted ({by}) outside a training step (loading data or evaluating)"
     if command in ("sweep", "reproduce"):
         again = "the same arguments: recorded cells are skipped, an interrupted run resumes"
     elif command == "pipeline":

@@ -46,21 +46,17 @@ def plan_cells(
                 pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
                 ft_dir = stage_dir(runs_root, "{}/finetune", cfg)
                 check_pretrained(pre_dir, ft_dir)
-                export = kept.export_path(records_dir, cell)
-                parked = kept.parked_path(records_dir, cell)
-                if pre_dir not in claimed and kept.restores(pre_dir, export):
-                    from spikessl.checkpoints import load_export
-
-                    kept.check(load_export(export), export, cell)
-                    claimed[pre_dir] = cell.name
-                    parts.append(f"pretraining restored from {export.name}")
-                elif pre_dir not in claimed and kept.resumes_parked(pre_dir, parked):
+                source = None if pre_dir in claimed else kept.source(records_dir, cell, pre_dir)
+                if source is not None:
                     from spikessl.checkpoints import load_checkpoint
 
-                    saved = load_checkpoint(parked)
-                    kept.check(saved, parked, cell)
+                    saved = load_checkpoint(source)
+                    kept.check(saved, source, cell)
                     claimed[pre_dir] = cell.name
-                    parts.append(f"pretraining resumes from {parked.name} (step {saved['step']})")
+                    how = "resumes from" if "loop" in saved else "restored from"
+                    at = f" (step {saved['step']})" if "loop" in saved else ""
+                    aside = " (the run there moved aside)" * (pre_dir / "checkpoint.pt").exists()
+                    parts.append(f"pretraining {how} {source.name}{at}{aside}")
                 else:
                     parts.append(f"pretraining {_stage_plan(pre_dir, cell, claimed)}")
                 parts.append(f"fine-tuning {_stage_plan(ft_dir, cell, claimed)}")

@@ -17,7 +17,6 @@ supersedes it.
 from __future__ import annotations
 
 import contextlib
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,25 +57,28 @@ def drop_parked(records_dir: Path, cell: Cell, log: Callable[[str], None]) -> No
 def rebuild(source: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None]) -> None:
     """Rebuild the cell's pretraining run from ``source`` (the lock on ``pre_dir`` held): a
     kept export gives the finished run, a parked checkpoint (``park``) the unfinished one to
-    resume. A run there by now is kept, except an unfinished one that got less far than the
-    parked file: it is moved aside (``.<name>.behind-step<N>``), never deleted. A file of
-    another pretraining is refused."""
+    resume. A finished run there is kept, and so is an unfinished one unless the file is
+    better (``replaces``): then it is moved aside (``.<name>.behind-step<N>``), never
+    deleted. A file of another pretraining is refused."""
     from spikessl.checkpoints import load_checkpoint, load_export
     from spikessl.runs import remove_unstarted
 
     parked = source.name.endswith(PARKED_SUFFIX)
-    if (pre_dir / "checkpoint.pt").exists() and not (parked and resumes_parked(pre_dir, source)):
+    if (pre_dir / "checkpoint.pt").exists() and not replaces(source, pre_dir):
         return  # another process's run, started or rebuilt
     try:
         saved = load_checkpoint(source) if parked else load_export(source)
     except ValueError as err:
         raise ValueError(f"{err}; or move {source} out of the records folder") from None
     check(saved, source, cell)
-    if (pre_dir / "checkpoint.pt").exists():  # behind the parked file
-        behind = _step(pre_dir / "checkpoint.pt")
-        aside = pre_dir.with_name(f".{pre_dir.name}.behind-step{behind}")
+    if (pre_dir / "checkpoint.pt").exists():  # behind the file
+        step = _step(pre_dir / "checkpoint.pt")
+        aside, n = pre_dir.with_name(f".{pre_dir.name}.behind-step{step}"), 1
+        while aside.exists():  # an earlier move at the same step: never merged or replaced
+            n += 1
+            aside = pre_dir.with_name(f".{pre_dir.name}.behind-step{step}-{n}")
         pre_dir.rename(aside)
-        log(f"  pretrain: {source} got further than {pre_dir} (step {behind}): moved to {aside}")
+        log(f"  pretrain: {source} got further than {pre_dir} (step {step}): moved to {aside}")
     elif pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
         remove_unstarted(pre_dir)
     if not parked:
@@ -86,10 +88,25 @@ def rebuild(source: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None])
         log(f"  pretrain: rebuilt {pre_dir} from {source} (step {saved['step']})")
 
 
-def restores(pre_dir: Path, export: Path) -> bool:
-    """Whether the sweep rebuilds the pretraining run ``pre_dir`` from the kept ``export``:
-    the file is there and no run has started (``sweep``, and ``dryrun`` to say so)."""
-    return export.exists() and not (pre_dir / "checkpoint.pt").exists()
+def source(records_dir: Path, cell: Cell, pre_dir: Path) -> Path | None:
+    """The records' file the sweep rebuilds the cell's pretraining run from, None to run it
+    as it is: the kept export (finished) before a parked checkpoint (unfinished), each only
+    where it ``replaces`` what ``pre_dir`` holds (``sweep``, and ``dryrun`` to say so)."""
+    for path in (export_path(records_dir, cell), parked_path(records_dir, cell)):
+        if path.exists() and replaces(path, pre_dir):
+            return path
+    return None
+
+
+def replaces(path: Path, pre_dir: Path) -> bool:
+    """Whether the records' ``path`` should stand in for the run in ``pre_dir``: there is no
+    run, or it is unfinished and the file got further (an export is finished)."""
+    local = pre_dir / "checkpoint.pt"
+    if not local.exists():
+        return True
+    if finished(pre_dir):
+        return False
+    return not path.name.endswith(PARKED_SUFFIX) or _step(local) < _step(path)
 
 
 def check(saved: dict, source: Path, cell: Cell) -> None:
@@ -138,14 +155,13 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
         except ValueError:  # held by another process
             log(f"  pretrain: not parked: another process is running {pre_dir}")
             return
-        data = checkpoint.read_bytes()  # read once: the step said is the one written
-        step = _step(io.BytesIO(data))
+        step = _step(checkpoint)  # the run's lock held: the file stays as read
         if parked.exists() and _step(parked) > step:
             log(f"  pretrain: {parked} got further than {pre_dir} (step {step}); kept as it is")
             return
         records_dir.mkdir(parents=True, exist_ok=True)
         with replacing(parked) as fh:
-            fh.write(data)
+            fh.write(checkpoint.read_bytes())
     log(
         f"  pretrain: unfinished, parked at step {step} as {parked}: a sweep with these "
         "records resumes it there, on any machine"
@@ -166,18 +182,13 @@ def park_stopped(
         log(f"  pretrain: not parked: {err}")
 
 
-def resumes_parked(pre_dir: Path, parked: Path) -> bool:
-    """Whether the sweep rebuilds the unfinished pretraining ``pre_dir`` from ``parked``: the
-    file is there, and no run has started or the one there is unfinished and got less far
-    (``sweep``, and ``dryrun`` to say so)."""
-    if not parked.exists():
-        return False
-    local = pre_dir / "checkpoint.pt"
-    return not local.exists() or (not finished(pre_dir) and _step(local) < _step(parked))
+def _step(source: Path) -> int:
+    """The optimiser step the checkpoint at ``source`` was saved after; a ``ValueError``
+    that names the file where it cannot be read (``checkpoints.load_checkpoint``)."""
+    from spikessl.checkpoints import load_checkpoint
 
-
-def _step(source) -> int:
-    """The optimiser step a checkpoint (a path, or its bytes) was saved after."""
-    import torch
-
-    return int(torch.load(source, map_location="cpu", weights_only=True).get("step", 0))
+    try:
+        return int(load_checkpoint(source).get("step", 0))
+    except ValueError as err:
+        fix = "move it out of the records folder" if source.name.endswith(PARKED_SUFFIX) else ""
+        raise ValueError(f"{err}{'; or ' + fix if fix else ''}") from None

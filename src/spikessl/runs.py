@@ -288,20 +288,35 @@ def remove_unstarted(run_dir: Path) -> None:
     shutil.rmtree(run_dir)
 
 
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM that stopped a sweep outside a training step (``stop_signals``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 @contextlib.contextmanager
-def sigterm_stops():
-    """SIGTERM (a scheduler's, ``kill``) ends a sweep as Ctrl-C does, also outside training
-    steps (loading data, a kNN pass), so a stopped cell is parked: Python's default would end
-    the process at once. Training steps defer it themselves (``resumable.deferred_signals``)."""
+def stop_signals() -> Iterator[list]:
+    """Ctrl-C and SIGTERM (a scheduler's, ``kill``) stop a sweep alike, also outside training
+    steps (loading data, a kNN pass), so that the stopped cell is parked: Python's default
+    would end the process at once on SIGTERM. Yields a list: once it holds something (the
+    first signal, or the sweep's own stop being handled), further signals are ignored until
+    the block ends, so a second one cannot cut the park short. Training steps defer both
+    signals themselves (``resumable.deferred_signals``)."""
+    stopping: list = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stopping
         return
 
     def stop(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        if not stopping:
+            stopping.append(signum)
+            raise Stopped(signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stopping
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

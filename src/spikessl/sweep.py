@@ -50,7 +50,7 @@ from spikessl.grid import (
     supervised_unused,
 )
 from spikessl.records import load_records, read_record, write_atomic, write_tables
-from spikessl.runs import claim_run_dir, finished, sigterm_stops
+from spikessl.runs import claim_run_dir, finished, stop_signals
 from spikessl.seeds import write_seed_tables
 
 
@@ -94,7 +94,7 @@ def run_sweep(
         if seeds:
             write_seed_tables(records, *seed_paths)
 
-    with sigterm_stops():  # a stopped cell is parked, whatever stops it
+    with stop_signals() as stopping:  # a stopped cell is parked, whatever stops it
         failed: list[str] = []  # cells whose training stopped on its own numbers
         stopped: dict[str, str] = {}  # pretraining key -> the cell whose pretraining stopped
         for i, cell in enumerate(cells, 1):
@@ -132,6 +132,7 @@ def run_sweep(
                 failed.append(cell.name + " (its supervised baseline)" * baseline_only)
                 continue
             except BaseException:  # Ctrl-C, SIGTERM (resumable.Interrupted) or an error
+                stopping.append("stopping")  # from here on a second signal waits
                 if keep_pretrained:  # what the pretraining did goes with the records
                     kept.park_stopped(cell, runs_root, records_dir, log)
                 raise
@@ -222,12 +223,10 @@ def _run_cell(
     pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
     ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
     check_pretrained(pre_dir, ft_dir)
-    export, parked = kept.export_path(records_dir, cell), kept.parked_path(records_dir, cell)
-    if kept.restores(pre_dir, export) or kept.resumes_parked(pre_dir, parked):  # elsewhere
+    if (source := kept.source(records_dir, cell, pre_dir)) is not None:  # run elsewhere
         with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
-            kept.rebuild(export if kept.restores(pre_dir, export) else parked, pre_dir, cell, log)
+            kept.rebuild(source, pre_dir, cell, log)
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
-    kept.drop_parked(records_dir, cell, log)  # finished: what it held is in the run now
     pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
     config = to_dict(cfg)
     config["data"].pop("root", None)  # a local path, not a setting
