@@ -11,7 +11,8 @@ sweep stops before its pretraining finishes (Ctrl-C, SIGTERM, an error), the run
 checkpoint is parked beside the records as ``pretrain-<key>.partial.pt`` (``park``; a few
 megabytes, optimiser state included). A sweep elsewhere rebuilds the unfinished run from it
 (``runs.rebuild_unfinished``) and resumes it where it stopped; the finished export
-supersedes it.
+supersedes it. Either file also replaces a local run that got less far (``replaces``),
+which is moved aside, never deleted.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def rebuild(source: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None])
             n += 1
             aside = pre_dir.with_name(f".{pre_dir.name}.behind-step{step}-{n}")
         pre_dir.rename(aside)
-        log(f"  pretrain: {source} got further than {pre_dir} (step {step}): moved to {aside}")
+        how = "got further than" if parked else "holds the finished run of"
+        log(f"  pretrain: {source} {how} {pre_dir} (step {step}): moved to {aside}")
     elif pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
         remove_unstarted(pre_dir)
     if not parked:
