@@ -12,7 +12,6 @@ reproducible, and the whole batch is transformed at once without per-sample Pyth
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ import kornia.augmentation as K
 import numpy as np
 import torch
 from torch import nn
+
+from spikessl.config_yaml import did_you_mean
 
 __all__ = [
     "AUGMENTATIONS",
@@ -43,11 +44,6 @@ PAIRS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _did_you_mean(name: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def resolve_views(spec: str | Sequence[str]) -> tuple[str, ...]:
     """Turn a user-facing augmentation spec into a tuple of augmentation names.
 
@@ -65,7 +61,7 @@ def resolve_views(spec: str | Sequence[str]) -> tuple[str, ...]:
         else:
             valid = (*AUGMENTATIONS, *PAIRS)
             raise ValueError(
-                f"views: unknown augmentation {token!r}.{_did_you_mean(str(token), valid)} "
+                f"views: unknown augmentation {token!r}.{did_you_mean(str(token), valid)} "
                 f"Valid names: {', '.join(AUGMENTATIONS)}; pairs: {', '.join(PAIRS)}; "
                 "or join names with '+', e.g. 'crop+rotate'."
             )

@@ -8,12 +8,11 @@ did-you-mean instead of after an hour of training.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 from spikessl.augment import AugmentConfig, resolve_views
-from spikessl.config_yaml import from_dict, merge, parse_overrides, read_yaml
+from spikessl.config_yaml import did_you_mean, from_dict, merge, parse_overrides, read_yaml
 from spikessl.data import DATASETS
 from spikessl.encoders import EncoderConfig
 from spikessl.train import SCHEDULES
@@ -33,8 +32,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
-            close = difflib.get_close_matches(self.name, list(DATASETS), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(self.name, DATASETS)
             raise ValueError(
                 f"data.name={self.name!r} is unknown.{hint} Datasets: {', '.join(DATASETS)}"
             )
@@ -255,18 +253,8 @@ class Config:
 
 def _check(ok: bool, key: str, value: Any, expected: str, choices: tuple = ()) -> None:
     if not ok:
-        raise ValueError(
-            f"{key}={value!r} is invalid: expected {expected}{did_you_mean(value, choices)}"
-        )
-
-
-def did_you_mean(value: Any, choices: tuple) -> str:
-    """`` Did you mean 'x'?`` for a string close to one of ``choices`` (any case), else ''."""
-    if not isinstance(value, str) or not choices:
-        return ""
-    lower = {str(c).lower(): c for c in choices}
-    close = difflib.get_close_matches(value.lower(), list(lower), n=1, cutoff=0.6)
-    return f". Did you mean {lower[close[0]]!r}?" if close else ""
+        hint = did_you_mean(value, choices)
+        raise ValueError(f"{key}={value!r} is invalid: expected {expected}{'.' * bool(hint)}{hint}")
 
 
 def _check_optim(cfg: PretrainConfig | FinetuneConfig, section: str) -> None:

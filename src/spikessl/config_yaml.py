@@ -116,10 +116,8 @@ def read_yaml(spec: str) -> dict:
             ) from None
     else:
         if spec not in preset_names():
-            close = difflib.get_close_matches(spec, preset_names(), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"unknown preset {spec!r}.{hint} Presets: "
+                f"unknown preset {spec!r}.{did_you_mean(spec, preset_names())} Presets: "
                 f"{', '.join(preset_names())}; or pass a path to a .yaml file"
             )
         text = resources.files("spikessl.presets").joinpath(f"{spec}.yaml").read_text()
@@ -142,6 +140,15 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     if isinstance(value, dict) and isinstance(node.get(leaf), dict):
         value = merge(node[leaf], value)  # pretrain.epochs=1 pretrain={lr: 0.1}: both hold
     node[leaf] = value
+
+
+def did_you_mean(value: Any, choices) -> str:
+    """`` Did you mean 'x'?`` for a string close to one of ``choices`` (in any case), else ''."""
+    if not isinstance(value, str):
+        return ""
+    lower = {str(c).lower(): c for c in choices}
+    close = difflib.get_close_matches(value.lower(), list(lower), n=1)
+    return f" Did you mean {lower[close[0]]!r}?" if close else ""
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -252,10 +259,9 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"unknown config key {path!r}.{hint} Valid keys here: {', '.join(names)}"
+                f"unknown config key {path!r}.{did_you_mean(str(key), names)} Valid keys "
+                f"here: {', '.join(names)}"
             )
         kwargs[key] = _coerce(value, hints[key], path)
     try:

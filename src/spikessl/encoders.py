@@ -56,11 +56,12 @@ class EncoderConfig:
                 f"encoder.threshold={self.threshold} and encoder.slope={self.slope} must be > 0"
             )
         if self.norm not in NORMS:
-            from difflib import get_close_matches
+            from spikessl.config_yaml import did_you_mean
 
-            close = get_close_matches(str(self.norm).lower(), NORMS, n=1)
-            meant = f". Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"encoder.norm={self.norm!r}; choose one of {NORMS}{meant}")
+            hint = did_you_mean(self.norm, NORMS)
+            raise ValueError(
+                f"encoder.norm={self.norm!r}; choose one of {NORMS}{'.' * bool(hint)}{hint}"
+            )
         if min(self.conv_channels + self.kernel_sizes + self.fc_sizes, default=1) < 1:
             raise ValueError(
                 "encoder.conv_channels, encoder.kernel_sizes and encoder.fc_sizes must all be >= 1"
