@@ -11,6 +11,7 @@ import os
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from spikessl.config import Config, load_config
@@ -47,11 +48,11 @@ def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     # a sweep's axes (key=v1,v2) are parsed and checked by grid.expand_grid
     fixed = sweep_axes(args.overrides)[1] if args.command == "sweep" else args.overrides
     overrides = parse_overrides(fixed)
-    last = {item.partition("=")[0].strip(): item for item in fixed}  # last wins, as before
-    for key, item in last.items():
-        times = sum(i.partition("=")[0].strip() == key for i in fixed)
+    keys = [item.partition("=")[0].strip() for item in fixed]
+    last = dict(zip(keys, fixed))  # the last of a key's settings wins, as before
+    for key, times in Counter(keys).items():
         if times > 1 and rank0():
-            print(f"{args.command}: {key} is set {times} times: {item} wins", file=sys.stderr)
+            print(f"{args.command}: {key} is set {times} times: {last[key]} wins", file=sys.stderr)
     if args.data_dir:  # taken literally, not parsed as YAML; wins over data.root=
         set_data_root(overrides, args.data_dir)
     if args.device:  # wins over device=

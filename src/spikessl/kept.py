@@ -64,16 +64,18 @@ def rebuild(source: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None])
     from spikessl.checkpoints import load_checkpoint, load_export
     from spikessl.runs import remove_unstarted
 
-    parked = source.name.endswith(PARKED_SUFFIX)
-    if (pre_dir / "checkpoint.pt").exists() and not replaces(source, pre_dir):
-        return  # another process's run, started or rebuilt
+    parked, local = source.name.endswith(PARKED_SUFFIX), pre_dir / "checkpoint.pt"
+    if local.exists() and finished(pre_dir):
+        return  # another process's run, finished meanwhile
+    step = _step(local) if local.exists() else None  # each file read once
     try:
         saved = load_checkpoint(source) if parked else load_export(source)
     except ValueError as err:
         raise ValueError(f"{err}; or move {source} out of the records folder") from None
+    if step is not None and parked and step >= saved.get("step", 0):
+        return  # the run there got as far by now: ``replaces`` no longer holds
     check(saved, source, cell)
-    if (pre_dir / "checkpoint.pt").exists():  # behind the file
-        step = _step(pre_dir / "checkpoint.pt")
+    if step is not None:  # behind the file
         aside, n = pre_dir.with_name(f".{pre_dir.name}.behind-step{step}"), 1
         while aside.exists():  # an earlier move at the same step: never merged or replaced
             n += 1
@@ -173,13 +175,11 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
 def park_stopped(
     cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]
 ) -> None:
-    """``park`` as a stopped sweep leaves: a second Ctrl-C or SIGTERM waits for it, and its
-    own failure is logged, so the stop that called it is still what the user reads."""
-    from spikessl.resumable import deferred_signals
-
+    """``park`` as a stopped sweep leaves (a second Ctrl-C or SIGTERM waits for it: the
+    sweep's ``runs.stop_signals`` ignores it): its own failure is logged, so the stop that
+    called it is still what the user reads."""
     try:
-        with deferred_signals():
-            park(cell, runs_root, records_dir, log)
+        park(cell, runs_root, records_dir, log)
     except Exception as err:
         log(f"  pretrain: not parked: {err}")
 
