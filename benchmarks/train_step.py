@@ -259,7 +259,7 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 10) 
 
 
 def machine() -> str:
-    from spikessl.sweep import cpu_model
+    from spikessl.machine import cpu_model
 
     cpu = cpu_model()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from spikessl import cli, commands, pipeline
+from spikessl import arguments, cli, commands, distributed, pipeline
 from spikessl.config import load_config
 from spikessl.readme import GENERATED
 
@@ -66,14 +66,14 @@ def result_json(stdout: str) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [None, *cli.COMMANDS])
+@pytest.mark.parametrize("command", [None, *arguments.COMMANDS])
 def test_help(command: str | None) -> None:
     argv = ["--help"] if command is None else [command, "--help"]
     code, out, err = run_main(argv)
     assert code == 0, err
     assert "usage:" in out
     if command is None:
-        for name in cli.COMMANDS:
+        for name in arguments.COMMANDS:
             assert name in out
     else:
         reads_a_run = command in ("finetune", "knn", "probe", "neighbors")
@@ -83,6 +83,20 @@ def test_help(command: str | None) -> None:
         # only the commands that write runs take a place to write them
         assert ("--run-dir" in out) == (command not in ("knn", "probe", "neighbors"))
         assert ("grid axis" in out) == (command == "sweep")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["pretrain", "--bogus"]])
+def test_help_and_usage_errors_answer_before_pytorch_loads(argv: list[str]) -> None:
+    # a fresh interpreter: this one has PyTorch loaded already
+    probe = f"""import sys
+from spikessl.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print(sorted(m for m in ("torch", "kornia", "numpy") if m in sys.modules))"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.splitlines()[-1] == "[]", done.stderr
 
 
 def test_a_data_override_that_is_not_a_section_with_data_dir(tmp_path) -> None:
@@ -118,11 +132,11 @@ def test_arguments_that_name_nothing_say_what_to_write(argv, needle) -> None:
 def test_device_option_wins_over_a_device_override_in_every_command(monkeypatch) -> None:
     from spikessl import commands, sweep
 
-    args = cli._parser().parse_args(["pretrain", "--device", "cpu", "device=cuda"])
+    args = arguments.parser().parse_args(["pretrain", "--device", "cpu", "device=cuda"])
     assert commands.config(args, None).device == "cpu"
     grids = []
     monkeypatch.setattr(sweep, "run_sweep", lambda cells, *_args, **_kw: grids.append(cells) or [])
-    args = cli._parser().parse_args(["sweep", "--device", "cpu", "device=cuda", "seed=0,1"])
+    args = arguments.parser().parse_args(["sweep", "--device", "cpu", "device=cuda", "seed=0,1"])
     commands.sweep(args, commands.config(args, None), progress=False)
     assert [c.config.device for c in grids[0]] == ["cpu", "cpu"]
 
@@ -165,12 +179,12 @@ def test_no_command_is_a_usage_error() -> None:
 
 
 def test_a_key_set_twice_on_the_command_line_is_named_and_the_last_wins() -> None:
-    args = cli._parser().parse_args(["pretrain", "time_steps=2", "knn.k=3", " time_steps=6"])
+    args = arguments.parser().parse_args(["pretrain", "time_steps=2", "knn.k=3", " time_steps=6"])
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert commands.config(args, None).time_steps == 6
     assert err.getvalue() == "pretrain: time_steps is set 2 times:  time_steps=6 wins\n"
-    args = cli._parser().parse_args(["knn", "knn.k=1", "knn.k=2", "knn.k=3"])
+    args = arguments.parser().parse_args(["knn", "knn.k=1", "knn.k=2", "knn.k=3"])
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert commands.config(args, None).knn.k == 3
@@ -264,7 +278,7 @@ def test_a_run_dir_that_cannot_be_written(tmp_path) -> None:
 def test_mps_where_there_is_none(monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ValueError, match="device=mps but no Apple GPU"):
-        pipeline.resolve_device("mps")
+        distributed.resolve_device("mps")
 
 
 def test_missing_config_file(tmp_path) -> None:
@@ -457,7 +471,7 @@ def check_pretrained(argv: list[str]) -> None:
     """``named_runs.check_pretrained`` on these arguments (raises if it refuses them)."""
     from spikessl import checkpoints, named_runs
 
-    args = cli._parser().parse_args(argv)
+    args = arguments.parser().parse_args(argv)
     named_runs.check_pretrained(args, checkpoints.load_checkpoint(args.pretrained))
 
 
@@ -789,7 +803,9 @@ def test_ctrl_c_while_pytorch_loads_exits_130_without_a_traceback(tmp_path) -> N
     # the child says when it starts importing torch, then takes its time: the Ctrl-C lands
     # inside the import however fast the machine is
     child = (
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        # as a terminal gives it: a test run in the background (`pytest &`) ignores SIGINT
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "class Slow:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'torch':\n"

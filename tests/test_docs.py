@@ -9,13 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from spikessl import cli, commands, grid, report
+from spikessl import arguments, commands, grid, report
 from spikessl.checkpoints import load_checkpoint
 from spikessl.config import Config
 from spikessl.config_yaml import from_dict, to_dict
 from spikessl.grid import pretrain_key, pretrained_with
+from spikessl.label_efficiency import (
+    label_efficiency_csv,
+    label_efficiency_markdown,
+    label_efficiency_summary,
+)
+from spikessl.protocol import base_config, parse_seeds, plan
 from spikessl.records import csv_text, load_records, write_tables
-from spikessl.reproduce import base_config, cell_states, parse_seeds, plan, report_contents
+from spikessl.reproduce import cell_states, report_contents
 from spikessl.seeds import write_seed_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +68,7 @@ def sweep_cells(command: str) -> tuple[dict[str, grid.Cell], argparse.Namespace]
     """The cells ``spikessl sweep ...`` (one shell command, ``\\`` continuations allowed)
     runs, by name in grid order, and its parsed arguments: what ``cli.main`` does first."""
     tokens = shlex.split(command.replace("\\\n", " "))
-    args, extra = cli._parser().parse_known_args(tokens[tokens.index("spikessl") + 1 :])
+    args, extra = arguments.parser().parse_known_args(tokens[tokens.index("spikessl") + 1 :])
     args.overrides = [*args.overrides, *extra]
     axes, _ = commands.sweep_axes(args.overrides)
     cells = grid.expand_grid(to_dict(commands.config(args, None)), axes)
@@ -105,7 +111,7 @@ def folder_reproduce(folder: Path) -> tuple[report.Contents, list]:
     found = REPRODUCE_COMMAND.search((folder / "README.md").read_text())
     assert found, f"{folder.name}/README.md has no indented `spikessl reproduce` command"
     tokens = shlex.split(found[1])
-    args, unparsed = cli._parser().parse_known_args(tokens[1:])
+    args, unparsed = arguments.parser().parse_known_args(tokens[1:])
     overrides = [*args.overrides, *unparsed]
     records = args.records or f"docs/results/{args.dataset}-{args.budget}"
     assert Path(records) == folder.relative_to(ROOT), f"{folder.name}: --records {records}"
@@ -132,12 +138,12 @@ def test_reproduce_tables_match_their_records(folder):
     tables = report.tables_markdown(contents.name, contents.titles, rows, labelled)
     assert (folder / "tables.md").read_text() == heading + tables
     assert (folder / "tables.csv").read_text() == csv_text(rows, report.TABLE_COLUMNS)
-    efficiency = report.label_efficiency_summary(
+    efficiency = label_efficiency_summary(
         [records[n] for n in contents.label_cells if n in records]
     )
-    markdown = heading + report.label_efficiency_markdown(efficiency)
+    markdown = heading + label_efficiency_markdown(efficiency)
     assert (folder / "label-efficiency.md").read_text() == markdown
-    assert (folder / "label-efficiency.csv").read_text() == report.label_efficiency_csv(efficiency)
+    assert (folder / "label-efficiency.csv").read_text() == label_efficiency_csv(efficiency)
 
 
 # --- every records folder --------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_readme_groups_environments_and_shows_the_speed_probe_range() -> None:
     environment = text.split("## Environment\n\n")[1].splitlines()
     assert environment == [
         "- torch 2.13.0, device cpu, cpus 2: 2 cell(s), speed probe 610-655.5 images/s "
-        "(`spikessl.sweep.speed_probe`)",
+        "(`spikessl.machine.speed_probe`)",
         "- torch 2.13.0, device cpu, cpus 16: 1 cell(s)",
         "- not recorded: 1 cell(s)",
     ]

@@ -4,13 +4,10 @@ import sys
 
 
 def main() -> int:
-    """``spikessl.cli.main``, with a Ctrl-C during the seconds PyTorch takes to load ended
-    like one later (exit status 130, one line), not with an import traceback."""
-    try:
-        from spikessl.cli import main as cli_main
-    except KeyboardInterrupt:
-        print("spikessl: interrupted (Ctrl-C) while starting; nothing was run", file=sys.stderr)
-        return 130
+    """``spikessl.cli.main``. Its module loads in milliseconds (no PyTorch): a Ctrl-C during
+    the seconds PyTorch then takes to load is answered there, with exit status 130."""
+    from spikessl.cli import main as cli_main
+
     return cli_main()
 
 

@@ -22,10 +22,11 @@ DEFAULT_CONFIG = "paper-mnist"  # the preset when --config is not given
 
 
 def reproduce(args: argparse.Namespace, progress: bool) -> dict:
-    from spikessl import reproduce as protocol
+    from spikessl.protocol import parse_seeds
+    from spikessl.reproduce import reproduce
 
-    seeds = protocol.parse_seeds(args.seeds)
-    return protocol.reproduce(
+    seeds = parse_seeds(args.seeds)
+    return reproduce(
         args.dataset,
         args.budget,
         args.overrides,
@@ -209,24 +210,13 @@ def sweep(args: argparse.Namespace, cfg: Config, progress: bool) -> dict:
             "README now show this grid's cells only; give each grid its own --records folder",
             file=sys.stderr,
         )
+    shown = ("cell", "knn_accuracy", "finetune_test_accuracy", "supervised_test_accuracy")
     return {
         "command": "sweep",
         "cells": len(cells),
         "records": args.records,
         "table": os.path.join(args.records, "results.md"),
-        "results": [
-            {
-                k: r.get(k)
-                for k in (
-                    "cell",
-                    "knn_accuracy",
-                    "finetune_test_accuracy",
-                    "supervised_test_accuracy",
-                )
-                if k in r
-            }
-            for r in records
-        ],
+        "results": [{k: r[k] for k in shown if k in r} for r in records],
     }
 
 
@@ -249,8 +239,6 @@ def _sweep_readme(args: argparse.Namespace, axes: list[str], cells: int, records
 
 
 def neighbors(args: argparse.Namespace, cfg: Config, checkpoint: dict) -> dict:
-    from pathlib import Path
-
     from spikessl import checkpoints, figures, neighbours
 
     pretrained = Path(args.pretrained)

@@ -41,6 +41,21 @@ class World:
         return self.rank == 0
 
 
+def resolve_device(name: str) -> torch.device:
+    """The ``device`` setting as a device: ``auto`` picks CUDA, then MPS, then the CPU."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
+    if name == "mps" and not has_mps:
+        raise ValueError("device=mps but no Apple GPU (MPS) is available; use device=cpu or auto")
+    return torch.device(name)
+
+
 def setup(device: torch.device) -> World:
     """Join the process group that ``torchrun`` describes in the environment (if any)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

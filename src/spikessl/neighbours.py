@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spikessl import pipeline
+from spikessl import distributed
 from spikessl.checkpoints import pretrained_encoder
 from spikessl.config import Config
 from spikessl.data import load_data
@@ -90,7 +90,7 @@ def neighbours_figure(
             f"need at least one query and one neighbour, got --queries {n_queries} -k {k}: "
             "pass --queries N -k K with N, K >= 1"
         )
-    device = pipeline.resolve_device(cfg.device)
+    device = distributed.resolve_device(cfg.device)
     data = load_data(cfg, device)
     encoder = pretrained_encoder(checkpoint, cfg).to(device)
     bank_x, bank_y = data.train_images[data.labelled], data.train_labels[data.labelled]

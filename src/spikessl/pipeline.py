@@ -26,7 +26,6 @@ from spikessl.distributed import World
 from spikessl.encoders import SimCLR, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import (
     Pixels,
-    class_prototypes,
     images_accuracy,
     knn_accuracy,
     knn_voters,
@@ -34,6 +33,7 @@ from spikessl.evaluate import (
     probe_accuracy,
     test_accuracy,
 )
+from spikessl.heads import prototype_head
 from spikessl.labelled import (
     check_same_split,
     finetune_epochs,
@@ -46,23 +46,9 @@ from spikessl.runs import check_run_dir, new_run_dir, run_stage, write_summary
 from spikessl.train import LoopSettings, Task, epoch_sizes, fit
 
 
-def resolve_device(name: str) -> torch.device:
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if has_mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
-    if name == "mps" and not has_mps:
-        raise ValueError("device=mps but no Apple GPU (MPS) is available; use device=cpu or auto")
-    return torch.device(name)
-
-
 def _start(cfg: Config) -> tuple[torch.device, World, Data]:
     """Device, torchrun process group (if any), seeded RNG and the data."""
-    device = resolve_device(cfg.device)
+    device = distributed.resolve_device(cfg.device)
     world = distributed.setup(device)
     device = distributed.local_device(device, world)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
@@ -303,52 +289,6 @@ def finetune(
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
     )
-
-
-@torch.no_grad()
-def prototype_head(
-    model: SpikingClassifier, images: Tensor, labels: Tensor, data: Data, cfg: Config
-) -> None:
-    """``finetune.head_init=prototypes``: a nearest-class-mean classifier before the first step.
-
-    Row c of the head is class c's mean spike-count direction (``class_prototypes``), and the
-    currents it gives on these images are centred and scaled to unit variance, by the batch
-    norm's running statistics (``encoder.norm=batch``) or by its bias and weights (``none``):
-    the class whose prototype is most similar gets the largest current and spikes most, in eval
-    mode too.
-    One pass of the encoder: the currents' mean and variance over images and time steps follow
-    from the spikes' (``W m`` and ``w_c' S w_c``), so the spike trains are never kept.
-    """
-    T, bs, D = cfg.time_steps, cfg.eval_batch_size, model.encoder.latent_dim
-    counts, total = [], torch.zeros(D, dtype=torch.float64, device=images.device)
-    outer = torch.zeros(D, D, dtype=torch.float64, device=images.device)
-    was_training = model.training
-    model.eval()
-    try:
-        for i in range(0, len(images), bs):
-            with precision(cfg, images.device):  # the encoder only: the sums stay float64
-                spikes = model.encoder.trace(data.prepare(images[i : i + bs]), T).spikes
-            counts.append(spikes.float().sum(0))
-            steps = spikes.flatten(0, 1).double()  # (T*b, D)
-            total += steps.sum(0)
-            outer += steps.T @ steps
-    finally:
-        model.train(was_training)
-    weight = class_prototypes(torch.cat(counts), labels, data.num_classes)
-    n = T * len(images)
-    m = total / n
-    covariance = (outer - n * torch.outer(m, m)) / max(n - 1, 1)
-    w = weight.double()
-    mean = (w @ m).float()
-    var = torch.einsum("cd,de,ce->c", w, covariance, w).clamp_min(0).float()
-    if isinstance(model.head_norm, nn.BatchNorm1d):
-        model.head.weight.copy_(weight)
-        model.head_norm.running_mean.copy_(mean)
-        model.head_norm.running_var.copy_(var)
-    else:
-        std = var.clamp_min(1e-12).sqrt()
-        model.head.weight.copy_(weight / std[:, None])
-        model.head.bias.copy_(-mean / std)
 
 
 def probe(cfg: Config, checkpoint: dict | None) -> dict:

@@ -29,7 +29,7 @@ def _cells(probes: list) -> str:
         return f"{len(probes)} cell(s)"
     low, high = min(measured), max(measured)
     span = f"{low:g}" if low == high else f"{low:g}-{high:g}"
-    return f"{len(probes)} cell(s), speed probe {span} images/s (`spikessl.sweep.speed_probe`)"
+    return f"{len(probes)} cell(s), speed probe {span} images/s (`spikessl.machine.speed_probe`)"
 
 
 def _subsets(records: list[dict]) -> str:

@@ -22,6 +22,8 @@ from typing import BinaryIO
 SSL, SUPERVISED = "finetune_test_accuracy", "supervised_test_accuracy"
 ACCURACIES = ("knn_accuracy", SSL, SUPERVISED)
 DIVERGED = "†"  # beside an SSL number whose SimCLR pretraining diverged
+METHODS = {"SSL + fine-tune": SSL, "supervised only": SUPERVISED}  # name -> its accuracy
+DASH = "—"  # in a table: not measured (yet)
 
 
 @contextmanager

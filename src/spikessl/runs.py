@@ -5,16 +5,15 @@ A training command writes one directory (``config.yaml``, ``metrics.jsonl``,
 ``checkpoint.pt``, ``summary.json``). Its summary is written last and atomically, so a
 directory without one holds an unfinished run: resumable from its checkpoint, never
 mistaken for a result. ``run_stage`` acts on that: it reuses a finished run, resumes an
-interrupted one, or starts afresh (each stage of ``sweep`` and ``pipeline``). ``restore_run``
-rebuilds a finished run's directory from its ``spikessl export`` file, ``rebuild_unfinished``
-an unfinished one's from a copy of its ``checkpoint.pt`` (``spikessl.kept``).
+interrupted one, or starts afresh (each stage of ``sweep`` and ``pipeline``). A run's
+directory rebuilt from a file (a finished run's export, an unfinished run's parked
+checkpoint) is ``spikessl.kept``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import threading
@@ -189,83 +188,6 @@ def _run_claimed(
         summary["resumed"] = True
         write_summary(run_dir, summary)
     return summary
-
-
-def check_restorable(saved: dict, export: Path) -> None:
-    """Refuse an export ``restore_run`` cannot rebuild a finished run's folder from."""
-    if "summary" not in saved:
-        raise ValueError(
-            f"{export} holds weights but not its run's summary and metrics (it was exported "
-            "from a checkpoint file, or from an unfinished run): export the finished run's "
-            "folder (`spikessl export RUN_DIR`)"
-        )
-
-
-def restore_run(saved: dict, export: Path, run_dir: Path) -> dict:
-    """Rebuild a finished run's folder at ``run_dir`` (which must not exist) from ``saved``,
-    the ``spikessl export`` of that run's folder read from ``export``
-    (``checkpoints.load_export``): ``checkpoint.pt`` with its weights, config and split digest
-    (no optimizer state: finished, so never resumed), ``config.yaml``, ``metrics.jsonl`` and
-    ``summary.json``. Returns the summary, which names the export.
-    """
-    import torch
-
-    check_restorable(saved, export)
-    summary = {**saved["summary"], "run_dir": str(run_dir), "restored_from": str(export)}
-
-    def fill(tmp: Path) -> None:
-        keep = ("model", "config", "command", "split_labelled_sha256")
-        torch.save({k: saved[k] for k in keep if k in saved}, tmp / "checkpoint.pt")
-        _write_config_and_metrics(tmp, saved["config"], saved["metrics"])
-        write_atomic(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
-
-    if not _place(run_dir, fill):  # another process restored it first
-        if not finished(run_dir):
-            raise FileExistsError(f"{run_dir} appeared while it was being restored")
-        return json.loads((run_dir / "summary.json").read_text())
-    return summary
-
-
-def rebuild_unfinished(saved: dict, source: Path, run_dir: Path) -> bool:
-    """Rebuild an unfinished run's folder at ``run_dir`` (which must not exist) from
-    ``source``, a copy of its ``checkpoint.pt`` (``saved``, read with
-    ``checkpoints.load_checkpoint``): the checkpoint itself, ``config.yaml`` and the finished
-    epochs' ``metrics.jsonl``, so that ``run_stage`` resumes it as if it had stopped here.
-    False where another process put a run there first. ``saved`` must hold the loop's state
-    (``kept.check``)."""
-
-    def fill(tmp: Path) -> None:
-        shutil.copyfile(source, tmp / "checkpoint.pt")
-        _write_config_and_metrics(tmp, saved["config"], saved["loop"]["history"])
-
-    return _place(run_dir, fill)
-
-
-def _write_config_and_metrics(run_dir: Path, config: dict, metrics: list[dict]) -> None:
-    import yaml
-
-    from spikessl.config_yaml import YamlDumper
-
-    (run_dir / "config.yaml").write_text(yaml.dump(config, Dumper=YamlDumper, sort_keys=False))
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-
-
-def _place(run_dir: Path, fill: Callable[[Path], None]) -> bool:
-    """Build a run folder with ``fill`` in a hidden folder beside ``run_dir`` and rename it
-    into place, so an interrupted rebuild leaves no half run behind. False (and nothing
-    left) where ``run_dir`` appeared meanwhile (a caller without ``claim_run_dir``'s lock)."""
-    tmp = run_dir.with_name(f".{run_dir.name}.restoring-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        fill(tmp)
-        tmp.rename(run_dir)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and run_dir.exists():
-            return False
-        raise
-    return True
 
 
 def remove_unstarted(run_dir: Path) -> None:
