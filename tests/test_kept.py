@@ -1,8 +1,10 @@
 """Kept pretrainings: exported beside the records, they rebuild the run on another machine."""
 
 import json
+import os
 import shutil
 import signal
+import threading
 
 import pytest
 import torch
@@ -245,6 +247,28 @@ def test_a_parked_file_that_got_further_replaces_a_local_run_behind_it(
     (there / "records" / f"{cells[0].name}.json").unlink()  # the cell to run again
     with pytest.raises(ValueError, match=f"{parked}.*move it out of the records folder"):
         run_sweep(cells, there / "records", there / "runs", progress=False, log=logs.append)
+
+
+def test_parks_of_one_pretraining_from_two_run_dirs_take_turns(tmp_path, monkeypatch):
+    # two sweeps with their own --run-dir, one --records: the second park waits while another
+    # process compares and copies, so the run that got further is what stays
+    fcntl = pytest.importorskip("fcntl")
+    cells = expand_grid(tiny_base(), [])
+    _stopped_at(2, tmp_path, cells, monkeypatch, keep_pretrained=True)
+    parked = parked_path(tmp_path / "records", cells[0])
+    parked.unlink()
+    fd = os.open(tmp_path / "records", os.O_RDONLY)  # as another process's park holds it
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    logs: list[str] = []
+    parking = threading.Thread(
+        target=kept.park, args=(cells[0], tmp_path / "runs", tmp_path / "records", logs.append)
+    )
+    parking.start()
+    parking.join(timeout=1.0)
+    assert parking.is_alive() and not parked.exists()  # waiting for the other park
+    os.close(fd)
+    parking.join(timeout=30)
+    assert load_checkpoint(parked)["step"] == 2 and "parked at step 2" in logs[-1]
 
 
 def test_a_kept_export_replaces_a_local_unfinished_run(swept, tmp_path, monkeypatch):

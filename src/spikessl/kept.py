@@ -21,7 +21,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from spikessl.grid import PRETRAIN_UNUSED, Cell, pretrain_key, pretrained_with, stage_dir
@@ -164,16 +164,36 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
             log(f"  pretrain: not parked: another process is running {pre_dir}")
             return
         step = _step(checkpoint)  # the run's lock held: the file stays as read
+        records_dir.mkdir(parents=True, exist_ok=True)
+        # a sweep with another --run-dir may park the same pretraining in these records:
+        # the comparison and the copy are one step for it
+        held.enter_context(_records_held(records_dir))
         if parked.exists() and _step(parked) > step:
             log(f"  pretrain: {parked} got further than {pre_dir} (step {step}); kept as it is")
             return
-        records_dir.mkdir(parents=True, exist_ok=True)
         with replacing(parked) as fh:
             fh.write(checkpoint.read_bytes())
     log(
         f"  pretrain: unfinished, parked at step {step} as {parked}: a sweep with these "
         "records resumes it there, on any machine"
     )
+
+
+@contextlib.contextmanager
+def _records_held(records_dir: Path) -> Iterator[None]:
+    """Keep other processes' parks out of ``records_dir`` meanwhile: POSIX ``flock`` on the
+    folder itself, so the records (committed) get no lock file. No ``flock``: no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(records_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def park_stopped(
