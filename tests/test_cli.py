@@ -95,7 +95,8 @@ try:
 except SystemExit:
     pass
 print(sorted(m for m in ("torch", "kornia", "numpy") if m in sys.modules))"""
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}  # this spikessl
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     assert done.stdout.splitlines()[-1] == "[]", done.stderr
 
 

@@ -229,7 +229,8 @@ def test_a_parked_file_that_got_further_replaces_a_local_run_behind_it(
     logs.clear()
     (record,) = run_sweep(cells, there / "records", there / "runs", progress=False, log=logs.append)
     aside = pre_dir.with_name(f".{pre_dir.name}.behind-step2")
-    assert f"  pretrain: {parked} got further than {pre_dir} (step 2): moved to {aside}" in logs
+    moved = f"  pretrain: {parked} got further than {pre_dir} (step 2): moved to {aside} ("
+    assert any(line.startswith(moved) and "delete it once" in line for line in logs)
     assert load_checkpoint(aside)["step"] == 2  # moved aside, not deleted
     assert record["pretrain_loss_by_epoch"] == swept["first"][0]["pretrain_loss_by_epoch"]
     # finished without --keep-pretrained: no export takes the parked file's place, so it stays
@@ -255,20 +256,43 @@ def test_parks_of_one_pretraining_from_two_run_dirs_take_turns(tmp_path, monkeyp
     fcntl = pytest.importorskip("fcntl")
     cells = expand_grid(tiny_base(), [])
     _stopped_at(2, tmp_path, cells, monkeypatch, keep_pretrained=True)
-    parked = parked_path(tmp_path / "records", cells[0])
+    records = tmp_path / "records"
+    parked = parked_path(records, cells[0])
     parked.unlink()
-    fd = os.open(tmp_path / "records", os.O_RDONLY)  # as another process's park holds it
-    fcntl.flock(fd, fcntl.LOCK_EX)
     logs: list[str] = []
-    parking = threading.Thread(
-        target=kept.park, args=(cells[0], tmp_path / "runs", tmp_path / "records", logs.append)
-    )
-    parking.start()
-    parking.join(timeout=1.0)
-    assert parking.is_alive() and not parked.exists()  # waiting for the other park
-    os.close(fd)
+    park = (cells[0], tmp_path / "runs", records, logs.append)
+    fd = os.open(records, os.O_RDONLY)  # as another process's park holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        parking = threading.Thread(target=kept.park, args=park, daemon=True)
+        parking.start()
+        parking.join(timeout=1.0)
+        assert parking.is_alive() and not parked.exists()  # waiting for the other park
+    finally:
+        os.close(fd)
     parking.join(timeout=30)
     assert load_checkpoint(parked)["step"] == 2 and "parked at step 2" in logs[-1]
+    # a holder that never lets go (stopped, stuck): the park goes ahead after a while
+    fd = os.open(records, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with kept._records_held(records, logs.append, wait_s=0.3):
+            assert logs[-1].endswith("for 0.3 s; parking without waiting for it")
+    finally:
+        os.close(fd)
+    # a records folder that cannot be locked (its file system): the park still happens
+    parked.unlink()
+    real_flock = fcntl.flock
+
+    def no_locks(fd, operation):
+        if isinstance(fd, int):  # the records folder's descriptor, not the run's lock file
+            raise OSError(37, "No locks available")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    kept.park(*park)
+    assert load_checkpoint(parked)["step"] == 2
+    assert "parking without the records folder's lock ([Errno 37] No locks available)" in logs[-2]
 
 
 def test_a_kept_export_replaces_a_local_unfinished_run(swept, tmp_path, monkeypatch):

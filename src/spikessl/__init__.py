@@ -5,8 +5,8 @@ Networks": LIF neurons with soft reset and a sigmoid surrogate gradient (eq. 6),
 spike-count latents (eq. 1), fine-tuning and kNN evaluation.
 
 The names below load on first use (PEP 562): importing the package does not import
-PyTorch, so the ``spikessl`` command (``spikessl.__main__``) is running before PyTorch loads
-and a Ctrl-C during those seconds reaches its handler.
+PyTorch, so the ``spikessl`` command parses its arguments before PyTorch loads (``--help``
+answers at once) and a Ctrl-C during the seconds it takes reaches ``spikessl.cli.main``.
 """
 
 from importlib import import_module

@@ -1,7 +1,8 @@
 """Handlers of the ``spikessl`` subcommands: what each command does with its parsed arguments.
 
-``spikessl.cli`` builds the parser and dispatches here. The heavier modules (checkpoints,
-pipeline, figures, sweep, reproduce) are imported inside the handlers, only when one runs.
+``spikessl.arguments`` builds the parser, and ``spikessl.cli`` dispatches here. The heavier
+modules (checkpoints, pipeline, figures, sweep, reproduce) are imported inside the handlers,
+only when one runs.
 """
 
 from __future__ import annotations

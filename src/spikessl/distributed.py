@@ -1,4 +1,5 @@
-"""Multi-process training with ``torchrun``: one process per device, PyTorch's own engine.
+"""The device a run trains on (``resolve_device``), and multi-process training with
+``torchrun``: one process per device, PyTorch's own engine.
 
     torchrun --nproc_per_node 4 -m spikessl pretrain --config paper-cifar10
 

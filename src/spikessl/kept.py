@@ -21,7 +21,8 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from spikessl.grid import PRETRAIN_UNUSED, Cell, pretrain_key, pretrained_with, stage_dir
@@ -86,7 +87,10 @@ def rebuild(source: Path, pre_dir: Path, cell: Cell, log: Callable[[str], None])
             aside = pre_dir.with_name(f".{pre_dir.name}.behind-step{step}-{n}")
         pre_dir.rename(aside)
         how = "got further than" if parked else "holds the finished run of"
-        log(f"  pretrain: {source} {how} {pre_dir} (step {step}): moved to {aside}")
+        log(
+            f"  pretrain: {source} {how} {pre_dir} (step {step}): moved to {aside} "
+            "(nothing reads it again: delete it once you do not need it)"
+        )
     elif pre_dir.exists():  # killed before its first checkpoint: nothing worth keeping
         remove_unstarted(pre_dir)
     if not parked:
@@ -167,7 +171,7 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
         records_dir.mkdir(parents=True, exist_ok=True)
         # a sweep with another --run-dir may park the same pretraining in these records:
         # the comparison and the copy are one step for it
-        held.enter_context(_records_held(records_dir))
+        held.enter_context(_records_held(records_dir, log))
         if parked.exists() and _step(parked) > step:
             log(f"  pretrain: {parked} got further than {pre_dir} (step {step}); kept as it is")
             return
@@ -180,20 +184,39 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
 
 
 @contextlib.contextmanager
-def _records_held(records_dir: Path) -> Iterator[None]:
+def _records_held(records_dir: Path, log: Callable[[str], None], wait_s: float = 30.0):
     """Keep other processes' parks out of ``records_dir`` meanwhile: POSIX ``flock`` on the
-    folder itself, so the records (committed) get no lock file. No ``flock``: no lock."""
+    folder itself, so the records (committed) get no lock file; it serialises the processes
+    of one machine. Where it cannot be had (no ``flock``, a file system without it, another
+    process holding it past ``wait_s``: stopped or stuck), the park goes ahead without it:
+    a race between two parks is rarer than a lost one."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    fd = os.open(records_dir, os.O_RDONLY)
+    fd, deadline = None, time.monotonic() + wait_s
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(records_dir, os.O_RDONLY)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log(
+                        f"  pretrain: another process has held {records_dir} for "
+                        f"{wait_s:g} s; parking without waiting for it"
+                    )
+                    break
+                time.sleep(0.1)
+    except OSError as err:
+        log(f"  pretrain: parking without the records folder's lock ({err})")
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def park_stopped(
