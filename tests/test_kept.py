@@ -293,6 +293,12 @@ def test_parks_of_one_pretraining_from_two_run_dirs_take_turns(tmp_path, monkeyp
     kept.park(*park)
     assert load_checkpoint(parked)["step"] == 2
     assert "parking without the records folder's lock ([Errno 37] No locks available)" in logs[-2]
+    # the pretraining finished and kept by another sweep meanwhile: no park beside its export
+    monkeypatch.undo()
+    parked.unlink()
+    export_path(records, cells[0]).write_bytes(b"")  # park only asks whether it is there
+    kept.park(*park)
+    assert not parked.exists() and logs[-1].endswith("holds the finished pretraining")
 
 
 def test_a_kept_export_replaces_a_local_unfinished_run(swept, tmp_path, monkeypatch):

@@ -46,10 +46,12 @@ def keep(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
     pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
     if not finished(pre_dir):
         return
-    if not export.exists():
-        export_safetensors(load_checkpoint(pre_dir), export, pre_dir)
-        log(f"  pretrain: kept as {export}")
-    drop_parked(records_dir, cell, log)
+    records_dir.mkdir(parents=True, exist_ok=True)
+    with _records_held(records_dir, log):  # no park of this pretraining lands after the drop
+        if not export.exists():
+            export_safetensors(load_checkpoint(pre_dir), export, pre_dir)
+            log(f"  pretrain: kept as {export}")
+        drop_parked(records_dir, cell, log)
 
 
 def drop_parked(records_dir: Path, cell: Cell, log: Callable[[str], None]) -> None:
@@ -172,6 +174,9 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
         # a sweep with another --run-dir may park the same pretraining in these records:
         # the comparison and the copy are one step for it
         held.enter_context(_records_held(records_dir, log))
+        if (export := export_path(records_dir, cell)).exists():  # another sweep finished it
+            log(f"  pretrain: not parked: {export} holds the finished pretraining")
+            return
         if parked.exists() and _step(parked) > step:
             log(f"  pretrain: {parked} got further than {pre_dir} (step {step}); kept as it is")
             return
