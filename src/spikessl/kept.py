@@ -190,11 +190,11 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
 
 @contextlib.contextmanager
 def _records_held(records_dir: Path, log: Callable[[str], None], wait_s: float = 30.0):
-    """Keep other processes' parks out of ``records_dir`` meanwhile: POSIX ``flock`` on the
-    folder itself, so the records (committed) get no lock file; it serialises the processes
-    of one machine. Where it cannot be had (no ``flock``, a file system without it, another
-    process holding it past ``wait_s``: stopped or stuck), the park goes ahead without it:
-    a race between two parks is rarer than a lost one."""
+    """Keep other processes' parks and keeps (``park``, ``keep``) out of ``records_dir``
+    meanwhile: POSIX ``flock`` on the folder itself, so the records (committed) get no lock
+    file; it serialises the processes of one machine. Where it cannot be had (no ``flock``, a
+    file system without it, another process holding it past ``wait_s``: stopped or stuck),
+    the caller goes ahead without it: a race between two parks is rarer than a lost one."""
     try:
         import fcntl
     except ImportError:
@@ -211,12 +211,12 @@ def _records_held(records_dir: Path, log: Callable[[str], None], wait_s: float =
                 if time.monotonic() > deadline:
                     log(
                         f"  pretrain: another process has held {records_dir} for "
-                        f"{wait_s:g} s; parking without waiting for it"
+                        f"{wait_s:g} s; going ahead without its lock"
                     )
                     break
                 time.sleep(0.1)
     except OSError as err:
-        log(f"  pretrain: parking without the records folder's lock ({err})")
+        log(f"  pretrain: going ahead without the records folder's lock ({err})")
     try:
         yield
     finally:
