@@ -98,10 +98,8 @@ def _os_error(err: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
-    if args.command in ("export", "compare"):  # no config: every argument is an option
-        unknown = extra
-    else:
-        unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    no_config = args.command in ("export", "compare")  # every argument is an option
+    unknown = extra if no_config else [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:  # PyTorch loads here, seconds after a --help or a usage error would have answered
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print("spikessl: interrupted (Ctrl-C) while starting; nothing was run", file=sys.stderr)
         return 130
 
-    if args.command in ("export", "compare"):
+    if no_config:
         try:
             result = getattr(commands, args.command)(args)
         except USER_ERRORS as err:
