@@ -85,19 +85,32 @@ def test_help(command: str | None) -> None:
         assert ("grid axis" in out) == (command == "sweep")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["pretrain", "--bogus"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["sweep", "--help"],
+        ["pretrain", "--bogus"],
+        ["pretrain", "pretrain.lrr=1"],  # a config typo
+        ["sweep", "--config", "paper-mnist", "time_steps=10", "seed=0,x"],  # a grid value
+        ["pipeline", "encoder.in_channels=3"],  # the data would not fit
+        ["finetune", "--config", "paper-mnist", "--pretrained", "run", "knn.k=0"],
+    ],
+)
 def test_help_and_usage_errors_answer_before_pytorch_loads(argv: list[str]) -> None:
     # a fresh interpreter: this one has PyTorch loaded already
     probe = f"""import sys
 from spikessl.cli import main
 try:
-    main({argv!r})
-except SystemExit:
-    pass
-print(sorted(m for m in ("torch", "kornia", "numpy") if m in sys.modules))"""
+    code = main({argv!r})
+except SystemExit as stop:
+    code = stop.code
+print(code, sorted(m for m in ("torch", "kornia", "numpy") if m in sys.modules))"""
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}  # this spikessl
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
-    assert done.stdout.splitlines()[-1] == "[]", done.stderr
+    helps = "--help" in argv
+    assert done.stdout.splitlines()[-1] == f"{0 if helps else 2} []", done.stderr
+    assert helps or f"spikessl {argv[0]}: error: " in done.stderr or "usage:" in done.stderr
 
 
 def test_a_data_override_that_is_not_a_section_with_data_dir(tmp_path) -> None:
@@ -798,7 +811,14 @@ def test_ctrl_c_outside_a_training_step_says_what_is_kept(monkeypatch, tmp_path)
     assert code == 130 and "nothing was written. Run it again" in err and "--resume" not in err
 
 
-def test_ctrl_c_while_pytorch_loads_exits_130_without_a_traceback(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["knn", "--pretrained", "."], "spikessl: interrupted (Ctrl-C) while starting; nothing"),
+        (["export", "."], "spikessl export: interrupted (Ctrl-C); nothing was written"),
+    ],
+)
+def test_ctrl_c_while_pytorch_loads_exits_130_without_a_traceback(tmp_path, argv, said) -> None:
     import signal
 
     # the child says when it starts importing torch, then takes its time: the Ctrl-C lands
@@ -813,7 +833,7 @@ def test_ctrl_c_while_pytorch_loads_exits_130_without_a_traceback(tmp_path) -> N
         "            print('importing torch', flush=True)\n"
         "            time.sleep(60)\n"
         "sys.meta_path.insert(0, Slow())\n"
-        "sys.argv = ['spikessl', 'knn', '--pretrained', '.']\n"
+        f"sys.argv = {['spikessl', *argv]!r}\n"
         "import runpy\n"
         "runpy.run_module('spikessl', run_name='__main__')\n"
     )
@@ -830,7 +850,7 @@ def test_ctrl_c_while_pytorch_loads_exits_130_without_a_traceback(tmp_path) -> N
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
-    assert "spikessl: interrupted (Ctrl-C) while starting; nothing was run" in err
+    assert said in err
 
 
 def test_sweep_with_a_stopped_cell_exits_2_and_still_writes_its_readme(

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from spikessl import data, dataset_downloads
+from spikessl import data, dataset_catalog, dataset_downloads
 from spikessl.dataset_catalog import class_names
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -445,7 +445,7 @@ def test_download_idx_success(tmp_path, monkeypatch):
     info = data.DATASETS["mnist"]
     downloads = tuple((url, md5_of(blobs[url.rsplit("/", 1)[-1]])) for url, _ in info.downloads)
     patched = dict(data.DATASETS, mnist=dataclasses.replace(info, downloads=downloads))
-    monkeypatch.setattr(data, "DATASETS", patched)
+    monkeypatch.setattr(dataset_catalog, "DATASETS", patched)
     fetched = []
 
     def fake_fetch(url, dest, timeout=30.0):
@@ -477,7 +477,7 @@ def patch_cifar10_download(monkeypatch, archive: bytes) -> None:
     info = data.DATASETS["cifar10"]
     url = info.downloads[0][0]
     replaced = dataclasses.replace(info, downloads=((url, md5_of(archive)),))
-    monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS, cifar10=replaced))
+    monkeypatch.setattr(dataset_catalog, "DATASETS", dict(data.DATASETS, cifar10=replaced))
     monkeypatch.setattr(
         dataset_downloads, "_fetch", lambda url, dest, timeout=30.0: dest.write_bytes(archive)
     )

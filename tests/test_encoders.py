@@ -198,20 +198,6 @@ def test_classifier_outputs_class_spike_counts():
     assert clf.trace(torch.rand(4, 1, 28, 28), 6).rates.shape == (4,)
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(conv_channels=(12,), kernel_sizes=(5, 5)), "one entry per"),
-        (dict(image_size=8), "too small"),
-        (dict(norm="layer"), "norm"),
-        (dict(fc_sizes=()), "fc_sizes"),
-    ],
-)
-def test_bad_architecture_is_rejected(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        EncoderConfig(**kwargs)
-
-
 def test_zero_time_steps_rejected():
     with pytest.raises(ValueError, match="time steps"):
         build_encoder(EncoderConfig())(torch.rand(1, 1, 28, 28), 0)

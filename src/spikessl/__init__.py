@@ -13,7 +13,7 @@ from importlib import import_module
 
 _WHERE = {
     "LIF": "spikessl.neurons",
-    "EncoderConfig": "spikessl.encoders",
+    "EncoderConfig": "spikessl.architecture",
     "SpikingClassifier": "spikessl.encoders",
     "SpikingEncoder": "spikessl.encoders",
     "build_encoder": "spikessl.encoders",

@@ -102,22 +102,29 @@ def main(argv: list[str] | None = None) -> int:
     unknown = extra if no_config else [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:  # PyTorch loads here, seconds after a --help or a usage error would have answered
-        from spikessl import commands
-    except KeyboardInterrupt:
-        print("spikessl: interrupted (Ctrl-C) while starting; nothing was run", file=sys.stderr)
-        return 130
+    from spikessl import commands  # no PyTorch yet: a config with a typo fails at once
 
     if no_config:
         try:
             result = getattr(commands, args.command)(args)
         except USER_ERRORS as err:
             return _error(args.command, err)
+        except KeyboardInterrupt:  # while PyTorch loads, or reading the run
+            print(f"spikessl {args.command}: {_interrupted(args.command, None)}", file=sys.stderr)
+            return 130
         print(json.dumps(result))
         return 0
     args.overrides = [*args.overrides, *extra]
-    from spikessl import checkpoints, distributed  # only for a command that runs
-    from spikessl.resumable import Interrupted
+    try:
+        cfg = commands.config_first(args)
+    except USER_ERRORS as err:  # a bad value, a missing config file
+        return _error(args.command, err)
+    try:  # PyTorch loads here, after --help, a usage error or a config typo has answered
+        from spikessl import checkpoints, distributed
+        from spikessl.resumable import Interrupted
+    except KeyboardInterrupt:
+        print("spikessl: interrupted (Ctrl-C) while starting; nothing was run", file=sys.stderr)
+        return 130
 
     run_dir = getattr(args, "run_dir", None) or getattr(args, "resume", None)
     try:
@@ -128,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = checkpoints.load_checkpoint(pretrained) if pretrained else None
         if checkpoint is not None:
             named_runs.check_pretrained(args, checkpoint)
-        cfg = None if args.command == "reproduce" else commands.config(args, resume or checkpoint)
+        if cfg is None and args.command != "reproduce":  # the config saved in the run
+            cfg = commands.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         with _claimed(args.command, run_dir), _short_warnings():
             if resume is not None:  # read again now that the run is ours: it may have moved on

@@ -76,6 +76,27 @@ def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 
+def config_first(args: argparse.Namespace) -> Config | None:
+    """The config, with a sweep's grid, built before PyTorch loads, so a typo fails at once;
+    None when it comes from a checkpoint (``--resume``, or ``--pretrained`` without
+    ``--config``) or from ``reproduce``'s plan, and is built once the checkpoint is read."""
+    if args.command == "reproduce":  # no --config: its cells' configs come from its plan
+        return None
+    if getattr(args, "resume", None) or (args.config is None and getattr(args, "pretrained", None)):
+        return None
+    from spikessl import dataset_catalog, grid
+    from spikessl.config_yaml import to_dict
+
+    cfg = config(args, None)
+    if args.command == "sweep":  # every cell's config; commands.sweep builds them again
+        grid.expand_grid(to_dict(cfg), sweep_axes(args.overrides)[0])
+        return cfg
+    dataset_catalog.check_encoder_fits(cfg)  # as loading the data would, seconds later
+    if args.command in ("pretrain", "pipeline"):
+        dataset_catalog.check_pretraining_fills(cfg)
+    return cfg
+
+
 def export(args: argparse.Namespace) -> dict:
     """Write a run's weights as safetensors (beside the checkpoint unless --out says where)."""
     from spikessl import checkpoints

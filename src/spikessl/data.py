@@ -14,28 +14,32 @@ device (``Data``, ``load_data``); it re-exports the names above that callers use
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from spikessl.dataset_catalog import DATASETS, DatasetInfo
+from spikessl.config import Config
+from spikessl.dataset_catalog import (
+    DATASETS,
+    DatasetInfo,
+    check_encoder_fits,
+    check_pretraining_fills,
+    get_info,
+)
 from spikessl.dataset_downloads import DOWNLOAD_TIMEOUT_S as DOWNLOAD_TIMEOUT_S
 from spikessl.dataset_downloads import ensure_files
 from spikessl.dataset_formats import load_cifar, load_idx, read_idx
-
-if TYPE_CHECKING:  # spikessl.config imports this module
-    from spikessl.config import Config
 
 __all__ = [
     "DATASETS",
     "Data",
     "DatasetInfo",
+    "check_encoder_fits",
+    "check_pretraining_fills",
     "default_data_root",
     "get_info",
     "load_data",
@@ -44,15 +48,6 @@ __all__ = [
     "stratified_split",
     "subset_per_class",
 ]
-
-
-def get_info(name: str) -> DatasetInfo:
-    """Look up a dataset by name, failing with the list of valid names on a typo."""
-    info = DATASETS.get(name.strip().lower())
-    if info is None:
-        valid = ", ".join(DATASETS)
-        raise ValueError(f"unknown dataset {name!r}: choose one of {valid}")
-    return info
 
 
 def default_data_root() -> Path:
@@ -193,52 +188,6 @@ class Data:
 
     def prepare(self, images: Tensor) -> Tensor:
         return self.normalize(images.float() / 255.0)
-
-
-def check_encoder_fits(cfg: Config) -> None:
-    """A ``ValueError`` when the encoder's input shape is not the dataset's (before loading)."""
-    info = get_info(cfg.data.name)
-    if (cfg.encoder.in_channels, cfg.encoder.image_size) != (info.channels, info.image_size):
-        raise ValueError(
-            f"encoder expects {cfg.encoder.in_channels}x{cfg.encoder.image_size}px images but "
-            f"{cfg.data.name} has {info.channels}x{info.image_size}: set encoder.in_channels="
-            f"{info.channels} encoder.image_size={info.image_size} or use its preset"
-        )
-
-
-def check_pretraining_fills(cfg: Config) -> None:
-    """With ``data.train_limit``: a ``ValueError``, before loading, when the unlabelled part
-    it leaves cannot fill one pretraining batch (the counts ``_limited`` and
-    ``stratified_split`` give: the limit is split evenly over the classes)."""
-    limit, lf, batch = cfg.data.train_limit, cfg.data.labelled_fraction, cfg.pretrain.batch_size
-    if not limit:
-        return
-    info = get_info(cfg.data.name)
-    classes = info.num_classes
-
-    def unlabelled(per_class: int) -> int:
-        return classes * (per_class - max(1, round(lf * per_class)))
-
-    per_class = max(limit // classes, 1)
-    have = unlabelled(per_class)
-    if have >= batch:
-        return
-    # the fewest images a class for a batch: p - round(lf p) >= q holds from about
-    # (q - 0.5) / (1 - lf) on; a step or two settles round()'s ties
-    q = -(-batch // classes)
-    need = max(per_class, math.floor((q - 0.5) / (1 - lf)))
-    for _ in range(3):
-        need += unlabelled(need) < batch
-    fixes = [f"pretrain.batch_size={have}"] if have >= 2 else []
-    if need * classes <= 0.9 * info.train_size:  # MNIST's smallest class: 90% of its share
-        fixes.insert(0, f"data.train_limit={need * classes}")
-    else:  # more than every class of the dataset holds
-        fixes.append("a lower data.labelled_fraction")
-    raise ValueError(
-        f"data.train_limit={limit} keeps {per_class} image(s) of each of {classes} classes, "
-        f"{have} unlabelled in all once data.labelled_fraction={lf} is labelled: fewer than "
-        f"one pretraining batch (pretrain.batch_size={batch}); set " + ", or ".join(fixes)
-    )
 
 
 def load_data(cfg: Config, device: torch.device) -> Data:

@@ -1,15 +1,29 @@
-"""The datasets ``spikessl`` knows: shape, normalisation, file names and official downloads.
+"""The datasets ``spikessl`` knows: shape, normalisation, file names and official downloads,
+looked up by name (``get_info``), and the checks of a config against them that need no
+loading (``check_encoder_fits``, ``check_pretraining_fills``).
 
-Facts only; ``spikessl.data`` looks a dataset up by name and loads it.
+No PyTorch here: a sweep's grid is checked before it loads. ``spikessl.data`` loads the
+datasets.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-__all__ = ["DATASETS", "DatasetInfo"]
+if TYPE_CHECKING:  # spikessl.config imports this module
+    from spikessl.config import Config
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "check_encoder_fits",
+    "check_pretraining_fills",
+    "get_info",
+]
 
 
 @dataclass(frozen=True)
@@ -168,3 +182,58 @@ def class_names(dataset: str, num_classes: int) -> tuple[str, ...]:
     if names is None or len(names) != num_classes:
         return tuple(str(i) for i in range(num_classes))
     return names
+
+
+def get_info(name: str) -> DatasetInfo:
+    """Look up a dataset by name, failing with the list of valid names on a typo."""
+    info = DATASETS.get(name.strip().lower())
+    if info is None:
+        valid = ", ".join(DATASETS)
+        raise ValueError(f"unknown dataset {name!r}: choose one of {valid}")
+    return info
+
+
+def check_encoder_fits(cfg: Config) -> None:
+    """A ``ValueError`` when the encoder's input shape is not the dataset's (before loading)."""
+    info = get_info(cfg.data.name)
+    if (cfg.encoder.in_channels, cfg.encoder.image_size) != (info.channels, info.image_size):
+        raise ValueError(
+            f"encoder expects {cfg.encoder.in_channels}x{cfg.encoder.image_size}px images but "
+            f"{cfg.data.name} has {info.channels}x{info.image_size}: set encoder.in_channels="
+            f"{info.channels} encoder.image_size={info.image_size} or use its preset"
+        )
+
+
+def check_pretraining_fills(cfg: Config) -> None:
+    """With ``data.train_limit``: a ``ValueError``, before loading, when the unlabelled part
+    it leaves cannot fill one pretraining batch (the counts ``_limited`` and
+    ``stratified_split`` give: the limit is split evenly over the classes)."""
+    limit, lf, batch = cfg.data.train_limit, cfg.data.labelled_fraction, cfg.pretrain.batch_size
+    if not limit:
+        return
+    info = get_info(cfg.data.name)
+    classes = info.num_classes
+
+    def unlabelled(per_class: int) -> int:
+        return classes * (per_class - max(1, round(lf * per_class)))
+
+    per_class = max(limit // classes, 1)
+    have = unlabelled(per_class)
+    if have >= batch:
+        return
+    # the fewest images a class for a batch: p - round(lf p) >= q holds from about
+    # (q - 0.5) / (1 - lf) on; a step or two settles round()'s ties
+    q = -(-batch // classes)
+    need = max(per_class, math.floor((q - 0.5) / (1 - lf)))
+    for _ in range(3):
+        need += unlabelled(need) < batch
+    fixes = [f"pretrain.batch_size={have}"] if have >= 2 else []
+    if need * classes <= 0.9 * info.train_size:  # MNIST's smallest class: 90% of its share
+        fixes.insert(0, f"data.train_limit={need * classes}")
+    else:  # more than every class of the dataset holds
+        fixes.append("a lower data.labelled_fraction")
+    raise ValueError(
+        f"data.train_limit={limit} keeps {per_class} image(s) of each of {classes} classes, "
+        f"{have} unlabelled in all once data.labelled_fraction={lf} is labelled: fewer than "
+        f"one pretraining batch (pretrain.batch_size={batch}); set " + ", or ".join(fixes)
+    )

@@ -22,7 +22,7 @@ import yaml
 
 from spikessl.config import Config, load_config
 from spikessl.config_yaml import load_yaml, parse_overrides, to_dict
-from spikessl.data import check_encoder_fits, check_pretraining_fills
+from spikessl.dataset_catalog import check_encoder_fits, check_pretraining_fills
 
 # Settings that do not change a run's results: never part of a key, so a grid recorded on a
 # laptop is still recognised on a GPU machine with another data folder (on_divergence=stop

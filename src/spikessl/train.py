@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from spikessl import _native
+from spikessl.config import SCHEDULES
 from spikessl.distributed import World, all_mean, any_process, my_slice
 from spikessl.health import (
     check_divergence,
@@ -69,9 +70,6 @@ class LoopSettings:
     grad_clip: float = 0.0  # > 0: clip the gradients' global norm to this (after the check)
     warmup_steps: int = 0  # linear warm-up of the learning rate over these first steps
     on_divergence: str = "warn"  # or "stop": raise Diverged after a diverging epoch
-
-
-SCHEDULES = ("cosine", "constant")
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
