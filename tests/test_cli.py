@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from spikessl import arguments, cli, commands, distributed, pipeline
+from spikessl import arguments, cli, command_config, distributed, pipeline
 from spikessl.config import load_config
 from spikessl.readme import GENERATED
 
@@ -147,11 +147,11 @@ def test_device_option_wins_over_a_device_override_in_every_command(monkeypatch)
     from spikessl import commands, sweep
 
     args = arguments.parser().parse_args(["pretrain", "--device", "cpu", "device=cuda"])
-    assert commands.config(args, None).device == "cpu"
+    assert command_config.config(args, None).device == "cpu"
     grids = []
     monkeypatch.setattr(sweep, "run_sweep", lambda cells, *_args, **_kw: grids.append(cells) or [])
     args = arguments.parser().parse_args(["sweep", "--device", "cpu", "device=cuda", "seed=0,1"])
-    commands.sweep(args, commands.config(args, None), progress=False)
+    commands.sweep(args, command_config.config(args, None), progress=False)
     assert [c.config.device for c in grids[0]] == ["cpu", "cpu"]
 
 
@@ -196,12 +196,12 @@ def test_a_key_set_twice_on_the_command_line_is_named_and_the_last_wins() -> Non
     args = arguments.parser().parse_args(["pretrain", "time_steps=2", "knn.k=3", " time_steps=6"])
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        assert commands.config(args, None).time_steps == 6
+        assert command_config.config(args, None).time_steps == 6
     assert err.getvalue() == "pretrain: time_steps is set 2 times:  time_steps=6 wins\n"
     args = arguments.parser().parse_args(["knn", "knn.k=1", "knn.k=2", "knn.k=3"])
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        assert commands.config(args, None).knn.k == 3
+        assert command_config.config(args, None).knn.k == 3
     assert err.getvalue() == "knn: knn.k is set 3 times: knn.k=3 wins\n"  # said once
 
 

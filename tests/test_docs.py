@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spikessl import arguments, commands, grid, report
+from spikessl import arguments, command_config, grid, report
 from spikessl.checkpoints import load_checkpoint
 from spikessl.config import Config
 from spikessl.config_yaml import from_dict, to_dict
@@ -70,8 +70,8 @@ def sweep_cells(command: str) -> tuple[dict[str, grid.Cell], argparse.Namespace]
     tokens = shlex.split(command.replace("\\\n", " "))
     args, extra = arguments.parser().parse_known_args(tokens[tokens.index("spikessl") + 1 :])
     args.overrides = [*args.overrides, *extra]
-    axes, _ = commands.sweep_axes(args.overrides)
-    cells = grid.expand_grid(to_dict(commands.config(args, None)), axes)
+    axes, _ = command_config.sweep_axes(args.overrides)
+    cells = grid.expand_grid(to_dict(command_config.config(args, None)), axes)
     return {c.name: c for c in cells}, args
 
 

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = extra if no_config else [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    from spikessl import commands  # no PyTorch yet: a config with a typo fails at once
+    from spikessl import command_config, commands  # no PyTorch yet: a typo fails at once
 
     if no_config:
         try:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.overrides = [*args.overrides, *extra]
     try:
-        cfg = commands.config_first(args)
+        cfg = command_config.config_first(args)
     except USER_ERRORS as err:  # a bad value, a missing config file
         return _error(args.command, err)
     try:  # PyTorch loads here, after --help, a usage error or a config typo has answered
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint is not None:
             named_runs.check_pretrained(args, checkpoint)
         if cfg is None and args.command != "reproduce":  # the config saved in the run
-            cfg = commands.config(args, resume or checkpoint)
+            cfg = command_config.config(args, resume or checkpoint)
         progress = not args.no_progress and sys.stderr.isatty()
         with _claimed(args.command, run_dir), _short_warnings():
             if resume is not None:  # read again now that the run is ours: it may have moved on
