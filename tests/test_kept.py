@@ -92,7 +92,7 @@ def test_an_export_of_another_pretraining_is_refused(swept, tmp_path, monkeypatc
 
 def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_path):
     from spikessl.checkpoints import export_safetensors
-    from spikessl.kept import restore_run
+    from spikessl.restore import restore_run
 
     pre_dir = swept["tmp"] / "runs" / f"pretrain-{pretrain_key(swept['cells'][0].config)}"
     bare = export_safetensors(load_checkpoint(pre_dir), tmp_path / "bare.safetensors")

@@ -105,7 +105,7 @@ def export_safetensors(checkpoint: dict, path: str | Path, run_dir: Path | None 
     """The checkpoint's model weights as a safetensors file; its metadata holds the config,
     the command and, where the checkpoint has one, the digest of the labelled split. With the
     folder of a finished run, also its ``summary.json`` and ``metrics.jsonl``: enough to
-    rebuild the run's folder elsewhere (``kept.restore_run``)."""
+    rebuild the run's folder elsewhere (``restore.restore_run``)."""
     from safetensors.torch import save
 
     path = Path(path)
