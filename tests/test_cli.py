@@ -86,18 +86,20 @@ def test_help(command: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "said"),
     [
-        ["--help"],
-        ["sweep", "--help"],
-        ["pretrain", "--bogus"],
-        ["pretrain", "pretrain.lrr=1"],  # a config typo
-        ["sweep", "--config", "paper-mnist", "time_steps=10", "seed=0,x"],  # a grid value
-        ["pipeline", "encoder.in_channels=3"],  # the data would not fit
-        ["finetune", "--config", "paper-mnist", "--pretrained", "run", "knn.k=0"],
+        (["--help"], ""),
+        (["sweep", "--help"], ""),
+        (["pretrain", "--bogus"], "unrecognized arguments: --bogus"),
+        (["pretrain", "pretrain.lrr=1"], "unknown config key 'pretrain.lrr'"),
+        (["sweep", "time_steps=10", "seed=0,x"], "grid cell seed=x: seed='x' has the wrong type"),
+        (["pipeline", "encoder.in_channels=3"], "encoder expects 3x28px images but mnist"),
+        (["pretrain", "data.train_limit=20"], "fewer than one pretraining batch"),
+        (["finetune", "--pretrained", "run", "--config", "paper-mnist", "knn.k=0"], "knn.k=0 is"),
+        (["finetune", "data.name=cifar10"], "finetune needs --pretrained RUN_DIR"),
     ],
 )
-def test_help_and_usage_errors_answer_before_pytorch_loads(argv: list[str]) -> None:
+def test_help_and_usage_errors_answer_before_pytorch_loads(argv: list[str], said: str) -> None:
     # a fresh interpreter: this one has PyTorch loaded already
     probe = f"""import sys
 from spikessl.cli import main
@@ -110,7 +112,7 @@ print(code, sorted(m for m in ("torch", "kornia", "numpy") if m in sys.modules))
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     helps = "--help" in argv
     assert done.stdout.splitlines()[-1] == f"{0 if helps else 2} []", done.stderr
-    assert helps or f"spikessl {argv[0]}: error: " in done.stderr or "usage:" in done.stderr
+    assert said in done.stderr and (helps or "error: " in done.stderr)
 
 
 def test_a_data_override_that_is_not_a_section_with_data_dir(tmp_path) -> None:

@@ -18,7 +18,7 @@ import typing
 import hypothesis
 import pytest
 
-from spikessl.augment import AugmentConfig
+from spikessl.architecture import EncoderConfig
 from spikessl.config import (
     Config,
     DataConfig,
@@ -35,7 +35,7 @@ from spikessl.config_yaml import (
     preset_names,
     to_dict,
 )
-from spikessl.encoders import EncoderConfig
+from spikessl.views import AugmentConfig
 
 PRESETS = preset_names()
 SECTIONS = {

@@ -102,36 +102,32 @@ def main(argv: list[str] | None = None) -> int:
     unknown = extra if no_config else [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    from spikessl import command_config, commands  # no PyTorch yet: a typo fails at once
+    if not no_config:
+        args.overrides = [*args.overrides, *extra]
+    try:  # no PyTorch yet: a typo in the config fails at once
+        from spikessl import command_config, commands
 
-    if no_config:
-        try:
+        if no_config:  # export, compare: PyTorch loads inside
             result = getattr(commands, args.command)(args)
-        except USER_ERRORS as err:
-            return _error(args.command, err)
-        except KeyboardInterrupt:  # while PyTorch loads, or reading the run
-            print(f"spikessl {args.command}: {_interrupted(args.command, None)}", file=sys.stderr)
-            return 130
-        print(json.dumps(result))
-        return 0
-    args.overrides = [*args.overrides, *extra]
-    try:
+            print(json.dumps(result))
+            return 0
         cfg = command_config.config_first(args)
-    except USER_ERRORS as err:  # a bad value, a missing config file
-        return _error(args.command, err)
-    try:  # PyTorch loads here, after --help, a usage error or a config typo has answered
+        # PyTorch loads here, after --help, a usage error or a config typo has answered
         from spikessl import checkpoints, distributed
         from spikessl.resumable import Interrupted
+    except USER_ERRORS as err:  # a bad value, a missing config file, export's missing run
+        return _error(args.command, err)
     except KeyboardInterrupt:
-        print("spikessl: interrupted (Ctrl-C) while starting; nothing was run", file=sys.stderr)
+        if no_config:
+            print(f"spikessl {args.command}: {_interrupted(args.command, None)}", file=sys.stderr)
+        else:
+            print("spikessl: interrupted (Ctrl-C) while starting; nothing was run", file=sys.stderr)
         return 130
 
     run_dir = getattr(args, "run_dir", None) or getattr(args, "resume", None)
     try:
         resume = named_runs.resume_checkpoint(args, checkpoints)
-        pretrained = getattr(args, "pretrained", None)
-        if args.command in ("finetune", "neighbors") and pretrained is None and resume is None:
-            raise ValueError(f"{args.command} needs --pretrained RUN_DIR (a pretraining run)")
+        pretrained = getattr(args, "pretrained", None)  # finetune's: checked by config_first
         checkpoint = checkpoints.load_checkpoint(pretrained) if pretrained else None
         if checkpoint is not None:
             named_runs.check_pretrained(args, checkpoint)

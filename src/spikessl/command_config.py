@@ -53,10 +53,14 @@ def config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
 def config_first(args: argparse.Namespace) -> Config | None:
     """The config, with a sweep's grid, built before PyTorch loads, so a typo fails at once;
     None when it comes from a checkpoint (``--resume``, or ``--pretrained`` without
-    ``--config``) or from ``reproduce``'s plan, and is built once the checkpoint is read."""
+    ``--config``) or from ``reproduce``'s plan, and is built once the checkpoint is read.
+    A ``finetune`` or ``neighbors`` without the run to start from is refused first."""
     if args.command == "reproduce":  # no --config: its cells' configs come from its plan
         return None
-    if getattr(args, "resume", None) or (args.config is None and getattr(args, "pretrained", None)):
+    resume, pretrained = getattr(args, "resume", None), getattr(args, "pretrained", None)
+    if args.command in ("finetune", "neighbors") and pretrained is None and resume is None:
+        raise ValueError(f"{args.command} needs --pretrained RUN_DIR (a pretraining run)")
+    if resume is not None or (args.config is None and pretrained is not None):
         return None
     from spikessl import dataset_catalog, grid
     from spikessl.config_yaml import to_dict

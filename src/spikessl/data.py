@@ -3,13 +3,15 @@
 Datasets are read straight from their standard on-disk layouts into uint8 tensors, without
 torchvision, so that the loader stays small, fast and easy to audit. The pieces:
 
-* ``spikessl.dataset_catalog``: what each dataset is (``DatasetInfo``, ``DATASETS``);
+* ``spikessl.dataset_catalog``: what each dataset is (``DatasetInfo``, ``DATASETS``), the
+  lookup by name (``get_info``) and a config's checks against it before loading
+  (``check_encoder_fits``, ``check_pretraining_fills``), all without PyTorch;
 * ``spikessl.dataset_formats``: IDX and CIFAR-pickle readers, validated by structure;
 * ``spikessl.dataset_downloads``: finding the files, MD5-checked downloads of missing ones.
 
 This module looks a dataset up, loads a split, splits labels and puts a run's data on the
 device (``Data``, ``load_data``); it re-exports the names above that callers use
-(``DATASETS``, ``DatasetInfo``, ``read_idx``).
+(``DATASETS``, ``DatasetInfo``, ``get_info``, the two checks, ``read_idx``).
 """
 
 from __future__ import annotations

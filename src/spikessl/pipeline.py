@@ -21,7 +21,8 @@ from spikessl.augment import build_augment, two_views
 from spikessl.checkpoints import load_checkpoint, pretrained_encoder
 from spikessl.config import Config
 from spikessl.config_yaml import to_dict
-from spikessl.data import Data, check_pretraining_fills, load_data
+from spikessl.data import Data, load_data
+from spikessl.dataset_catalog import check_pretraining_fills
 from spikessl.distributed import World
 from spikessl.encoders import SimCLR, SpikingClassifier, SpikingEncoder
 from spikessl.evaluate import (
