@@ -99,7 +99,7 @@ def test_help(command: str | None) -> None:
         (["finetune", "data.name=cifar10"], "finetune needs --pretrained RUN_DIR"),
     ],
 )
-def test_help_and_usage_errors_answer_before_pytorch_loads(argv: list[str], said: str) -> None:
+def test_help_and_usage_errors_answer_before_pytorch_loads(argv, said, tmp_path) -> None:
     # a fresh interpreter: this one has PyTorch loaded already
     probe = f"""import sys
 from spikessl.cli import main
@@ -109,7 +109,8 @@ except SystemExit as stop:
     code = stop.code
 print(code, sorted(m for m in ("torch", "kornia", "numpy") if m in sys.modules))"""
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}  # this spikessl
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    run = [sys.executable, "-c", probe]  # in tmp_path: a command that ran writes nothing here
+    done = subprocess.run(run, capture_output=True, text=True, env=env, cwd=tmp_path)
     helps = "--help" in argv
     assert done.stdout.splitlines()[-1] == f"{0 if helps else 2} []", done.stderr
     assert said in done.stderr and (helps or "error: " in done.stderr)
