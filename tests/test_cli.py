@@ -567,6 +567,31 @@ def test_pipeline_with_baseline(tmp_path) -> None:
     assert json.loads(out) == result  # nothing but the JSON on stdout (summaries: stderr)
 
 
+def test_a_pipeline_that_fails_before_its_first_stage_writes_leaves_no_run_folder(
+    tmp_path, monkeypatch
+) -> None:
+    from spikessl import pipeline
+
+    out_dir = tmp_path / "runs"
+    argv = ["pipeline", *TINY, "--no-progress", f"out_dir={out_dir}"]
+    code, _, err = run_main([*argv, "--data-dir", str(tmp_path / "none")])
+    assert code == 2 and "not found under" in err
+    assert list(out_dir.iterdir()) == []  # the folder it made for its stages is gone
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # a Ctrl-C while the data loads
+
+    monkeypatch.setattr(pipeline, "load_data", stopped)
+    code, _, err = run_main([*argv, "--data-dir", str(DATA)])
+    assert code == 130 and list(out_dir.iterdir()) == []
+    monkeypatch.undo()  # a stage that wrote: its folder stays, to be continued
+    monkeypatch.setattr(pipeline, "nt_xent", stopped)
+    code, _, err = run_main([*argv, "--data-dir", str(DATA)])
+    (kept,) = out_dir.iterdir()
+    assert code == 130 and kept.name.startswith("pipeline-")
+    assert (kept / "pretrain" / "config.yaml").is_file()
+
+
 def test_pipeline_rerun_reuses_finished_stages_and_resumes_the_interrupted_one(
     tmp_path, monkeypatch
 ) -> None:

@@ -213,11 +213,14 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
             "`spikessl finetune --pretrained RUN_DIR` (and `spikessl supervised`)"
         )
     from spikessl import pipeline
-    from spikessl.runs import default_run_dir
+    from spikessl.runs import default_run_dir, removed_if_unused
     from spikessl.sweep import log_to_stderr, validation
 
-    t0 = time.perf_counter()
-    root = Path(run_dir) if run_dir else default_run_dir(cfg, "pipeline")
+    if run_dir is None:  # a folder of its own, gone again if no stage writes to it
+        root = default_run_dir(cfg, "pipeline")
+        with removed_if_unused(root):
+            return run_pipeline(cfg, str(root), baseline, progress)
+    t0, root = time.perf_counter(), Path(run_dir)
     pre_dir, ft_dir, sup_dir = root / "pretrain", root / "finetune", root / "supervised"
     from spikessl.grid import PRETRAIN_UNUSED, supervised_unused
 

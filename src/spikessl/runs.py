@@ -48,6 +48,19 @@ def default_run_dir(cfg: Config, command: str) -> Path:
             run_dir = stem.with_name(f"{stem.name}-{n}")
 
 
+@contextlib.contextmanager
+def removed_if_unused(root: Path) -> Iterator[None]:
+    """Remove ``root``, a folder this process made for its stages (``default_run_dir``),
+    when what runs inside fails before any stage wrote to it (the data not found, a Ctrl-C
+    while loading): it then holds nothing but the stages' locks, and a retry makes another."""
+    try:
+        yield
+    except BaseException:
+        if root.is_dir() and all(p.name == ".locks" for p in root.iterdir()):
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
 def new_run_dir(
     cfg: Config,
     command: str,
