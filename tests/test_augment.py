@@ -25,7 +25,7 @@ SPECS = [*PAIRS, *AUGMENTATIONS]
 
 
 def channels_for(spec: str) -> int:
-    return 3 if "jitter" in resolve_views(spec) else 1
+    return 3 if {"jitter", "gray"} & set(resolve_views(spec)) else 1
 
 
 def square_image(channels: int = 1) -> torch.Tensor:
@@ -71,7 +71,7 @@ def test_parameters_drawn_per_sample(spec: str) -> None:
     torch.manual_seed(1)
     y = make(spec)(copies(channels_for(spec))).flatten(1)
     distinct = (torch.cdist(y, y) > 1e-6)[~torch.eye(BATCH, dtype=torch.bool)]
-    if spec == "flip":  # a coin per sample: both outcomes must appear in 16 draws
+    if spec in ("flip", "gray"):  # a coin per sample: both outcomes must appear in 16 draws
         assert distinct.any()
     elif spec == "crop":  # kornia draws integer crop boxes, so on 16x16 a few pairs may collide
         assert distinct.float().mean() > 0.9
@@ -87,7 +87,7 @@ def test_two_views_differ(spec: str, concat: bool) -> None:
     a, b = two_views(make(spec), x, concat=concat)
     assert a.shape == b.shape == x.shape
     per_sample_diff = (a - b).flatten(1).abs().amax(dim=1)
-    if spec == "flip":
+    if spec in ("flip", "gray"):
         assert (per_sample_diff > 0).any()
     elif spec == "crop":  # integer crop boxes: the two views of a sample may coincide by chance
         assert (per_sample_diff > 1e-6).float().mean() > 0.75
@@ -172,14 +172,33 @@ def test_jitter_changes_colour() -> None:
     assert (y - x).abs().flatten(1).amax(dim=1).min() > 1e-3
 
 
+def test_gray_is_the_luma_of_the_colours() -> None:
+    """Hand-computed: the square's colour (0.8, 0.3, 0.5) becomes 0.299 * 0.8 + 0.587 * 0.3 +
+    0.114 * 0.5 = 0.4723 in every channel (ITU-R BT.601 luma), the grey background stays 0.1."""
+    x = copies(3)
+    y = make("gray", gray_p=1.0)(x)
+    expected = torch.full((3, SIZE, SIZE), 0.1)
+    expected[:, 2:8, 3:10] = 0.4723
+    torch.testing.assert_close(y, expected.expand_as(y), atol=1e-4, rtol=0)
+
+
+def test_gray_p_is_its_own_probability() -> None:
+    torch.manual_seed(9)
+    y = make("gray", gray_p=0.5)(copies(3, batch=64))
+    grey = (y.amax(dim=1) - y.amin(dim=1)).flatten(1).amax(dim=1) < 1e-6
+    assert 10 < int(grey.sum()) < 54  # about half the images, each whole or not at all
+    assert not make("gray", gray_p=0.0)(copies(3)).eq(make("gray", gray_p=1.0)(copies(3))).all()
+
+
 def test_uses_kornia_per_sample_mode() -> None:
     augment = make("crop-rotate")
     assert all(not m.same_on_batch for m in augment.pipeline)
 
 
-def test_jitter_needs_rgb() -> None:
-    cfg = AugmentConfig(views=("rotate", "jitter"))
-    with pytest.raises(ValueError, match=r"jitter.*channels=1"):
+@pytest.mark.parametrize("name", ["jitter", "gray"])
+def test_colour_augmentations_need_rgb(name: str) -> None:
+    cfg = AugmentConfig(views=("rotate", name))
+    with pytest.raises(ValueError, match=rf"'{name}'.*channels=1.*remove '{name}'"):
         build_augment(cfg, image_size=SIZE, channels=1)
     build_augment(cfg, image_size=SIZE, channels=3)
 

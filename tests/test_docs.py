@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from spikessl import arguments, command_config, grid, report
+from spikessl import arguments, command_config, grid, kept, report
 from spikessl.checkpoints import load_checkpoint
 from spikessl.config import Config
 from spikessl.config_yaml import from_dict, to_dict
-from spikessl.grid import pretrain_key, pretrained_with
+from spikessl.grid import Cell, pretrained_with
 from spikessl.label_efficiency import (
     label_efficiency_csv,
     label_efficiency_markdown,
@@ -185,25 +185,28 @@ def test_table_check_sees_a_changed_accuracy(tmp_path):
 
 @pytest.mark.parametrize("export", KEPT, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_kept_pretraining_is_found_for_a_recorded_cell(export):
-    """``sweep`` restores ``pretrain-<key>.safetensors`` for the cells of that key: the key in
-    the name must be one of the folder's records' and the file's settings must match it."""
+    """``sweep`` restores ``pretrain-<key>.safetensors`` for the cells that find it
+    (``kept.export_path``: the key of their pretraining settings, or a file an earlier
+    spikessl kept for the same settings): one of the folder's records must, and the file's
+    settings must be theirs."""
     config = load_checkpoint(export)["config"]
-    key = export.stem.removeprefix("pretrain-")
-    cells = [from_dict(Config, r["config"]) for r in load_records(export.parent)]
-    matching = [cfg for cfg in cells if pretrain_key(cfg) == key]
-    assert matching, f"no record in {export.parent.name} pretrains with key {key}"
+    cells = [
+        Cell((), from_dict(Config, r["config"]), r["cell"], r["key"])
+        for r in load_records(export.parent)
+    ]
+    matching = [c.config for c in cells if kept.export_path(export.parent, c) == export]
+    assert matching, f"no record in {export.parent.name} pretrains as {export.name} holds"
     assert all(pretrained_with(config, cfg) for cfg in matching)
 
 
 @pytest.mark.parametrize("parked", PARKED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_parked_pretraining_belongs_to_a_cell_of_its_folders_sweep(parked):
-    """``sweep`` resumes ``pretrain-<key>.partial.pt`` for the cells of that key: a cell of
-    the folder's command (its pretraining unfinished, it may have no record yet) must
-    pretrain with that key and the file's settings."""
+    """``sweep`` resumes ``pretrain-<key>.partial.pt`` for the cells that find it
+    (``kept.parked_path``): a cell of the folder's command (its pretraining unfinished, it
+    may have no record yet) must, and pretrain with the file's settings."""
     saved = load_checkpoint(parked)
-    key = parked.name.removeprefix("pretrain-").removesuffix(".partial.pt")
     cells, _ = folder_sweep(parked.parent)
-    matching = [c.config for c in cells.values() if pretrain_key(c.config) == key]
-    assert matching, f"no cell of {parked.parent.name}'s command pretrains with key {key}"
+    matching = [c.config for c in cells.values() if kept.parked_path(parked.parent, c) == parked]
+    assert matching, f"no cell of {parked.parent.name}'s command pretrains as {parked.name} holds"
     assert all(pretrained_with(saved["config"], cfg) for cfg in matching)
     assert saved["command"] == "pretrain" and "loop" in saved, "no training state to resume"

@@ -90,6 +90,56 @@ def test_an_export_of_another_pretraining_is_refused(swept, tmp_path, monkeypatc
     assert not list((tmp_path / "runs").glob("pretrain-*"))
 
 
+def test_files_kept_by_an_earlier_spikessl_are_found_after_an_upgrade(swept, tmp_path, monkeypatch):
+    """A file's name hashes every pretraining setting, so a config field added to spikessl
+    since (here ``augment.gray_p``, left at its default) changes the key: the sweep must still
+    find the kept export and the parked checkpoint by their settings, and restore from them
+    rather than pretrain again, but never a file of other settings."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from spikessl.grid import _digest, _prune
+
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    cell = swept["cells"][0]
+    records = tmp_path / "records"
+    sweep_keep = run_sweep(  # recorded cells: exports the pretraining, trains nothing
+        swept["cells"], records, swept["tmp"] / "runs", progress=False, keep_pretrained=True
+    )
+    assert len(sweep_keep) == 2
+    current = export_path(records, cell)
+
+    def earlier(config: dict) -> tuple[dict, str]:  # as written before gray_p existed
+        config = json.loads(json.dumps(config))
+        del config["augment"]["gray_p"]
+        return config, _digest(_prune(json.loads(json.dumps(config)), ("finetune",)))
+
+    with safe_open(str(current), "pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    config, old_key = earlier(json.loads(meta["spikessl_config"]))
+    assert old_key != pretrain_key(cell.config)
+    there = tmp_path / "there" / "records"
+    there.mkdir(parents=True)
+    old = there / f"pretrain-{old_key}.safetensors"
+    save_file(tensors, str(old), metadata=meta | {"spikessl_config": json.dumps(config)})
+    assert export_path(there, cell) == old == export_path(there, swept["cells"][1])
+    logs: list[str] = []
+    restored = run_sweep(
+        swept["cells"], there, tmp_path / "there" / "runs", progress=False, log=logs.append
+    )
+    assert [r["pretrain_restored_from"] for r in restored] == [old.name] * 2
+    assert restored[0]["knn_accuracy"] == swept["first"][0]["knn_accuracy"]
+    # a parked checkpoint named by the earlier key is found the same way
+    parked = dict(load_checkpoint(swept["tmp"] / "runs" / f"pretrain-{pretrain_key(cell.config)}"))
+    parked["config"], _ = earlier(parked["config"])
+    torch.save(parked, there / f"pretrain-{old_key}.partial.pt")
+    assert parked_path(there, cell) == there / f"pretrain-{old_key}.partial.pt"
+    # other settings under some other key: not this cell's, whatever the name
+    other = expand_grid(tiny_base("pretrain.lr=5e-4"), [])[0]
+    assert export_path(there, other).name == f"pretrain-{pretrain_key(other.config)}.safetensors"
+    assert parked_path(there, other).name.startswith(f"pretrain-{pretrain_key(other.config)}")
+
+
 def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_path):
     from spikessl.checkpoints import export_safetensors
     from spikessl.restore import restore_run

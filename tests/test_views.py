@@ -46,6 +46,7 @@ def test_config_normalises_lists_and_pair_names() -> None:
         ({"rotation_degrees": -1.0}, r"rotation_degrees=-1\.0.*\[0, 180\]"),
         ({"flip_p": 1.5}, r"flip_p=1\.5.*\[0, 1\]"),
         ({"jitter_p": -0.1}, "jitter_p"),
+        ({"gray_p": 1.5}, "gray_p"),
         ({"p": 2.0}, r"p=2\.0"),
         ({"jitter": (0.4, 0.4, 0.4, 0.6)}, r"jitter=.*hue <= 0\.5"),
         ({"jitter": (0.4, 0.4, 0.4)}, "jitter"),

@@ -57,6 +57,8 @@ def _make(name: str, cfg: AugmentConfig, image_size: int) -> nn.Module:
         return K.RandomHorizontalFlip(same_on_batch=False, p=cfg.flip_p)
     if name == "jitter":
         return K.ColorJitter(*cfg.jitter, same_on_batch=False, p=cfg.jitter_p)
+    if name == "gray":
+        return K.RandomGrayscale(same_on_batch=False, p=cfg.gray_p)
     raise ValueError(f"unknown augmentation {name!r}; valid names: {', '.join(AUGMENTATIONS)}.")
 
 
@@ -106,11 +108,12 @@ def build_augment(cfg: AugmentConfig, image_size: int, channels: int) -> ViewAug
         raise ValueError(f"image_size={image_size!r} is invalid; use a positive integer (e.g. 28).")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels={channels!r} is invalid; use a positive integer (1 or 3).")
-    if "jitter" in cfg.views and channels != 3:
-        raise ValueError(
-            f"'jitter' (colour jitter) needs 3-channel RGB images, got channels={channels}; "
-            f"remove 'jitter' from views {cfg.views}."
-        )
+    for name, what in (("jitter", "colour jitter"), ("gray", "random grayscale")):
+        if name in cfg.views and channels != 3:
+            raise ValueError(
+                f"{name!r} ({what}) needs 3-channel RGB images, got channels={channels}; "
+                f"remove {name!r} from views {cfg.views}."
+            )
     if "blur" in cfg.views and cfg.blur_kernel // 2 >= image_size:
         raise ValueError(
             f"blur_kernel={cfg.blur_kernel} is too large for image_size={image_size}; "

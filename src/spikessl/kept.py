@@ -18,7 +18,9 @@ which is moved aside, never deleted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +33,43 @@ PARKED_SUFFIX = ".partial.pt"  # pretrain-<key>.partial.pt: an unfinished run's 
 
 
 def export_path(records_dir: Path, cell: Cell) -> Path:
-    """Where ``keep_pretrained`` puts the cell's pretraining: one file per pretraining key."""
-    return records_dir / f"pretrain-{pretrain_key(cell.config)}.safetensors"
+    """Where ``keep_pretrained`` puts the cell's pretraining: one file per pretraining key
+    (``kept_file``)."""
+    return kept_file(records_dir, cell, ".safetensors")
+
+
+def kept_file(records_dir: Path, cell: Cell, suffix: str) -> Path:
+    """``records_dir / pretrain-<key><suffix>``; where that is missing, a file of that form
+    kept by an earlier spikessl for the cell's pretraining settings (its name's key also
+    hashed config fields added since, left here at their defaults), as ``grid.stage_dir``
+    finds run folders: an upgrade of spikessl never orphans a kept or parked pretraining."""
+    path = records_dir / f"pretrain-{pretrain_key(cell.config)}{suffix}"
+    if path.exists() or not records_dir.is_dir():
+        return path
+    for other in sorted(records_dir.glob(f"pretrain-*{suffix}")):
+        if re.fullmatch(r"pretrain-[0-9a-f]{12}" + re.escape(suffix), other.name) and _pretrains(
+            other, cell
+        ):
+            return other
+    return path
+
+
+def _pretrains(path: Path, cell: Cell) -> bool:
+    """Whether the kept or parked file at ``path`` holds the cell's pretraining settings; one
+    that cannot be read does not (``check`` names what is wrong where the key matches)."""
+    from spikessl.checkpoints import load_checkpoint
+
+    try:
+        if path.name.endswith(PARKED_SUFFIX):
+            config = load_checkpoint(path).get("config")
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as fh:
+                config = json.loads((fh.metadata() or {}).get("spikessl_config", "null"))
+    except Exception:  # damaged, foreign, half-written: not this cell's
+        return False
+    return isinstance(config, dict) and pretrained_with(config, cell.config)
 
 
 def keep(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:
@@ -142,8 +179,9 @@ def check(saved: dict, source: Path, cell: Cell) -> None:
 
 
 def parked_path(records_dir: Path, cell: Cell) -> Path:
-    """Where ``park`` puts the cell's unfinished pretraining: one file per pretraining key."""
-    return records_dir / f"pretrain-{pretrain_key(cell.config)}{PARKED_SUFFIX}"
+    """Where ``park`` puts the cell's unfinished pretraining: one file per pretraining key
+    (``kept_file``)."""
+    return kept_file(records_dir, cell, PARKED_SUFFIX)
 
 
 def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:

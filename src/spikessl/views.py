@@ -16,7 +16,7 @@ from spikessl.config_yaml import did_you_mean
 
 __all__ = ["AUGMENTATIONS", "PAIRS", "AugmentConfig", "resolve_views"]
 
-AUGMENTATIONS: tuple[str, ...] = ("rotate", "crop", "blur", "noise", "flip", "jitter")
+AUGMENTATIONS: tuple[str, ...] = ("rotate", "crop", "blur", "noise", "flip", "jitter", "gray")
 
 PAIRS: dict[str, tuple[str, ...]] = {
     "crop-rotate": ("crop", "rotate"),
@@ -86,8 +86,8 @@ class AugmentConfig:
     """Which augmentations make a view, and their parameters.
 
     `views` may be given as any form `resolve_views` accepts; it is stored as a tuple of names.
-    `p` is the per-sample probability of each augmentation in `views`, except flip and jitter,
-    which use `flip_p` and `jitter_p`.
+    `p` is the per-sample probability of each augmentation in `views`, except flip, jitter and
+    gray (SimCLR's random grayscale), which use `flip_p`, `jitter_p` and `gray_p`.
     """
 
     views: tuple[str, ...] = ("rotate", "noise")
@@ -100,6 +100,7 @@ class AugmentConfig:
     flip_p: float = 0.5
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = 0.8
+    gray_p: float = 0.2
     p: float = 1.0
 
     def __post_init__(self) -> None:
@@ -131,6 +132,7 @@ class AugmentConfig:
             )
         _check_prob("flip_p", self.flip_p)
         _check_prob("jitter_p", self.jitter_p)
+        _check_prob("gray_p", self.gray_p)
         _check_prob("p", self.p)
         if (
             len(self.jitter) != 4
