@@ -89,67 +89,22 @@ def load() -> ctypes.CDLL | None:
         )
         return None
     i64, f32, i32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p
-    lib.lif_forward.argtypes = [ptr, i64, i64, i32, f32, f32, ptr, ptr, i32]
-    lib.lif_forward.restype = None
-    lib.lif_backward.argtypes = [
-        ptr,
-        ptr,
-        ptr,
-        i64,
-        i64,
-        i32,
-        i32,
-        f32,
-        f32,
-        f32,
-        ptr,
-        i32,
-        ptr,
-        i32,
-    ]
-    lib.lif_backward.restype = None
-    lib.lif_pool_forward.argtypes = [
-        ptr,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        i32,
-        i32,
-        i32,
-        f32,
-        f32,
-        ptr,
-        ptr,
-        ptr,
-        i32,
-    ]
-    lib.lif_pool_forward.restype = None
-    lib.lif_pool_backward.argtypes = [
-        ptr,
-        ptr,
-        ptr,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        i32,
-        i32,
-        i32,
-        i32,
-        f32,
-        f32,
-        f32,
-        ptr,
-        i32,
-        ptr,
-        i32,
-    ]
-    lib.lif_pool_backward.restype = None
+    # the C signatures in _lif_kernel.c, argument group by argument group
+    signatures = {
+        # cur, T, N, constant, beta, thr, mem, spk, nthreads
+        "lif_forward": [ptr, i64, i64, i32, f32, f32, ptr, ptr, i32],
+        # mem, gs, gm, T, N, constant, detach_reset, beta, thr, slope, grad_cur, want_beta,
+        # grad_beta, nthreads
+        "lif_backward": [ptr] * 3 + [i64] * 2 + [i32] * 2 + [f32] * 3 + [ptr, i32, ptr, i32],
+        # cur, T, B, C, H, W, k, constant, nhwc, out_nhwc, beta, thr, mem, out, count, nthreads
+        "lif_pool_forward": [ptr] + [i64] * 6 + [i32] * 3 + [f32] * 2 + [ptr] * 3 + [i32],
+        # mem, cur, gout, T, B, C, H, W, k, constant, nhwc, out_nhwc, detach_reset, beta, thr,
+        # slope, grad_cur, want_beta, grad_beta, nthreads
+        "lif_pool_backward": [ptr] * 3 + [i64] * 6 + [i32] * 4 + [f32] * 3 + [ptr, i32, ptr, i32],
+    }
+    for name, argtypes in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, None
     _lib = lib
     return lib
 
