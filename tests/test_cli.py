@@ -94,6 +94,7 @@ def test_help(command: str | None) -> None:
         (["pretrain", "pretrain.lrr=1"], "unknown config key 'pretrain.lrr'"),
         (["sweep", "time_steps=10", "seed=0,x"], "grid cell seed=x: seed='x' has the wrong type"),
         (["pipeline", "encoder.in_channels=3"], "encoder expects 3x28px images but mnist"),
+        (["pipeline", "finetune.augment=crop+gray"], "remove 'gray' from finetune.augment"),
         (["pretrain", "data.train_limit=20"], "fewer than one pretraining batch"),
         (["finetune", "--pretrained", "run", "--config", "paper-mnist", "knn.k=0"], "knn.k=0 is"),
         (["finetune", "data.name=cifar10"], "finetune needs --pretrained RUN_DIR"),

@@ -48,6 +48,20 @@ def test_a_dataset_the_encoder_does_not_fit_fails_when_the_grid_expands():
         expand_grid(tiny_base(), ["data.name=mnist,cifar10"])
 
 
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("augment.views=crop+jitter", r"augment.views=crop\+jitter: colour jitter needs RGB"),
+        ("augment.views=gray+jitter", r"augment.views=gray\+jitter: random grayscale and col"),
+        ("finetune.augment=flip+gray", r"finetune.augment=flip\+gray: .*remove 'gray' from fine"),
+    ],
+)
+def test_colour_augmentations_of_grey_images_fail_when_the_grid_expands(override, said):
+    # before any cell trains: in fine-tuning it would fail only after the pretraining
+    with pytest.raises(ValueError, match=rf"grid cell data.name=mnist: {said}"):
+        expand_grid(tiny_base(override), ["data.name=mnist"])
+
+
 def test_expand_grid_is_the_cartesian_product_first_key_slowest():
     cells = expand_grid(tiny_base(), ["time_steps=2,3", "finetune.lr=1e-3,1e-2,0.1"])
     assert [c.overrides for c in cells] == [

@@ -122,22 +122,37 @@ def test_files_kept_by_an_earlier_spikessl_are_found_after_an_upgrade(swept, tmp
     there.mkdir(parents=True)
     old = there / f"pretrain-{old_key}.safetensors"
     save_file(tensors, str(old), metadata=meta | {"spikessl_config": json.dumps(config)})
+    damaged = there / "pretrain-000000000000.safetensors"  # scanned first: read, passed over
+    damaged.write_bytes(b"not a safetensors file")
     assert export_path(there, cell) == old == export_path(there, swept["cells"][1])
     logs: list[str] = []
     restored = run_sweep(
-        swept["cells"], there, tmp_path / "there" / "runs", progress=False, log=logs.append
+        swept["cells"],
+        there,
+        tmp_path / "there" / "runs",
+        progress=False,
+        log=logs.append,
+        keep_pretrained=True,
     )
     assert [r["pretrain_restored_from"] for r in restored] == [old.name] * 2
     assert restored[0]["knn_accuracy"] == swept["first"][0]["knn_accuracy"]
-    # a parked checkpoint named by the earlier key is found the same way
+    assert sorted(p.name for p in there.glob("pretrain-*")) == [damaged.name, old.name]
+    # a parked checkpoint named by the earlier key is found the same way, and dropped
     parked = dict(load_checkpoint(swept["tmp"] / "runs" / f"pretrain-{pretrain_key(cell.config)}"))
     parked["config"], _ = earlier(parked["config"])
     torch.save(parked, there / f"pretrain-{old_key}.partial.pt")
     assert parked_path(there, cell) == there / f"pretrain-{old_key}.partial.pt"
-    # other settings under some other key: not this cell's, whatever the name
+    kept.drop_parked(there, cell, logs.append)
+    assert not (there / f"pretrain-{old_key}.partial.pt").exists()
+    # an unreadable file may hold any pretraining without a file of its own: said, not passed
+    # over (the pretraining would run again, for hours)
     other = expand_grid(tiny_base("pretrain.lr=5e-4"), [])[0]
-    assert export_path(there, other).name == f"pretrain-{pretrain_key(other.config)}.safetensors"
-    assert parked_path(there, other).name.startswith(f"pretrain-{pretrain_key(other.config)}")
+    with pytest.raises(ValueError, match=r"pretrain-000000000000.safetensors \(not a complete"):
+        export_path(there, other)
+    damaged.unlink()
+    # other settings: not this cell's file, whatever its name
+    assert export_path(there, other) == there / f"pretrain-{pretrain_key(other.config)}.safetensors"
+    assert parked_path(there, other) == there / f"pretrain-{pretrain_key(other.config)}.partial.pt"
 
 
 def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikessl.views import AUGMENTATIONS, PAIRS, AugmentConfig, resolve_views
+from spikessl.views import AUGMENTATIONS, COLOUR_ONLY, PAIRS, AugmentConfig, resolve_views
 
 __all__ = [
     "AUGMENTATIONS",
@@ -108,7 +108,7 @@ def build_augment(cfg: AugmentConfig, image_size: int, channels: int) -> ViewAug
         raise ValueError(f"image_size={image_size!r} is invalid; use a positive integer (e.g. 28).")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels={channels!r} is invalid; use a positive integer (1 or 3).")
-    for name, what in (("jitter", "colour jitter"), ("gray", "random grayscale")):
+    for name, what in COLOUR_ONLY.items():  # checked with the config (check_encoder_fits) too
         if name in cfg.views and channels != 3:
             raise ValueError(
                 f"{name!r} ({what}) needs 3-channel RGB images, got channels={channels}; "

@@ -194,7 +194,10 @@ def get_info(name: str) -> DatasetInfo:
 
 
 def check_encoder_fits(cfg: Config) -> None:
-    """A ``ValueError`` when the encoder's input shape is not the dataset's (before loading)."""
+    """A ``ValueError`` when the encoder's input shape is not the dataset's, or a colour
+    augmentation would see grey images (before loading, before any stage trains)."""
+    from spikessl.views import COLOUR_ONLY
+
     info = get_info(cfg.data.name)
     if (cfg.encoder.in_channels, cfg.encoder.image_size) != (info.channels, info.image_size):
         raise ValueError(
@@ -202,6 +205,16 @@ def check_encoder_fits(cfg: Config) -> None:
             f"{cfg.data.name} has {info.channels}x{info.image_size}: set encoder.in_channels="
             f"{info.channels} encoder.image_size={info.image_size} or use its preset"
         )
+    for key, views in (
+        ("augment.views", cfg.augment.views),
+        ("finetune.augment", cfg.finetune.augment),
+    ):
+        if info.channels != 3 and (colour := [n for n in dict.fromkeys(views) if n in COLOUR_ONLY]):
+            raise ValueError(
+                f"{key}={'+'.join(views)}: {' and '.join(COLOUR_ONLY[n] for n in colour)} "
+                f"need{'s' if len(colour) == 1 else ''} RGB images, and {cfg.data.name} has "
+                f"{info.channels} channel(s): remove {' and '.join(map(repr, colour))} from {key}"
+            )
 
 
 def check_pretraining_fills(cfg: Config) -> None:

@@ -5,6 +5,8 @@ The file, ``pretrain-<key>.safetensors`` (``checkpoints.export_safetensors``), h
 weights, the config, the run's summary and per-epoch metrics: under a megabyte for the paper
 presets. Committed with the records, it lets another machine rebuild the pretraining run
 (``restore.restore_run``) and only fine-tune, and lets fine-tuning variants reuse it anywhere.
+A later spikessl finds it by the settings it holds where its name's key is an earlier one
+(``kept_file``).
 
 A pretraining longer than one sitting travels the same way: when a ``--keep-pretrained``
 sweep stops before its pretraining finishes (Ctrl-C, SIGTERM, an error), the run's last
@@ -42,34 +44,48 @@ def kept_file(records_dir: Path, cell: Cell, suffix: str) -> Path:
     """``records_dir / pretrain-<key><suffix>``; where that is missing, a file of that form
     kept by an earlier spikessl for the cell's pretraining settings (its name's key also
     hashed config fields added since, left here at their defaults), as ``grid.stage_dir``
-    finds run folders: an upgrade of spikessl never orphans a kept or parked pretraining."""
+    finds run folders: an upgrade of spikessl never orphans a kept or parked pretraining.
+    A ``ValueError`` where none matches but one cannot be read: it may be the cell's."""
     path = records_dir / f"pretrain-{pretrain_key(cell.config)}{suffix}"
     if path.exists() or not records_dir.is_dir():
         return path
+    unreadable = []
     for other in sorted(records_dir.glob(f"pretrain-*{suffix}")):
-        if re.fullmatch(r"pretrain-[0-9a-f]{12}" + re.escape(suffix), other.name) and _pretrains(
-            other, cell
-        ):
-            return other
+        if not re.fullmatch(r"pretrain-[0-9a-f]{12}" + re.escape(suffix), other.name):
+            continue
+        try:
+            if pretrained_with(_config(other), cell.config):
+                return other
+        except FileNotFoundError:  # dropped by another sweep meanwhile (``drop_parked``)
+            continue
+        except (ValueError, OSError) as err:
+            unreadable.append(f"{other.name} ({err})")
+    if unreadable:
+        raise ValueError(
+            f"{records_dir} holds {'; '.join(unreadable)}: it may be cell {cell.name}'s "
+            "pretraining, kept by an earlier spikessl; restore the file (e.g. git checkout) or "
+            "move it out of the records folder, and run again"
+        )
     return path
 
 
-def _pretrains(path: Path, cell: Cell) -> bool:
-    """Whether the kept or parked file at ``path`` holds the cell's pretraining settings; one
-    that cannot be read does not (``check`` names what is wrong where the key matches)."""
+def _config(path: Path) -> dict:
+    """The config tree a kept or parked file holds, or a ``ValueError`` saying why not."""
+    from safetensors import SafetensorError, safe_open
+
     from spikessl.checkpoints import load_checkpoint
 
-    try:
-        if path.name.endswith(PARKED_SUFFIX):
-            config = load_checkpoint(path).get("config")
-        else:
-            from safetensors import safe_open
-
+    if path.name.endswith(PARKED_SUFFIX):
+        config = load_checkpoint(path).get("config")
+    else:
+        try:
             with safe_open(str(path), "pt") as fh:
                 config = json.loads((fh.metadata() or {}).get("spikessl_config", "null"))
-    except Exception:  # damaged, foreign, half-written: not this cell's
-        return False
-    return isinstance(config, dict) and pretrained_with(config, cell.config)
+        except (SafetensorError, ValueError) as err:
+            raise ValueError(f"not a complete safetensors file: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError("no spikessl config in it")
+    return config
 
 
 def keep(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:

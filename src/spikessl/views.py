@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from spikessl.config_yaml import did_you_mean
 
-__all__ = ["AUGMENTATIONS", "PAIRS", "AugmentConfig", "resolve_views"]
+__all__ = ["AUGMENTATIONS", "COLOUR_ONLY", "PAIRS", "AugmentConfig", "resolve_views"]
 
 AUGMENTATIONS: tuple[str, ...] = ("rotate", "crop", "blur", "noise", "flip", "jitter", "gray")
+COLOUR_ONLY = {"jitter": "colour jitter", "gray": "random grayscale"}  # RGB images only
 
 PAIRS: dict[str, tuple[str, ...]] = {
     "crop-rotate": ("crop", "rotate"),
