@@ -98,6 +98,7 @@ def test_files_kept_by_an_earlier_spikessl_are_found_after_an_upgrade(swept, tmp
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from spikessl.checkpoints import export_safetensors
     from spikessl.grid import _digest, _prune
 
     monkeypatch.setattr(pipeline, "pretrain", forbidden)
@@ -153,6 +154,11 @@ def test_files_kept_by_an_earlier_spikessl_are_found_after_an_upgrade(swept, tmp
     # other settings: not this cell's file, whatever its name
     assert export_path(there, other) == there / f"pretrain-{pretrain_key(other.config)}.safetensors"
     assert parked_path(there, other) == there / f"pretrain-{pretrain_key(other.config)}.partial.pt"
+    # nor a fine-tuning of its pretraining (the same settings but for the unread finetune ones)
+    old.unlink()
+    fine_tuned = swept["tmp"] / "runs" / cell.key / "finetune"
+    export_safetensors(load_checkpoint(fine_tuned), there / "pretrain-111111111111.safetensors")
+    assert export_path(there, cell) == there / f"pretrain-{pretrain_key(cell.config)}.safetensors"
 
 
 def test_an_export_without_its_runs_summary_cannot_rebuild_the_run(swept, tmp_path):

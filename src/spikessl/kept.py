@@ -35,8 +35,8 @@ PARKED_SUFFIX = ".partial.pt"  # pretrain-<key>.partial.pt: an unfinished run's 
 
 
 def export_path(records_dir: Path, cell: Cell) -> Path:
-    """Where ``keep_pretrained`` puts the cell's pretraining: one file per pretraining key
-    (``kept_file``)."""
+    """Where ``keep_pretrained`` puts the cell's pretraining: one file per pretraining, named
+    by its key or found by its settings (``kept_file``)."""
     return kept_file(records_dir, cell, ".safetensors")
 
 
@@ -54,7 +54,8 @@ def kept_file(records_dir: Path, cell: Cell, suffix: str) -> Path:
         if not re.fullmatch(r"pretrain-[0-9a-f]{12}" + re.escape(suffix), other.name):
             continue
         try:
-            if pretrained_with(_config(other), cell.config):
+            command, config = _saved(other)
+            if command == "pretrain" and pretrained_with(config, cell.config):
                 return other
         except FileNotFoundError:  # dropped by another sweep meanwhile (``drop_parked``)
             continue
@@ -69,23 +70,25 @@ def kept_file(records_dir: Path, cell: Cell, suffix: str) -> Path:
     return path
 
 
-def _config(path: Path) -> dict:
-    """The config tree a kept or parked file holds, or a ``ValueError`` saying why not."""
+def _saved(path: Path) -> tuple[str | None, dict]:
+    """The command and config tree a kept or parked file holds, or a ``ValueError`` why not."""
     from safetensors import SafetensorError, safe_open
 
     from spikessl.checkpoints import load_checkpoint
 
     if path.name.endswith(PARKED_SUFFIX):
-        config = load_checkpoint(path).get("config")
+        saved = load_checkpoint(path)
+        command, config = saved.get("command"), saved.get("config")
     else:
         try:
             with safe_open(str(path), "pt") as fh:
-                config = json.loads((fh.metadata() or {}).get("spikessl_config", "null"))
+                meta = fh.metadata() or {}
+            command, config = meta.get("command"), json.loads(meta.get("spikessl_config", "null"))
         except (SafetensorError, ValueError) as err:
             raise ValueError(f"not a complete safetensors file: {err}") from None
     if not isinstance(config, dict):
         raise ValueError("no spikessl config in it")
-    return config
+    return command, config
 
 
 def keep(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:
@@ -93,10 +96,10 @@ def keep(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
     parked checkpoint of it there is superseded (``drop_parked``)."""
     from spikessl.checkpoints import export_safetensors, load_checkpoint
 
-    export = export_path(records_dir, cell)
     pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
     if not finished(pre_dir):
         return
+    export = export_path(records_dir, cell)
     records_dir.mkdir(parents=True, exist_ok=True)
     with _records_held(records_dir, log):  # no park of this pretraining lands after the drop
         if not export.exists():
@@ -195,8 +198,8 @@ def check(saved: dict, source: Path, cell: Cell) -> None:
 
 
 def parked_path(records_dir: Path, cell: Cell) -> Path:
-    """Where ``park`` puts the cell's unfinished pretraining: one file per pretraining key
-    (``kept_file``)."""
+    """Where ``park`` puts the cell's unfinished pretraining: one file per pretraining, named
+    by its key or found by its settings (``kept_file``)."""
     return kept_file(records_dir, cell, PARKED_SUFFIX)
 
 
@@ -212,7 +215,7 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
     if finished(pre_dir):
         keep(cell, runs_root, records_dir, log)
         return
-    checkpoint, parked = pre_dir / "checkpoint.pt", parked_path(records_dir, cell)
+    checkpoint = pre_dir / "checkpoint.pt"
     if not checkpoint.exists():
         return
     with contextlib.ExitStack() as held:
@@ -226,6 +229,7 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
         # a sweep with another --run-dir may park the same pretraining in these records:
         # the comparison and the copy are one step for it
         held.enter_context(_records_held(records_dir, log))
+        parked = parked_path(records_dir, cell)  # the folder as the lock holds it
         if (export := export_path(records_dir, cell)).exists():  # another sweep finished it
             log(f"  pretrain: not parked: {export} holds the finished pretraining")
             return

@@ -20,6 +20,7 @@ interruption and a move to another machine, so:
   and fine-tuning variants of a grid can reuse them anywhere. A sweep that stops before a
   pretraining finishes parks its last checkpoint there too (``pretrain-<key>.partial.pt``),
   and a sweep on another machine resumes it: one pretraining can span several sittings.
+  Either file, named by an earlier spikessl's key, is found by the settings it holds.
 
 ``spikessl.dryrun`` says what a sweep would do, cell by cell, without doing it.
 
