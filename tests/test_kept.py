@@ -148,7 +148,7 @@ def test_files_kept_by_an_earlier_spikessl_are_found_after_an_upgrade(swept, tmp
     # an unreadable file may hold any pretraining without a file of its own: said, not passed
     # over (the pretraining would run again, for hours)
     other = expand_grid(tiny_base("pretrain.lr=5e-4"), [])[0]
-    with pytest.raises(ValueError, match=r"pretrain-000000000000.safetensors \(not a complete"):
+    with pytest.raises(ValueError, match=r"pretrain-000000000000.safetensors: not a complete"):
         export_path(there, other)
     damaged.unlink()
     # other settings: not this cell's file, whatever its name

@@ -20,7 +20,6 @@ which is moved aside, never deleted.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import time
@@ -60,10 +59,10 @@ def kept_file(records_dir: Path, cell: Cell, suffix: str) -> Path:
         except FileNotFoundError:  # dropped by another sweep meanwhile (``drop_parked``)
             continue
         except (ValueError, OSError) as err:
-            unreadable.append(f"{other.name} ({err})")
+            unreadable.append(str(err))
     if unreadable:
         raise ValueError(
-            f"{records_dir} holds {'; '.join(unreadable)}: it may be cell {cell.name}'s "
+            f"{'; '.join(unreadable)}: it may be cell {cell.name}'s "
             "pretraining, kept by an earlier spikessl; restore the file (e.g. git checkout) or "
             "move it out of the records folder, and run again"
         )
@@ -71,24 +70,14 @@ def kept_file(records_dir: Path, cell: Cell, suffix: str) -> Path:
 
 
 def _saved(path: Path) -> tuple[str | None, dict]:
-    """The command and config tree a kept or parked file holds, or a ``ValueError`` why not."""
-    from safetensors import SafetensorError, safe_open
-
+    """The command and config tree a kept or parked file holds, or a ``ValueError`` naming it
+    (``checkpoints.load_checkpoint``, which reads either kind)."""
     from spikessl.checkpoints import load_checkpoint
 
-    if path.name.endswith(PARKED_SUFFIX):
-        saved = load_checkpoint(path)
-        command, config = saved.get("command"), saved.get("config")
-    else:
-        try:
-            with safe_open(str(path), "pt") as fh:
-                meta = fh.metadata() or {}
-            command, config = meta.get("command"), json.loads(meta.get("spikessl_config", "null"))
-        except (SafetensorError, ValueError) as err:
-            raise ValueError(f"not a complete safetensors file: {err}") from None
-    if not isinstance(config, dict):
-        raise ValueError("no spikessl config in it")
-    return command, config
+    saved = load_checkpoint(path)
+    if not isinstance(saved.get("config"), dict):
+        raise ValueError(f"{path} holds no spikessl config")
+    return saved.get("command"), saved["config"]
 
 
 def keep(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], None]) -> None:
