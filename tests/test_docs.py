@@ -1,6 +1,6 @@
 """The committed documentation and results: links resolve, every results folder is listed,
 every folder's command makes its records' cells, its tables are what those records give,
-and every kept or parked pretraining is the one its folder's sweep would look for."""
+and every kept pretraining or parked run is the one its folder's sweep would look for."""
 
 import argparse
 import re
@@ -29,7 +29,7 @@ RESULTS = ROOT / "docs" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 TABLED = sorted(p.parent for p in RESULTS.glob("*/results.csv"))
 KEPT = sorted(RESULTS.glob("*/pretrain-*.safetensors"))
-PARKED = sorted(RESULTS.glob("*/pretrain-*.partial.pt"))
+PARKED = sorted(RESULTS.glob("*/*.partial.pt"))
 REPRODUCED = sorted(p.parent for p in RESULTS.glob("*/tables.md"))
 SWEPT = [p for p in TABLED if p not in REPRODUCED]
 SWEEP_COMMAND = re.compile(r"^    ((?:OMP_NUM_THREADS=\d+ )?spikessl sweep (?:.*\\\n)*.*)$", re.M)
@@ -206,13 +206,22 @@ def test_kept_pretraining_is_found_for_a_cell_of_its_folder(export):
 
 
 @pytest.mark.parametrize("parked", PARKED, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_parked_pretraining_belongs_to_a_cell_of_its_folders_sweep(parked):
-    """``sweep`` resumes ``pretrain-<key>.partial.pt`` for the cells that find it
-    (``kept.parked_path``): a cell of the folder's command (its pretraining unfinished, it
-    may have no record yet) must, and pretrain with the file's settings."""
+def test_parked_run_belongs_to_a_cell_of_its_folders_sweep(parked):
+    """``sweep`` resumes ``<stage>-<key>.partial.pt`` for the cells that find it
+    (``kept.parked_path``): a cell of the folder's command (its run unfinished, it may have
+    no record yet) must, and run that stage with the file's settings."""
     saved = load_checkpoint(parked)
+    stage = {s.command: s for s in (grid.PRETRAIN, grid.FINETUNE, grid.SUPERVISED)}.get(
+        parked.name.split("-")[0]
+    )
+    assert stage is not None, f"{parked.name} is named for no stage a sweep parks"
     cells, _ = folder_sweep(parked.parent)
-    matching = [c.config for c in cells.values() if kept.parked_path(parked.parent, c) == parked]
-    assert matching, f"no cell of {parked.parent.name}'s command pretrains as {parked.name} holds"
-    assert all(pretrained_with(saved["config"], cfg) for cfg in matching)
-    assert saved["command"] == "pretrain" and "loop" in saved, "no training state to resume"
+    matching = [c for c in cells.values() if kept.parked_path(parked.parent, c, stage) == parked]
+    assert matching, f"no cell of {parked.parent.name}'s command runs {parked.name}'s {stage.noun}"
+    assert all(stage.ran(saved["config"], c.config) for c in matching)
+    assert saved["command"] == stage.command and "loop" in saved, "no training state to resume"
+    if stage is not grid.PRETRAIN:  # a record of its result supersedes it: the sweep drops it
+        result = f"{stage.command}_test_accuracy"
+        records = {r["cell"]: r for r in load_records(parked.parent)}
+        unrecorded = [c for c in matching if result not in records.get(c.name, {})]
+        assert unrecorded, f"{parked.name}'s result is recorded: delete the file"

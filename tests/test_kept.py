@@ -13,8 +13,9 @@ from tiny import forbidden, tiny_base
 from spikessl import kept, pipeline
 from spikessl.checkpoints import load_checkpoint
 from spikessl.dryrun import plan_cells, planned_exports
-from spikessl.grid import expand_grid, pretrain_key
+from spikessl.grid import FINETUNE, SUPERVISED, expand_grid, pretrain_key
 from spikessl.kept import export_path, parked_path
+from spikessl.records import records_held
 from spikessl.resumable import Interrupted
 from spikessl.runs import claim_run_dir
 from spikessl.sweep import run_sweep
@@ -260,7 +261,7 @@ def test_a_park_that_fails_leaves_the_stop_as_it_was(tmp_path, monkeypatch):
             log=logs.append,
             keep_pretrained=True,
         )
-    assert "  pretrain: not parked: No space left on device" in logs
+    assert "  not parked: No space left on device" in logs
 
 
 def _stopped_at(step: int, where, cells, monkeypatch, **kwargs) -> None:
@@ -347,7 +348,7 @@ def test_parks_of_one_pretraining_from_two_run_dirs_take_turns(tmp_path, monkeyp
     fd = os.open(records, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with kept._records_held(records, logs.append, wait_s=0.3):
+        with records_held(records, logs.append, wait_s=0.3):
             assert logs[-1].endswith("for 0.3 s; going ahead without its lock")
     finally:
         os.close(fd)
@@ -428,3 +429,93 @@ def test_sigterm_outside_a_training_step_parks_the_run(swept, tmp_path, monkeypa
     assert stop.value.signum == signal.SIGTERM  # the CLI exits 143, as inside a step
     assert signal.getsignal(signal.SIGTERM) is unhandled  # the sweep's handler is gone
     signal.signal(signal.SIGTERM, outside)
+
+
+def _stopped_in_finetune(step: int, monkeypatch, supervised: bool = False) -> None:
+    """SIGTERM after optimiser step ``step`` of the next fine-tuning (or, with ``supervised``,
+    the next supervised baseline): what `kill` does mid-run."""
+    real_finetune, real_loss, steps = pipeline.finetune, pipeline.F.cross_entropy, []
+
+    def stop(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == step:  # the loop checkpoints after this step
+            signal.raise_signal(signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    def finetune(cfg, checkpoint, run_dir, progress, resume=None):
+        if (checkpoint is None) == supervised:  # the stage to stop
+            monkeypatch.setattr(pipeline.F, "cross_entropy", stop)
+        return real_finetune(cfg, checkpoint, run_dir, progress, resume=resume)
+
+    monkeypatch.setattr(pipeline, "finetune", finetune)
+
+
+def _resumed_steps(monkeypatch) -> list:
+    """The step each fine-tuning or baseline from here on resumes after (None: from its start)."""
+    real_finetune, resumed = pipeline.finetune, []
+
+    def spy(cfg, checkpoint, run_dir, progress, resume=None):
+        resumed.append(None if resume is None else resume["step"])
+        return real_finetune(cfg, checkpoint, run_dir, progress, resume=resume)
+
+    monkeypatch.setattr(pipeline, "finetune", spy)
+    monkeypatch.setattr(pipeline, "pretrain", forbidden)
+    return resumed
+
+
+def test_a_stopped_finetuning_is_parked_and_resumed_elsewhere(swept, tmp_path, monkeypatch):
+    cells = swept["cells"][:1]  # finetune.lr=1e-3
+    here, there, logs = tmp_path / "here", tmp_path / "there", []
+    _stopped_in_finetune(1, monkeypatch)
+    stop_kwargs = {"progress": False, "keep_pretrained": True}
+    with pytest.raises(Interrupted):
+        run_sweep(cells, here / "records", here / "runs", **stop_kwargs, log=logs.append)
+    monkeypatch.undo()
+    parked = parked_path(here / "records", cells[0], FINETUNE)
+    assert parked.name == f"finetune-{cells[0].key}.partial.pt"
+    saved = load_checkpoint(parked)
+    assert saved["command"] == "finetune" and saved["step"] == 1
+    assert f"  finetune: unfinished, parked at step 1 as {parked}: a sweep" in " ".join(logs)
+    export = export_path(here / "records", cells[0])  # the finished pretraining, kept
+    assert sorted(p.name for p in (here / "records").iterdir()) == [parked.name, export.name]
+    # another machine: only the records folder
+    shutil.copytree(here / "records", there / "records")
+    (state,) = plan_cells(cells, there / "records", there / "runs").values()
+    assert state == (
+        f"pretraining restored from {export.name}, fine-tuning resumes from {parked.name} (step 1)"
+    )
+    resumed = _resumed_steps(monkeypatch)
+    (record,) = run_sweep(cells, there / "records", there / "runs", progress=False)
+    assert resumed == [1] and record["finetune_steps"] > 1
+    for field in ("finetune_test_accuracy", "finetune_accuracy_by_epoch", "finetune_steps"):
+        assert record[field] == swept["first"][0][field], field  # as uninterrupted
+    assert not (there / "records" / parked.name).exists()  # the record supersedes it
+    # parked for another cell's name: refused, naming the stage
+    other = swept["cells"][1]
+    wrong = parked_path(there / "records", other, FINETUNE)
+    shutil.copy(parked, wrong)
+    (state,) = plan_cells([other], there / "records", there / "runs").values()
+    assert state.startswith(f"refused: {wrong} holds a finetune run with other settings than")
+    assert f"cell {other.name}'s fine-tuning (its name says key {other.key})" in state
+
+
+def test_a_stopped_baseline_is_parked_and_resumed_elsewhere(swept, tmp_path, monkeypatch):
+    cells = swept["cells"][:1]
+    here, there, logs = tmp_path / "here", tmp_path / "there", []
+    _stopped_in_finetune(1, monkeypatch, supervised=True)
+    stop_kwargs = {"progress": False, "keep_pretrained": True, "baseline": True}
+    with pytest.raises(Interrupted):
+        run_sweep(cells, here / "records", here / "runs", **stop_kwargs, log=logs.append)
+    monkeypatch.undo()
+    parked = parked_path(here / "records", cells[0], SUPERVISED)
+    assert parked.name.startswith("supervised-") and load_checkpoint(parked)["step"] == 1
+    assert f"  supervised: unfinished, parked at step 1 as {parked}" in " ".join(logs)
+    shutil.copytree(here / "records", there / "records")  # the SSL result is recorded
+    (state,) = plan_cells(cells, there / "records", there / "runs", baseline=True).values()
+    assert state == f"recorded; supervised baseline resumes from {parked.name} (step 1)"
+    resumed = _resumed_steps(monkeypatch)
+    (record,) = run_sweep(cells, there / "records", there / "runs", baseline=True, progress=False)
+    assert resumed == [1]
+    for field in ("supervised_test_accuracy", "supervised_accuracy_by_epoch", "finetune_steps"):
+        assert record[field] == swept["second"][0][field], field
+    assert not (there / "records" / parked.name).exists()

@@ -207,6 +207,6 @@ def _keep_pretrained_option(p: argparse.ArgumentParser) -> None:
         help="also export each finished pretraining to the records folder "
         "(pretrain-<key>.safetensors, under 1 MB for the paper presets); a rerun anywhere "
         "that finds one there fine-tunes from it instead of pretraining again. Stopped "
-        "before a pretraining finishes, park its checkpoint there (pretrain-<key>.partial.pt) "
-        "for a rerun anywhere to resume",
+        "inside a cell, park its unfinished run's checkpoint there (pretrain-, finetune- or "
+        "supervised-<key>.partial.pt) for a rerun anywhere to resume",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spikessl import kept
-from spikessl.grid import PRETRAIN_UNUSED, Cell, stage_dir, supervised_unused
+from spikessl.grid import FINETUNE, PRETRAIN, SUPERVISED, Cell, Stage
 from spikessl.runs import finished
 from spikessl.sweep import cell_record, check_pretrained, check_sweep
 
@@ -20,9 +20,9 @@ def plan_cells(
 ) -> dict[str, str]:
     """What ``run_sweep`` would do with each cell, by name, as one line; nothing is written.
 
-    "recorded" (skipped), "refused: <why>" (a record or kept export ``run_sweep`` would
-    refuse, stopping the grid), or, for a cell to run, each stage's plan: done (reused),
-    resumes from its checkpoint, restored from a kept export, resumes from a parked
+    "recorded" (skipped), "refused: <why>" (a record or kept or parked file ``run_sweep``
+    would refuse, stopping the grid), or, for a cell to run, each stage's plan: done
+    (reused), resumes from its checkpoint, restored from a kept export, resumes from a parked
     checkpoint (``kept.park``), shared with an earlier cell
     (the pretraining, or the baseline, that cells differing only in other settings share),
     or to run. ``claimed`` (stage run directory -> the first cell to need it) carries those
@@ -41,28 +41,11 @@ def plan_cells(
             if record is not None and not missing_baseline:
                 states[cell.name] = "recorded"
                 continue
-            cfg, parts = cell.config, []
+            cfg, stages = cell.config, (SUPERVISED,) * missing_baseline
             if record is None:
-                pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
-                ft_dir = stage_dir(runs_root, "{}/finetune", cfg)
-                check_pretrained(pre_dir, ft_dir)
-                source = None if pre_dir in claimed else kept.source(records_dir, cell, pre_dir)
-                if source is not None:
-                    from spikessl.checkpoints import load_checkpoint
-
-                    saved = load_checkpoint(source)
-                    kept.check(saved, source, cell)
-                    claimed[pre_dir] = cell.name
-                    how = "resumes from" if "loop" in saved else "restored from"
-                    at = f" (step {saved['step']})" if "loop" in saved else ""
-                    aside = " (the run there moved aside)" * (pre_dir / "checkpoint.pt").exists()
-                    parts.append(f"pretraining {how} {source.name}{at}{aside}")
-                else:
-                    parts.append(f"pretraining {_stage_plan(pre_dir, cell, claimed)}")
-                parts.append(f"fine-tuning {_stage_plan(ft_dir, cell, claimed)}")
-            if missing_baseline:
-                sup_dir = stage_dir(runs_root, "supervised-{}", cfg, supervised_unused(cfg))
-                parts.append(f"supervised baseline {_stage_plan(sup_dir, cell, claimed)}")
+                check_pretrained(PRETRAIN.run_dir(runs_root, cfg), FINETUNE.run_dir(runs_root, cfg))
+                stages = (PRETRAIN, FINETUNE, *stages)
+            parts = [_plan(s, cell, records_dir, runs_root, claimed) for s in stages]
         except ValueError as err:
             states[cell.name] = f"refused: {err}"
             continue
@@ -80,23 +63,38 @@ def planned_exports(
     exports: list[Path] = []
     for cell in cells:
         export = kept.export_path(records_dir, cell)
-        pre_dir = stage_dir(runs_root, "pretrain-{}", cell.config, PRETRAIN_UNUSED)
+        pre_dir = PRETRAIN.run_dir(runs_root, cell.config)
         trains = states[cell.name].startswith("pretraining ")  # the cell runs, from its start
         if not export.exists() and export not in exports and (trains or finished(pre_dir)):
             exports.append(export)
     return exports
 
 
-def _stage_plan(run_dir: Path, cell: Cell, claimed: dict[Path, str]) -> str:
-    """One stage's line in ``plan_cells``; the first cell to need ``run_dir`` claims it."""
+def _plan(
+    stage: Stage, cell: Cell, records_dir: Path, runs_root: Path, claimed: dict[Path, str]
+) -> str:
+    """One stage's part of a line of ``plan_cells``: the first cell to need its run directory
+    claims it; a kept or parked file of it in the records rebuilds it (``kept.source``)."""
+    run_dir = stage.run_dir(runs_root, cell.config)
     if run_dir in claimed:
-        return f"shared with {claimed[run_dir]}"
+        return f"{stage.noun} shared with {claimed[run_dir]}"
+    source = kept.source(records_dir, cell, run_dir, stage)
+    if source is not None:
+        from spikessl.checkpoints import load_checkpoint
+
+        saved = load_checkpoint(source)
+        kept.check(saved, source, cell, stage)
+        claimed[run_dir] = cell.name
+        how = "resumes from" if "loop" in saved else "restored from"
+        at = f" (step {saved['step']})" if "loop" in saved else ""
+        aside = " (the run there moved aside)" * (run_dir / "checkpoint.pt").exists()
+        return f"{stage.noun} {how} {source.name}{at}{aside}"
     claimed[run_dir] = cell.name
     if finished(run_dir):
-        return f"done ({run_dir})"
+        return f"{stage.noun} done ({run_dir})"
     if (run_dir / "checkpoint.pt").exists():
-        return f"resumes from {run_dir}"
-    return "to run"
+        return f"{stage.noun} resumes from {run_dir}"
+    return f"{stage.noun} to run"
 
 
 def refused(states: dict[str, str]) -> list[str]:

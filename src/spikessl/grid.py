@@ -157,6 +157,38 @@ def supervised_unused(cfg: Config) -> tuple[str, ...]:
     return ("pretrain", "knn", *augment, *unused)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """A stage of a cell: run in its own folder under a sweep's runs root (``stage_dir``),
+    keyed by the settings it reads, and parked beside the records by name (``kept.park``)."""
+
+    command: str  # what its checkpoint says it ran: "pretrain", "finetune" or "supervised"
+    template: str  # its folder under the runs root, "{}" standing for its key
+    noun: str  # what messages call it
+
+    def unused(self, cfg: Config) -> tuple[str, ...]:
+        """The settings this stage never reads: left out of its key."""
+        if self.command == "supervised":
+            return supervised_unused(cfg)
+        return PRETRAIN_UNUSED if self.command == "pretrain" else ()
+
+    def key(self, cfg: Config) -> str:
+        return _digest(relevant_settings(cfg, self.unused(cfg)))
+
+    def run_dir(self, runs_root: Path, cfg: Config) -> Path:
+        return stage_dir(runs_root, self.template, cfg, self.unused(cfg))
+
+    def ran(self, config: dict, cfg: Config) -> bool:
+        """Whether a run with config tree ``config`` (not modified) ran this stage as ``cfg``."""
+        drop = self.unused(cfg)
+        return config_matches(json.loads(json.dumps(config)), relevant_settings(cfg, drop), drop)
+
+
+PRETRAIN = Stage("pretrain", "pretrain-{}", "pretraining")
+FINETUNE = Stage("finetune", "{}/finetune", "fine-tuning")  # its key is the cell's
+SUPERVISED = Stage("supervised", "supervised-{}", "supervised baseline")
+
+
 def cell_key(cfg: Config) -> str:
     """12 hex digits identifying every setting that changes a cell's results."""
     return _digest(relevant_settings(cfg))

@@ -14,7 +14,8 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -43,6 +44,42 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def records_held(records_dir: Path, log: Callable[[str], None], wait_s: float = 30.0):
+    """Keep other processes' parks and keeps (``kept.park``, ``kept.keep``) out of ``records_dir``
+    meanwhile: POSIX ``flock`` on the folder itself, so the records (committed) get no lock
+    file; it serialises the processes of one machine. Where it cannot be had (no ``flock``, a
+    file system without it, another process holding it past ``wait_s``: stopped or stuck),
+    the caller goes ahead without it: a race between two parks is rarer than a lost one."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd, deadline = None, time.monotonic() + wait_s
+    try:
+        fd = os.open(records_dir, os.O_RDONLY)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log(
+                        f"  another process has held {records_dir} for "
+                        f"{wait_s:g} s; going ahead without its lock"
+                    )
+                    break
+                time.sleep(0.1)
+    except OSError as err:
+        log(f"  going ahead without the records folder's lock ({err})")
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def write_atomic(path: Path, text: str) -> None:

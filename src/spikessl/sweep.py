@@ -17,10 +17,10 @@ interruption and a move to another machine, so:
   exported to the records directory as ``pretrain-<key>.safetensors`` (``spikessl.kept``).
   A cell whose pretraining folder is missing but whose export is there has the folder
   rebuilt from it and only fine-tunes: pretrainings move between machines with the records,
-  and fine-tuning variants of a grid can reuse them anywhere. A sweep that stops before a
-  pretraining finishes parks its last checkpoint there too (``pretrain-<key>.partial.pt``),
-  and a sweep on another machine resumes it: one pretraining can span several sittings.
-  Either file, named by an earlier spikessl's key, is found by the settings it holds.
+  and fine-tuning variants of a grid can reuse them anywhere. A sweep stopped inside a cell
+  parks its unfinished stage's last checkpoint there too (``<stage>-<key>.partial.pt``), and
+  a sweep elsewhere resumes it: a pretraining or fine-tuning can span several sittings.
+  Such a file, named by an earlier spikessl's key, is found by the settings it holds.
 
 ``spikessl.dryrun`` says what a sweep would do, cell by cell, without doing it.
 
@@ -39,16 +39,9 @@ from pathlib import Path
 
 from spikessl import kept, machine
 from spikessl.config_yaml import to_dict
-from spikessl.grid import (
-    PRETRAIN_UNUSED,
-    Cell,
-    pretrain_key,
-    record_matches,
-    stage_dir,
-    supervised_unused,
-)
+from spikessl.grid import FINETUNE, PRETRAIN, SUPERVISED, Cell, pretrain_key, record_matches
 from spikessl.records import load_records, read_record, write_atomic, write_tables
-from spikessl.runs import claim_run_dir, finished, stop_signals
+from spikessl.runs import finished, stop_signals
 from spikessl.seeds import write_seed_tables
 
 
@@ -77,7 +70,8 @@ def run_sweep(
     cells run; then the sweep raises ``CellsFailed``, naming it. With ``keep_pretrained``,
     every cell's finished pretraining (recorded cells' too, where their run is at hand) is
     exported to ``records_dir``; an export found there stands in for a missing pretraining
-    run. Returns the grid's records, in grid order.
+    run, and a stopped cell's unfinished runs are parked there (``kept.park``). Returns the
+    grid's records, in grid order.
     """
     records_dir, runs_root = Path(records_dir), Path(runs_root)
     check_sweep(cells, records_dir, runs_root)  # found now, not after a cell has trained
@@ -103,6 +97,7 @@ def run_sweep(
                 kept.keep(cell, runs_root, records_dir, log)
             if record is not None and not missing_baseline:
                 log(f"{tag}: recorded, skipping")
+                kept.drop_recorded(records_dir, cell, record, log)  # a park another sweep made
                 continue
             shared = pretrain_key(cell.config)
             if record is None and shared in stopped:  # resuming it would stop it again
@@ -119,7 +114,7 @@ def run_sweep(
                     if missing_baseline:  # the SSL result is kept even if the baseline fails
                         _write_record(records_dir, cell, record, names, tabulate)
                 if missing_baseline:
-                    record = _add_supervised(record, cell, runs_root, progress, log)
+                    record = _add_supervised(record, cell, runs_root, records_dir, progress, log)
             except FloatingPointError as err:
                 log(f"{tag}: stopped, going on with the other cells: {err}")
                 if record is None and getattr(err, "stage", None) == "pretrain":
@@ -131,10 +126,11 @@ def run_sweep(
                 continue
             except BaseException:  # Ctrl-C, SIGTERM (resumable.Interrupted) or an error
                 stopping.append("stopping")  # from here on a second signal waits
-                if keep_pretrained:  # what the pretraining did goes with the records
+                if keep_pretrained:  # what the cell's runs did goes with the records
                     kept.park_stopped(cell, runs_root, records_dir, log)
                 raise
             _write_record(records_dir, cell, record, names, tabulate)
+            kept.drop_recorded(records_dir, cell, record, log)
         records = load_records(records_dir, names)
         if records:
             tabulate(records)
@@ -218,12 +214,10 @@ def _run_cell(
     from spikessl import distributed, pipeline  # torch: only when something trains
 
     cfg = cell.config
-    pre_dir = stage_dir(runs_root, "pretrain-{}", cfg, PRETRAIN_UNUSED)
-    ft_dir = stage_dir(runs_root, "{}/finetune", cfg)  # keyed by cell.key
+    pre_dir, ft_dir = PRETRAIN.run_dir(runs_root, cfg), FINETUNE.run_dir(runs_root, cfg)
     check_pretrained(pre_dir, ft_dir)
-    if (source := kept.source(records_dir, cell, pre_dir)) is not None:  # run elsewhere
-        with claim_run_dir(pre_dir, wait=lambda: log(f"  pretrain: waiting for {pre_dir}")):
-            kept.rebuild(source, pre_dir, cell, log)
+    kept.from_records(PRETRAIN, pre_dir, cell, records_dir, log)
+    kept.from_records(FINETUNE, ft_dir, cell, records_dir, log)
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log)
     pre_epochs, ft_epochs = _metrics(pre_dir), _metrics(ft_dir)
     config = to_dict(cfg)
@@ -261,11 +255,17 @@ def _run_cell(
 
 
 def _add_supervised(
-    record: dict, cell: Cell, runs_root: Path, progress: bool, log: Callable[[str], None]
+    record: dict,
+    cell: Cell,
+    runs_root: Path,
+    records_dir: Path,
+    progress: bool,
+    log: Callable[[str], None],
 ) -> dict:
     from spikessl import pipeline
 
-    run_dir = stage_dir(runs_root, "supervised-{}", cell.config, supervised_unused(cell.config))
+    run_dir = SUPERVISED.run_dir(runs_root, cell.config)
+    kept.from_records(SUPERVISED, run_dir, cell, records_dir, log)
     sup = pipeline.staged_supervised(cell.config, run_dir, progress, log)
     by_epoch = [r["test_accuracy"] for r in _metrics(run_dir) if "test_accuracy" in r]
     return {
