@@ -19,7 +19,7 @@ from spikessl.dataset_catalog import DATASETS
 from spikessl.views import AugmentConfig, resolve_views
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SCHEDULES = ("cosine", "constant")  # the learning rate's shapes: spikessl.train.lr_factor
+SCHEDULES = ("cosine", "constant")  # the learning rate's shapes: spikessl.schedule.lr_factor
 
 
 @dataclass(frozen=True)

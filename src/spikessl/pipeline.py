@@ -44,7 +44,8 @@ from spikessl.labelled import (
 from spikessl.losses import nt_xent
 from spikessl.records import evaluation_interval
 from spikessl.runs import check_run_dir, new_run_dir, run_stage, write_summary
-from spikessl.train import LoopSettings, Task, epoch_sizes, fit
+from spikessl.schedule import epoch_sizes
+from spikessl.train import LoopSettings, Task, fit
 
 
 def _start(cfg: Config) -> tuple[torch.device, World, Data]:
