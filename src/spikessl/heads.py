@@ -1,17 +1,34 @@
-"""Fine-tuning's classifier head at its start: with ``finetune.head_init=prototypes`` it is a
-nearest-class-mean classifier of the pretrained spike counts before the first step, so the
-first steps refine a head that already classifies instead of moving a random one (and the
-encoder with it)."""
+"""Fine-tuning's classifier head: what learns at which rate (``param_groups``), and its start:
+with ``finetune.head_init=prototypes`` it is a nearest-class-mean classifier of the pretrained
+spike counts before the first step, so the first steps refine a head that already classifies
+instead of moving a random one (and the encoder with it)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from spikessl.config import Config
+from spikessl.config import Config, FinetuneConfig
 from spikessl.data import Data
 from spikessl.encoders import SpikingClassifier
 from spikessl.evaluate import class_prototypes, precision
+
+
+def param_groups(
+    model: SpikingClassifier, ft: FinetuneConfig, pretrained: bool
+) -> tuple[list[dict], bool]:
+    """The optimiser's parameter groups, and whether the encoder is frozen. The supervised
+    baseline trains every layer at ``ft.lr``; a pretrained encoder learns at ``ft.lr`` times
+    ``ft.encoder_lr_factor`` beside the head at ``ft.lr``, or not at all (a linear probe, or
+    a factor of 0)."""
+    if not pretrained:
+        return [{"params": model.parameters(), "lr": ft.lr}], False
+    frozen = ft.linear_probe or ft.encoder_lr_factor == 0
+    head = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    groups = [{"params": head, "lr": ft.lr}]
+    if not frozen:
+        groups.append({"params": model.encoder.parameters(), "lr": ft.lr * ft.encoder_lr_factor})
+    return groups, frozen
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from spikessl.evaluate import (
     probe_accuracy,
     test_accuracy,
 )
-from spikessl.heads import prototype_head
+from spikessl.heads import param_groups, prototype_head
 from spikessl.labelled import (
     check_same_split,
     finetune_epochs,
@@ -214,22 +214,12 @@ def finetune(
     if pretrained and resume is None and ft.head_init == "prototypes":
         prototype_head(model, x, y, data, cfg)
     _distribute(model, cfg, world)
-    frozen = pretrained and (ft.linear_probe or ft.encoder_lr_factor == 0)
-    if not pretrained:
-        groups = [{"params": model.parameters(), "lr": ft.lr}]
-    else:
-        head = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
-        groups = [{"params": head, "lr": ft.lr}]
-        if not frozen:
-            groups.append({"params": encoder.parameters(), "lr": ft.lr * ft.encoder_lr_factor})
+    groups, frozen = param_groups(model, ft, pretrained)
     encoder.requires_grad_(not frozen)
-    augment = (
-        build_augment(
-            replace(cfg.augment, views=ft.augment), cfg.encoder.image_size, cfg.encoder.in_channels
-        )
-        if ft.augment
-        else None
-    )
+    augment, enc = None, cfg.encoder
+    if ft.augment:  # the augment section's strengths, the labelled images' own views
+        views = replace(cfg.augment, views=ft.augment)
+        augment = build_augment(views, enc.image_size, enc.in_channels)
     T = cfg.time_steps
 
     net = distributed.data_parallel(distributed.Traced(model), world, device)
@@ -245,23 +235,15 @@ def finetune(
         logits = counts * (ft.logit_scale / T) if ft.logit_scale else counts
         return F.cross_entropy(logits, labels), rates
 
+    def evaluate() -> dict:
+        scores = {"test_accuracy": test_accuracy(model, data, cfg)}
+        if len(held):  # finetune.val_fraction > 0
+            scores["val_accuracy"] = images_accuracy(model, *validation, data, cfg)
+        return scores
+
     run_dir = new_run_dir(cfg, command, run_dir, world, resume is not None)
     validation = data.train_images[held], data.train_labels[held]
-    task = Task(
-        command,
-        model,
-        groups,
-        loss,
-        evaluate=lambda: {
-            "test_accuracy": test_accuracy(model, data, cfg),
-            **(
-                {"val_accuracy": images_accuracy(model, *validation, data, cfg)}
-                if len(held)
-                else {}
-            ),
-        },
-        local_mean=True,
-    )
+    task = Task(command, model, groups, loss, evaluate, local_mean=True)
     epochs = finetune_epochs(ft, len(x), world.size)
     task.evaluate_every = evaluation_interval(epochs, ft.epochs)  # at most ft.epochs points
     t0 = time.perf_counter()
