@@ -211,9 +211,7 @@ def test_parked_run_belongs_to_a_cell_of_its_folders_sweep(parked):
     (``kept.parked_path``): a cell of the folder's command (its run unfinished, it may have
     no record yet) must, and run that stage with the file's settings."""
     saved = load_checkpoint(parked)
-    stage = {s.command: s for s in (grid.PRETRAIN, grid.FINETUNE, grid.SUPERVISED)}.get(
-        parked.name.split("-")[0]
-    )
+    stage = {s.command: s for s in grid.STAGES}.get(parked.name.split("-")[0])
     assert stage is not None, f"{parked.name} is named for no stage a sweep parks"
     cells, _ = folder_sweep(parked.parent)
     matching = [c for c in cells.values() if kept.parked_path(parked.parent, c, stage) == parked]

@@ -222,10 +222,10 @@ def run_pipeline(cfg: Config, run_dir: str | None, baseline: bool, progress: boo
             return run_pipeline(cfg, str(root), baseline, progress)
     t0, root = time.perf_counter(), Path(run_dir)
     pre_dir, ft_dir, sup_dir = root / "pretrain", root / "finetune", root / "supervised"
-    from spikessl.grid import FINETUNE, PRETRAIN, SUPERVISED
+    from spikessl.grid import STAGES
 
     # each stage against the settings it reads: a new fine-tuning setting reuses the pretraining
-    for stage in (PRETRAIN, FINETUNE, SUPERVISED):
+    for stage in STAGES:
         _check_same_settings(root / stage.command, cfg, stage.unused(cfg))
     pre, fin = pipeline.staged(cfg, pre_dir, ft_dir, progress, log_to_stderr)
     result = {

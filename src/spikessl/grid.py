@@ -187,6 +187,7 @@ class Stage:
 PRETRAIN = Stage("pretrain", "pretrain-{}", "pretraining")
 FINETUNE = Stage("finetune", "{}/finetune", "fine-tuning")  # its key is the cell's
 SUPERVISED = Stage("supervised", "supervised-{}", "supervised baseline")
+STAGES = (PRETRAIN, FINETUNE, SUPERVISED)  # in the order a cell runs them
 
 
 def cell_key(cfg: Config) -> str:
@@ -196,12 +197,12 @@ def cell_key(cfg: Config) -> str:
 
 def pretrain_key(cfg: Config) -> str:
     """Like ``cell_key`` without the fine-tuning settings: pretraining never reads them."""
-    return _digest(relevant_settings(cfg, PRETRAIN_UNUSED))
+    return PRETRAIN.key(cfg)
 
 
 def supervised_key(cfg: Config) -> str:
     """Like ``cell_key`` without the pretraining-only settings the baseline never reads."""
-    return _digest(relevant_settings(cfg, supervised_unused(cfg)))
+    return SUPERVISED.key(cfg)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -248,10 +249,7 @@ def listed_changes(changed: list[str], most: int = 4) -> str:
 def pretrained_with(config: dict, cfg: Config) -> bool:
     """Whether a pretraining run's config tree ``config`` pretrains as ``cfg`` does: its
     settings other than ``PRETRAIN_UNUSED`` are the ``same_settings``."""
-    return same_settings(
-        _prune(json.loads(json.dumps(config)), PRETRAIN_UNUSED),
-        relevant_settings(cfg, PRETRAIN_UNUSED),
-    )
+    return PRETRAIN.ran(config, cfg)
 
 
 def record_matches(record: dict, cell: Cell) -> bool:

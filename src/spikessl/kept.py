@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from spikessl.grid import FINETUNE, PRETRAIN, SUPERVISED, Cell, Stage
+from spikessl.grid import FINETUNE, PRETRAIN, STAGES, SUPERVISED, Cell, Stage
 from spikessl.records import records_held
 from spikessl.restore import check_restorable, rebuild_unfinished, restore_run
 from spikessl.runs import finished
@@ -222,7 +222,7 @@ def park(cell: Cell, runs_root: Path, records_dir: Path, log: Callable[[str], No
     each of its stages' unfinished runs (``park_stage``)."""
     if finished(PRETRAIN.run_dir(runs_root, cell.config)):
         keep(cell, runs_root, records_dir, log)
-    for stage in (PRETRAIN, FINETUNE, SUPERVISED):
+    for stage in STAGES:
         park_stage(stage, cell, runs_root, records_dir, log)
 
 
@@ -252,8 +252,8 @@ def park_stage(
         # the comparison and the copy are one step for it
         held.enter_context(records_held(records_dir, log))
         parked = parked_path(records_dir, cell, stage)  # the folder as the lock holds it
-        export = export_path(records_dir, cell)
-        if stage is PRETRAIN and export.exists():  # another sweep finished it
+        if stage is PRETRAIN and (export := export_path(records_dir, cell)).exists():
+            # another sweep finished it
             log(f"{what} not parked: {export} holds the finished pretraining")
             return
         if parked.exists() and _step(parked) > step:
