@@ -100,14 +100,14 @@ def test_label_efficiency_summary_math() -> None:
     assert (ten["margin"], ten["spread"], ten["verdict"]) == (-0.5, 4.0, "margin within spread")
     assert summary[1.0]["verdict"] == "one seed: no spread"
     assert summary[1.0]["margin"] == 1.0
-    assert summary[0.05]["verdict"] == "incomplete" and summary[0.05]["margin"] is None
+    assert summary[0.05]["verdict"] == "no baseline run" and summary[0.05]["margin"] is None
 
     md = label_efficiency_markdown(list(summary.values()))
     assert (
         "| 1% | 282 | 52.00% [50.00, 54.00] (n=3) | 42.00% [40.00, 45.00] (n=3) | +10.00 | 5.00 "
         "| margin > spread |" in md
     )
-    assert "| 5% | — | 60.00% [60.00, 60.00] (n=1) | — | — | — | incomplete |" in md
+    assert "| 5% | — | 60.00% [60.00, 60.00] (n=1) | — | — | — | no baseline run |" in md
     rows = list(csv.DictReader(io.StringIO(label_efficiency_csv(list(summary.values())))))
     assert len(rows) == 8
     assert rows[1] == {

@@ -1,6 +1,6 @@
 """Seed statistics: mean, min and max by hand, the margin against the spread, the tables."""
 
-from spikessl.seeds import compare, describe, seed_summary, write_seed_tables
+from spikessl.seeds import compare, compare_paired, describe, seed_summary, write_seed_tables
 
 
 def _record(seed: int, fraction: str, ssl: float, supervised: float | None, knn: float) -> dict:
@@ -87,3 +87,14 @@ def test_compare_needs_two_seeds_of_each():
     )
     # the margin is that of the rounded means the tables show: 95.33 - 92.67
     assert compare(describe([95.0, 95.0, 96.0]), describe([92.0, 93.0, 93.0]))[0] == 2.66
+
+
+def test_compare_paired_names_the_missing_side():
+    """With no seed that has both results the verdict says what is missing: a table row of a
+    sweep run without ``--baseline`` must not read as a run left unfinished."""
+    ssl, supervised = {0: 95.0, 1: 96.0}, {2: 92.0}
+    assert compare_paired(ssl, {}) == (None, None, "no baseline run", [])
+    assert compare_paired({}, supervised) == (None, None, "no SSL result", [])
+    assert compare_paired(ssl, supervised) == (None, None, "no seed has both", [])
+    # seed 1 has no baseline yet: compared over seed 0 alone
+    assert compare_paired(ssl, {0: 92.0}) == (3.0, 0.0, "one seed: no spread", [0])

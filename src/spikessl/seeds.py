@@ -64,8 +64,12 @@ def compare(ssl: dict, supervised: dict) -> tuple[float | None, ...]:
 def compare_paired(ssl: dict, supervised: dict) -> tuple:
     """``compare`` of per-seed accuracies (``{seed: accuracy}``) over the seeds that have both,
     in ``ssl``'s order: a seed whose baseline is not run yet would otherwise weigh on one side
-    only. Returns margin, spread, verdict and those seeds."""
+    only. Returns margin, spread, verdict and those seeds; with no seed to compare, the
+    verdict says which side is missing."""
     paired = [seed for seed in ssl if seed in supervised]
+    if not paired:
+        missing = "no SSL result" if not ssl else "no baseline run" if not supervised else None
+        return None, None, missing or "no seed has both", paired
     return (*compare(*(describe([m[s] for s in paired]) for m in (ssl, supervised))), paired)
 
 
