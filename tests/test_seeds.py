@@ -78,7 +78,8 @@ def test_seed_summary_by_hand(tmp_path):
 
 def test_compare_needs_two_seeds_of_each():
     assert compare(describe([95.0]), describe([92.0])) == (3.0, 0.0, "one seed: no spread")
-    assert compare(describe([95.0, 96.0]), describe([])) == (None, None, "incomplete")
+    assert compare(describe([95.0, 96.0]), describe([])) == (None, None, "no baseline run")
+    assert compare(describe([]), describe([92.0])) == (None, None, "no SSL result")
     # supervised ahead: margin -3 beyond a spread of 1
     assert compare(describe([90.0, 91.0]), describe([93.0, 94.0])) == (
         -3.0,

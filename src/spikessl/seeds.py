@@ -46,10 +46,11 @@ def compare(ssl: dict, supervised: dict) -> tuple[float | None, ...]:
 
     Margin: SSL mean minus supervised mean (points, of the rounded means the tables show);
     spread: the larger of the two methods' max - min over seeds. The verdict says whether the
-    margin exceeds the spread, which needs at least two seeds of each.
+    margin exceeds the spread, which needs at least two seeds of each; with none of one side
+    it names the side that is missing.
     """
     if not (ssl["n"] and supervised["n"]):
-        return None, None, "incomplete"
+        return None, None, "no SSL result" if not ssl["n"] else "no baseline run"
     margin = round(ssl["mean"] - supervised["mean"], 2)
     spread = round(max(ssl["max"] - ssl["min"], supervised["max"] - supervised["min"]), 2)
     if min(ssl["n"], supervised["n"]) < 2:
@@ -64,13 +65,12 @@ def compare(ssl: dict, supervised: dict) -> tuple[float | None, ...]:
 def compare_paired(ssl: dict, supervised: dict) -> tuple:
     """``compare`` of per-seed accuracies (``{seed: accuracy}``) over the seeds that have both,
     in ``ssl``'s order: a seed whose baseline is not run yet would otherwise weigh on one side
-    only. Returns margin, spread, verdict and those seeds; with no seed to compare, the
-    verdict says which side is missing."""
+    only. Returns margin, spread, verdict and those seeds. With none paired, each side is
+    described by its own seeds, so ``compare`` names the one that is missing."""
     paired = [seed for seed in ssl if seed in supervised]
-    if not paired:
-        missing = "no SSL result" if not ssl else "no baseline run" if not supervised else None
-        return None, None, missing or "no seed has both", paired
-    return (*compare(*(describe([m[s] for s in paired]) for m in (ssl, supervised))), paired)
+    if ssl and supervised and not paired:
+        return None, None, "no seed has both", paired
+    return (*compare(*(describe([m[s] for s in paired or m]) for m in (ssl, supervised))), paired)
 
 
 def seed_summary(records: list[dict]) -> list[dict]:
